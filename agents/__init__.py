@@ -1,0 +1,9 @@
+"""Zero-shot agents. Each module holds one method; ``base`` holds the shared interface.
+
+Agents are found by name through :mod:`zsrl.registry` (``fb``, ``fre``, ``td3``), so
+importing this package does not import every method.
+"""
+
+from zsrl.agents.base import Agent, CheckpointError, Model
+
+__all__ = ["Agent", "CheckpointError", "Model"]

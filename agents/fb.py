@@ -1,0 +1,300 @@
+r"""Forward-backward (FB) representations.
+
+Touati & Ollivier, "Learning One Representation to Optimize All Rewards" (NeurIPS 2021);
+Touati, Rapin & Ollivier, "Does Zero-Shot Reinforcement Learning Exist?" (ICLR 2023).
+
+FB learns ``F(s, a, z) ∈ R^d`` and ``B(s') ∈ R^d`` such that the successor measure of the
+policy ``π_z`` factorises as ``M^{π_z}(s, a, ds') ≈ F(s, a, z)ᵀ B(s') ρ(ds')`` for the data
+distribution ρ. For any reward ``r``, ``z_r = E_ρ[r(s') B(s')]`` then makes
+``Q_r(s, a) = F(s, a, z_r)ᵀ z_r`` the Q-function of ``π_{z_r}``, and ``π_z`` is trained to
+maximise ``F(s, a, z)ᵀ z`` — so one pretraining serves every reward.
+
+**Measure loss** (on a batch of N transitions, with goals = the batch's next states):
+
+.. math::
+
+   M_{ij} &= F(s_i, a_i, z_i)^\top B(s'_j), \qquad
+   \bar M_{ij} = \bar F(s'_i, a'_i, z_i)^\top \bar B(s'_j), \quad a'_i \sim \pi_{z_i}(s'_i) \\
+   \Delta &= M - \gamma (1 - d_i) \bar M \\
+   L_{FB} &= \tfrac12 \operatorname{mean}_{i \ne j} \Delta_{ij}^2 - \operatorname{mean}_i \Delta_{ii}
+
+summed over the F ensemble heads (the target ``M̄`` averages or takes the min over heads).
+The off-diagonal term is a TD regression of the measure on "negative" states; the diagonal
+term rewards ``F(s,a,z)ᵀB(s')`` on the state actually reached. (The ``−γ M̄_ii`` part of the
+diagonal has no gradient; it is kept so the logged loss is complete.)
+
+**Orthonormality** of B under ρ, so that ``z`` coordinates are identifiable:
+
+.. math:: L_{ortho} = \tfrac12 \operatorname{mean}_{i\ne j} (B_i^\top B_j)^2
+                      - \operatorname{mean}_i B_i^\top B_i
+
+**z prior**: ``z = √d · u``, ``u`` uniform on the unit sphere; a fraction ``mix_ratio`` of
+the batch instead uses ``z = √d · B(s̃)/‖B(s̃)‖`` for dataset states ``s̃`` (goal-like tasks).
+
+**Actor** (TD3-style): ``a = π(s, z) + clip(ε σ, ±c)``, maximising
+``min_heads F(s, a, z)ᵀ z``.
+
+**Prompting**: ``z = √d · normalise(Σ_i r_i B(s'_i))`` for reward samples, and
+``z = √d · normalise(B(g))`` for a goal ``g``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+from zsrl.agents.base import Agent, Model
+
+from zsrl.config import AgentConfig
+from zsrl.nn import clipped_noise_action, mlp, project_to_sphere, soft_update
+
+
+@dataclass
+class FBConfig(AgentConfig):
+    """FB hyper-parameters (defaults: metamotivo's DMC settings)."""
+
+    name: str = "fb"
+    z_dim: int = 50
+    #: width of the F and actor embeddings' first layer and of their trunks
+    hidden_dim: int = 1024
+    #: output width of each of the two embeddings (s,a) and (s,z) of F and the actor
+    embedding_dim: int = 512
+    #: hidden layers of the F / actor trunk after the concatenated embeddings
+    trunk_layers: int = 1
+    backward_hidden_dim: int = 256
+    backward_layers: int = 2
+    num_heads: int = 2
+    lr_f: float = 1e-4
+    lr_b: float = 1e-4
+    lr_actor: float = 1e-4
+    weight_decay: float = 0.0
+    discount: float = 0.98
+    tau: float = 0.01
+    ortho_coef: float = 1.0
+    mix_ratio: float = 0.5
+    actor_std: float = 0.2
+    std_clip: float = 0.3
+    #: how the target measure combines ensemble heads
+    target_reduction: Literal["mean", "min"] = "mean"
+    #: gradient-norm clipping for all networks (0 = off)
+    clip_grad_norm: float = 0.0
+    #: reward samples used by default to infer z at evaluation
+    inference_samples: int = 10_000
+
+
+class ForwardMap(nn.Module):
+    """``F(s, a, z)`` for ``E`` heads at once: ``(N, ·) → (E, N, d)``.
+
+    Two embeddings, ``φ(s, a)`` and ``ψ(s, z)`` (Linear→LayerNorm→tanh→Linear→ReLU), are
+    concatenated and passed through an MLP trunk; every layer is an ensemble layer.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
+        super().__init__()
+        h, e, k = cfg.hidden_dim, cfg.embedding_dim, cfg.num_heads
+        self.embed_sa = mlp(obs_dim + action_dim, [h], e, ensemble=k, final_activation=True)
+        self.embed_sz = mlp(obs_dim + cfg.z_dim, [h], e, ensemble=k, final_activation=True)
+        self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, cfg.z_dim, ensemble=k, first_layernorm_tanh=False)
+
+    def forward(self, obs: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        sa = self.embed_sa(torch.cat([obs, action], -1))
+        sz = self.embed_sz(torch.cat([obs, z], -1))
+        return self.trunk(torch.cat([sa, sz], -1))
+
+
+class BackwardMap(nn.Module):
+    """``B(s) = √d · b(s)/‖b(s)‖`` with ``b`` an MLP (LayerNorm+tanh input block)."""
+
+    def __init__(self, obs_dim: int, cfg: FBConfig):
+        super().__init__()
+        self.net = mlp(obs_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
+        self.radius = math.sqrt(cfg.z_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return project_to_sphere(self.net(obs), self.radius)
+
+
+class Actor(nn.Module):
+    """Deterministic policy mean ``μ(s, z) ∈ [-1, 1]`` from embeddings of ``s`` and ``(s, z)``."""
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
+        super().__init__()
+        h, e = cfg.hidden_dim, cfg.embedding_dim
+        self.embed_s = mlp(obs_dim, [h], e, final_activation=True)
+        self.embed_sz = mlp(obs_dim + cfg.z_dim, [h], e, final_activation=True)
+        self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, action_dim, first_layernorm_tanh=False)
+
+    def forward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.embed_s(obs), self.embed_sz(torch.cat([obs, z], -1))], -1)
+        return torch.tanh(self.trunk(x))
+
+
+class FBModel(Model):
+    """Inference side of FB: ``forward_map``, ``backward_map``, ``actor`` and prompting."""
+
+    agent_name = "fb"
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
+        super().__init__(obs_dim, action_dim, cfg)
+        self.forward_map = ForwardMap(obs_dim, action_dim, cfg)
+        self.backward_map = BackwardMap(obs_dim, cfg)
+        self.actor = Actor(obs_dim, action_dim, cfg)
+        self.radius = math.sqrt(cfg.z_dim)
+
+    def project_z(self, z: torch.Tensor) -> torch.Tensor:
+        return project_to_sphere(z, self.radius)
+
+    def sample_z(self, n: int, device: torch.device | None = None) -> torch.Tensor:
+        return self.project_z(torch.randn(n, self.z_dim, device=device or self.device))
+
+    def act(self, obs: torch.Tensor, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        mu = self.actor(obs, z)
+        if mean:
+            return mu
+        return clipped_noise_action(mu, self.cfg.actor_std, self.cfg.std_clip)
+
+    def q_values(self, obs: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``Q_z(s, a) = F(s, a, z)ᵀ z`` per head, ``(E, N)``."""
+        return (self.forward_map(obs, z, action) * z).sum(-1)
+
+    @torch.no_grad()
+    def infer_z_from_rewards(self, obs: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        self._check_prompt(obs, rewards)
+        b = self.backward_map(obs)
+        z = (rewards.reshape(-1, 1).to(b.dtype) * b).sum(0, keepdim=True)
+        return self.project_z(z)
+
+    @torch.no_grad()
+    def infer_z_from_goal(self, goal_obs: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
+        goal_obs = goal_obs.reshape(-1, self.obs_dim)
+        self._check_prompt(goal_obs)
+        return self.project_z(self.backward_map(goal_obs))
+
+
+def fb_measure_loss(
+    m: torch.Tensor, target_m: torch.Tensor, discount: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FB measure loss for ``m`` of shape ``(E, N, N)``; see the module docstring.
+
+    Args:
+        m: ``F(s_i,a_i,z_i)ᵀ B(s'_j)`` per head.
+        target_m: the (already reduced) target ``F̄(s'_i,a'_i,z_i)ᵀ B̄(s'_j)``, ``(N, N)``.
+        discount: ``γ (1 − d_i)``, shape ``(N,)``.
+
+    Returns:
+        ``(loss, off_diagonal, diagonal)``, each summed over heads.
+    """
+    n = m.shape[-1]
+    diff = m - discount.view(1, -1, 1) * target_m.unsqueeze(0)
+    eye = torch.eye(n, device=m.device, dtype=torch.bool)
+    off_diag = 0.5 * diff.masked_fill(eye, 0.0).pow(2).sum((-2, -1)) / (n * (n - 1))
+    diag = -diff.diagonal(dim1=-2, dim2=-1).mean(-1)
+    off_diag, diag = off_diag.sum(), diag.sum()
+    return off_diag + diag, off_diag, diag
+
+
+def orthonormality_loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``½ mean_{i≠j} (B_iᵀB_j)² − mean_i B_iᵀB_i`` → ``(loss, off_diagonal, diagonal)``."""
+    n = b.shape[0]
+    cov = b @ b.T
+    eye = torch.eye(n, device=b.device, dtype=torch.bool)
+    off_diag = 0.5 * cov.masked_fill(eye, 0.0).pow(2).sum() / (n * (n - 1))
+    diag = -cov.diagonal().mean()
+    return off_diag + diag, off_diag, diag
+
+
+class FBAgent(Agent):
+    """Trains :class:`FBModel` with the measure loss, orthonormality and a TD3 actor."""
+
+    config_class = FBConfig
+    model_class = FBModel
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig, device: torch.device):
+        super().__init__(obs_dim, action_dim, cfg, device)
+        m = self.model
+        self.forward_target = copy.deepcopy(m.forward_map).requires_grad_(False)
+        self.backward_target = copy.deepcopy(m.backward_map).requires_grad_(False)
+        self.fb_opt = torch.optim.Adam(
+            [
+                {"params": m.forward_map.parameters(), "lr": cfg.lr_f},
+                {"params": m.backward_map.parameters(), "lr": cfg.lr_b},
+            ],
+            weight_decay=cfg.weight_decay,
+        )
+        self.actor_opt = torch.optim.Adam(m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay)
+
+    def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states."""
+        n = next_obs.shape[0]
+        model = self.model
+        z = model.sample_z(n, next_obs.device)
+        with torch.no_grad():
+            goal_z = model.backward_map(next_obs[torch.randperm(n, device=next_obs.device)])
+        use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio
+        return torch.where(use_goal, goal_z, z)
+
+    def _clip(self, params) -> None:
+        if self.cfg.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+
+    def _update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        obs, action = batch["observation"], batch["action"]
+        next_obs = batch["next", "observation"]
+        discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
+        z = self.sample_training_z(next_obs)
+
+        # ---- F and B: measure loss + orthonormality -------------------------------------
+        with torch.no_grad():
+            next_action = clipped_noise_action(model.actor(next_obs, z), cfg.actor_std, cfg.std_clip)
+            target_f = self.forward_target(next_obs, z, next_action)  # (E, N, d)
+            target_b = self.backward_target(next_obs)  # (N, d)
+            target_m = target_f @ target_b.T  # (E, N, N)
+            target_m = target_m.mean(0) if cfg.target_reduction == "mean" else target_m.min(0).values
+        f = model.forward_map(obs, z, action)
+        b = model.backward_map(next_obs)
+        m = f @ b.T
+        fb_loss, fb_offdiag, fb_diag = fb_measure_loss(m, target_m, discount)
+        ortho_loss, ortho_offdiag, ortho_diag = orthonormality_loss(b)
+        loss = fb_loss + cfg.ortho_coef * ortho_loss
+        self.fb_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip([*model.forward_map.parameters(), *model.backward_map.parameters()])
+        self.fb_opt.step()
+
+        # ---- actor: maximise the pessimistic Q = min_heads F(s, a, z)ᵀ z -------------------
+        a = clipped_noise_action(model.actor(obs, z), cfg.actor_std, cfg.std_clip)
+        q = model.q_values(obs, z, a).min(0).values
+        actor_loss = -q.mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self._clip(model.actor.parameters())
+        self.actor_opt.step()
+
+        soft_update(self.forward_target, model.forward_map, cfg.tau)
+        soft_update(self.backward_target, model.backward_map, cfg.tau)
+
+        with torch.no_grad():
+            cov = b.T @ b / b.shape[0]  # (d, d); identity when B is orthonormal under ρ
+            eye = torch.eye(cov.shape[0], device=cov.device)
+            return {
+                "loss/fb": fb_loss.detach(),
+                "loss/fb_offdiag": fb_offdiag.detach(),
+                "loss/fb_diag": fb_diag.detach(),
+                "loss/ortho": ortho_loss.detach(),
+                "loss/ortho_offdiag": ortho_offdiag.detach(),
+                "loss/ortho_diag": ortho_diag.detach(),
+                "loss/actor": actor_loss.detach(),
+                "diag/orth_linf": (cov - eye).abs().max(),
+                "diag/B_norm": b.norm(dim=-1).mean(),
+                "diag/F_norm": f.norm(dim=-1).mean(),
+                "diag/z_norm": z.norm(dim=-1).mean(),
+                "diag/M_diag": m.diagonal(dim1=-2, dim2=-1).mean(),
+                "diag/M_offdiag": m.mean(),
+                "diag/actor_q": q.mean().detach(),
+            }

@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # examples/ (plug-in domains) import from the repo root
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_arrays(n=64, obs_dim=4, act_dim=2, episode_len=16, physics_dim=None, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "observation": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "action": rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
+        "next_observation": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "terminated": np.zeros(n, dtype=bool),
+        "episode": np.arange(n) // episode_len,
+        "step": np.arange(n) % episode_len,
+    }
+    if physics_dim:
+        arrays["physics"] = rng.normal(size=(n, physics_dim))
+        arrays["next_physics"] = rng.normal(size=(n, physics_dim))
+    return arrays
+
+
+@pytest.fixture
+def tiny_dataset():
+    from zsrl.data import from_numpy
+
+    return from_numpy(make_arrays(), {"domain": "point_mass_maze", "collector": "test", "seed": 0})

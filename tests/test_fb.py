@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+from zsrl.agents.base import CheckpointError, Model
+from zsrl.agents.fb import FBAgent, FBConfig, FBModel, fb_measure_loss, orthonormality_loss
+
+TINY = FBConfig(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32, discount=0.9)
+
+
+def test_measure_loss_hand_computed():
+    m = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # one head
+    target = torch.tensor([[0.5, 0.0], [0.0, 0.5]])
+    discount = torch.tensor([1.0, 0.0])  # second transition terminal: no bootstrap
+    # diff = [[0.5, 2], [3, 4]]: off-diag ½·(2² + 3²)/2 = 3.25, diag −(0.5 + 4)/2 = −2.25
+    loss, off, diag = fb_measure_loss(m, target, discount)
+    assert off.item() == pytest.approx(3.25) and diag.item() == pytest.approx(-2.25)
+    assert loss.item() == pytest.approx(1.0)
+    # heads are summed
+    loss2, _, _ = fb_measure_loss(m.expand(2, 2, 2), target, discount)
+    assert loss2.item() == pytest.approx(2.0)
+
+
+def test_orthonormality_loss_hand_computed():
+    loss, off, diag = orthonormality_loss(torch.eye(2))
+    assert (loss.item(), off.item(), diag.item()) == (-1.0, 0.0, -1.0)
+    loss, off, diag = orthonormality_loss(torch.ones(2, 2))  # B Bᵀ = 2 everywhere
+    assert off.item() == pytest.approx(2.0) and diag.item() == pytest.approx(-2.0)
+
+
+def test_backward_map_lies_on_sphere_and_prompts_project():
+    torch.manual_seed(0)
+    model = FBModel(4, 2, TINY)
+    obs = torch.randn(100, 4)
+    b = model.backward_map(obs)
+    assert torch.allclose(b.norm(dim=-1), torch.full((100,), math.sqrt(8)), atol=1e-5)
+    rewards = torch.rand(100)
+    z = model.infer_z_from_rewards(obs, rewards)
+    expected = (rewards[:, None] * b).sum(0)
+    assert z.shape == (1, 8)
+    assert torch.allclose(z[0], math.sqrt(8) * expected / expected.norm(), atol=1e-5)
+    zg = model.infer_z_from_goal(obs[0])
+    assert zg.shape == (1, 8) and torch.allclose(zg[0], b[0], atol=1e-5)
+    assert model.sample_z(5).norm(dim=-1).sub(math.sqrt(8)).abs().max() < 1e-5
+    assert model.act(obs, z.expand(100, -1)).abs().max() <= 1
+
+
+def test_bad_prompts_are_rejected():
+    model = FBModel(4, 2, TINY)
+    obs = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="reward samples contains 1 non-finite"):
+        model.infer_z_from_rewards(obs, torch.tensor([float("nan")] + [0.0] * 9))
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        model.infer_z_from_rewards(torch.randn(10, 5), torch.zeros(10))
+    with pytest.raises(ValueError, match="got 9 rewards for 10 states"):
+        model.infer_z_from_rewards(obs, torch.zeros(9))
+
+
+def test_update_returns_device_tensors_and_changes_params(tiny_dataset):
+    torch.manual_seed(0)
+    agent = FBAgent(4, 2, TINY, torch.device("cpu"))
+    before = [p.clone() for p in agent.model.parameters()]
+    metrics = agent.update(tiny_dataset.sample(32))
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
+    assert {"loss/fb_offdiag", "loss/fb_diag", "diag/orth_linf", "diag/B_norm", "diag/z_norm", "diag/actor_q"} <= set(metrics)
+    assert all(not torch.equal(a, b) for a, b in zip(before, agent.model.parameters()))
+    # the target networks move by Polyak averaging only
+    assert not agent.forward_target.embed_sa[0].weight.requires_grad
+
+
+def test_save_load_roundtrip_and_corruption(tmp_path):
+    model = FBModel(4, 2, TINY)
+    model.save(tmp_path / "m", extra={"domain": "point_mass_maze"})
+    loaded = Model.load(tmp_path / "m")
+    assert isinstance(loaded, FBModel) and loaded.meta["domain"] == "point_mass_maze"
+    obs, z = torch.randn(3, 4), model.sample_z(3)
+    assert torch.equal(loaded.act(obs, z), model.act(obs, z))
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        Model.load(tmp_path / "m")
+
+
+def test_newer_format_is_refused(tmp_path):
+    import json
+
+    model = FBModel(4, 2, TINY)
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["format_version"] = 99
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model format 99.*Upgrade zsrl"):
+        Model.load(tmp_path / "m")

@@ -1,0 +1,238 @@
+"""The ``zsrl`` command line.
+
+    zsrl collect   --domain D --collector random|rnd|sb3 --transitions N --out DIR
+    zsrl data describe DIR
+    zsrl train     --config PRESET_OR_YAML --dataset DIR --out RUN_DIR [key=value ...]
+    zsrl train     --resume RUN_DIR
+    zsrl eval      RUN_DIR [--tasks a,b] [--episodes M] [--json FILE]
+    zsrl presets | domains
+
+User mistakes (a wrong path, a broken dataset, an unknown key) are printed as one
+paragraph without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from zsrl.utils import UserError
+
+EXAMPLES = """\
+quick start (point-mass maze, CPU, a few minutes):
+  zsrl collect --domain point_mass_maze --collector rnd --transitions 100000 --out data/maze_rnd
+  zsrl data describe data/maze_rnd
+  zsrl train --config fb/point_mass_maze_cpu --dataset data/maze_rnd --out runs/fb_maze
+  zsrl eval runs/fb_maze
+
+run `zsrl COMMAND --help` for the options of each command.
+"""
+
+
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="collect a reward-free offline dataset",
+        description="Collect reward-free transitions with parallel environments and save them "
+        "as a dataset directory (written atomically).",
+    )
+    p.add_argument("--domain", required=True, help="built-in domain name, registered name or 'pkg.module:DomainClass'")
+    p.add_argument("--collector", default="rnd", choices=["random", "rnd", "sb3"], help="exploration policy (default: rnd)")
+    p.add_argument("--transitions", type=int, required=True, help="number of transitions to collect")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-envs", type=int, default=8, help="parallel environments (default: 8)")
+    p.add_argument("--async", dest="asynchronous", action="store_true", help="step environments in subprocesses")
+    p.add_argument("--policy", help="sb3 collector: a stable-baselines3 model .zip")
+    p.add_argument("--action-noise", type=float, default=0.0, help="sb3 collector: Gaussian action noise std")
+    p.add_argument("--device", default="cpu", help="device of the RND explorer's networks (default: cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("describe", help="size, episodes, per-dimension ranges, coverage")
+    d.add_argument("path")
+    d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pretrain an agent on a dataset",
+        description="Pretrain an agent. Overrides are dotted key=value pairs, e.g. "
+        "agent.z_dim=50 train.steps=20000 train.device=cuda.",
+    )
+    p.add_argument("--config", help="preset name (see `zsrl presets`) or a YAML file")
+    p.add_argument("--dataset", help="dataset directory from `zsrl collect`")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="zero-shot evaluation of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--tasks", help="comma-separated task names (default: all of the domain's tasks)")
+    p.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a reward function f(obs, action, next_obs) -> rewards written outside zsrl (repeatable)")
+    p.add_argument("--goals", help="comma-separated goal names, or 'all'")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--reward-samples", type=int, default=None, help="dataset states labelled to infer z")
+    p.add_argument("--seeds", default="0", help="comma-separated evaluation seeds")
+    p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
+    p.add_argument("--out", help="directory for results.json, report.md and plots")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--video", action="store_true", help="also render a video per task (needs MuJoCo rendering)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsrl",
+        description="zsrl: zero-shot reinforcement learning — collect reward-free data, pretrain "
+        "FB/FRE agents, prompt them with rewards or goals.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from zsrl import __version__
+
+    parser.add_argument("--version", action="version", version=f"zsrl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_collect(sub)
+    _add_data(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    sub.add_parser("presets", help="list the shipped configuration presets")
+    sub.add_parser("domains", help="list the available domains and their tasks")
+    return parser
+
+
+def _format_describe(info: dict) -> str:
+    lines = [
+        f"domain       {info['domain']}",
+        f"collector    {info['collector']} (seed {info['seed']})",
+        f"transitions  {info['transitions']:,}",
+        (
+            f"episodes     {info['episodes']:,} (length min {info['episode_length']['min']}, "
+            f"mean {info['episode_length']['mean']:.1f}, max {info['episode_length']['max']})"
+        ),
+        f"terminal     {info['terminal_fraction']:.2%} of transitions",
+        f"physics      {'stored' if info['physics'] else 'no'}",
+    ]
+    if "floor_coverage" in info["coverage"]:
+        lines.append(f"coverage     {info['coverage']['floor_coverage']:.1%} of floor cells ({info['coverage']['grid']})")
+    lines.append(f"coverage     {info['coverage']['occupied_cells_10_per_dim_top2_pca']:.1%} of a 10x10 grid over the top-2 PCA plane")
+    for key in ("observation", "action"):
+        r = info[key]
+        lines.append(f"\n{key} ({len(r['mean'])} dims)")
+        lines.append(f"  {'dim':>4} {'min':>9} {'p01':>9} {'mean':>9} {'p99':>9} {'max':>9} {'std':>9}")
+        for d in range(len(r["mean"])):
+            lines.append(
+                f"  {d:>4} " + " ".join(f"{r[s][d]:>9.3f}" for s in ("min", "p01", "mean", "p99", "max", "std"))
+            )
+    return "\n".join(lines)
+
+
+def _cmd_collect(args: argparse.Namespace) -> None:
+    from zsrl.collect import collect_to_disk
+    from zsrl.explore import RNDConfig
+    from zsrl.registry import RegistryError, make_domain
+
+    try:
+        domain = make_domain(args.domain)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    ds = collect_to_disk(
+        domain, args.collector, args.transitions, args.out, seed=args.seed, num_envs=args.num_envs,
+        asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
+        rnd=RNDConfig(device=args.device), overwrite=args.overwrite, progress=not args.no_progress,
+        domain_spec=args.domain,
+    )
+    print(
+        f"wrote {len(ds):,} transitions ({ds.meta['transitions_per_second']:,.0f} transitions/s) "
+        f"to {args.out}"
+    )
+
+
+def _cmd_describe(args: argparse.Namespace) -> None:
+    from zsrl.data import OfflineDataset
+    from zsrl.registry import RegistryError, make_domain
+
+    ds = OfflineDataset.load(args.path)
+    info = ds.describe()
+    try:
+        domain = make_domain(ds.meta.get("domain_spec", ds.domain))
+    except RegistryError:
+        domain = None
+    if domain is not None and hasattr(domain, "coverage"):
+        info["coverage"]["floor_coverage"] = domain.coverage(ds.data["next", "observation"][:, :2].numpy())
+        info["coverage"]["grid"] = getattr(domain, "coverage_grid", "floor grid")
+    print(json.dumps(info, indent=2) if args.json else _format_describe(info))
+
+
+def _cmd_presets(_: argparse.Namespace) -> None:
+    from zsrl.config import list_presets
+
+    print("\n".join(list_presets()))
+
+
+def _cmd_domains(_: argparse.Namespace) -> None:
+    from zsrl.registry import known_domains, make_domain
+
+    for name in known_domains():
+        d = make_domain(name)
+        goals = f"; goals: {', '.join(d.goals)}" if d.goals else ""
+        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from zsrl.train import resume_run, start_run
+
+    if args.resume:
+        if args.config or args.dataset or args.overrides:
+            raise UserError("--resume RUN_DIR takes no --config, --dataset or overrides: the run's own config is used")
+        resume_run(args.resume)
+        return
+    missing = [f"--{k}" for k in ("config", "dataset", "out") if not getattr(args, k)]
+    if missing:
+        raise UserError(f"zsrl train needs {', '.join(missing)} (or --resume RUN_DIR)")
+    start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from zsrl.evaluate import evaluate_cli
+
+    evaluate_cli(args)
+
+
+COMMANDS = {
+    "collect": _cmd_collect,
+    "data": _cmd_describe,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "presets": _cmd_presets,
+    "domains": _cmd_domains,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as exc:
+        print(textwrap.fill(f"zsrl {args.command}: error: {exc}", width=100), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zsrl {args.command}: interrupted; nothing partial was left behind.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Reward-free data collection with parallel environments.
+
+``collect(domain, explorer, transitions, ...)`` steps ``num_envs`` copies of the domain's
+environment in a gymnasium vector env with ``AutoresetMode.SAME_STEP`` — when an episode
+ends, the true last observation comes back in ``infos["final_obs"]`` and the reset happens
+in the same call, so no transition is lost or fabricated. Each environment's episode is
+buffered and written contiguously with a fresh episode id.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from zsrl.data import OfflineDataset, from_numpy
+from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
+from zsrl.utils import UserError, now_iso, versions
+
+COLLECTORS = ("random", "rnd", "sb3")
+
+
+@dataclass
+class _Episode:
+    obs: list
+    action: list
+    next_obs: list
+    terminated: list
+    physics: list
+    next_physics: list
+
+
+def _new_episode() -> _Episode:
+    return _Episode([], [], [], [], [], [])
+
+
+def make_vector_env(domain: Any, num_envs: int, seed: int, asynchronous: bool) -> gym.vector.VectorEnv:
+    fns: list[Callable[[], gym.Env]] = [
+        (lambda i=i: domain.make_env(seed=seed + i)) for i in range(num_envs)
+    ]
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if asynchronous and num_envs > 1:
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+
+
+def make_explorer(
+    collector: str,
+    obs_dim: int,
+    action_dim: int,
+    transitions: int,
+    seed: int,
+    policy: str | None = None,
+    action_noise: float = 0.0,
+    rnd: RNDConfig | None = None,
+):
+    if collector == "random":
+        return RandomExplorer(action_dim, seed)
+    if collector == "rnd":
+        return RNDExplorer(obs_dim, action_dim, capacity=transitions, cfg=rnd, seed=seed)
+    if collector == "sb3":
+        if not policy:
+            raise UserError("--collector sb3 needs --policy FILE.zip (a saved stable-baselines3 model)")
+        return SB3Explorer(policy, action_dim, noise_std=action_noise, seed=seed)
+    raise UserError(f"unknown collector {collector!r}; choose one of {', '.join(COLLECTORS)}")
+
+
+def collect(
+    domain: Any,
+    explorer: Any,
+    transitions: int,
+    *,
+    num_envs: int = 4,
+    seed: int = 0,
+    asynchronous: bool = False,
+    progress: bool = True,
+    domain_spec: str | None = None,
+) -> OfflineDataset:
+    """Collect ``transitions`` reward-free transitions with ``explorer``.
+
+    Returns an in-memory :class:`OfflineDataset` whose metadata records the domain,
+    collector, seed, throughput and package versions.
+    """
+    if transitions <= 0:
+        raise UserError("--transitions must be positive")
+    envs = make_vector_env(domain, num_envs, seed, asynchronous)
+    store_physics = bool(getattr(domain, "has_physics", False))
+    episodes: list[_Episode] = []
+    current = [_new_episode() for _ in range(num_envs)]
+    collected = 0
+    start = time.perf_counter()
+    bar = tqdm(total=transitions, unit="tr", disable=not progress, desc=f"collect {domain.name}", smoothing=0.05)
+    try:
+        obs, info = envs.reset(seed=seed)
+        physics = info.get("physics") if store_physics else None
+        while collected < transitions:
+            action = np.asarray(explorer.act(obs), dtype=np.float32)
+            next_obs, _, terminated, truncated, info = envs.step(action)
+            done = terminated | truncated
+            true_next = next_obs.copy()
+            next_physics = info.get("physics") if store_physics else None
+            if done.any():
+                final_obs = info["final_obs"]
+                for i in np.flatnonzero(done):
+                    true_next[i] = final_obs[i]
+                if store_physics:
+                    next_physics = next_physics.copy()
+                    final_phys = info["final_info"]["physics"]
+                    next_physics[done] = final_phys[done]
+            take = min(num_envs, transitions - collected)
+            explorer.observe(obs[:take], action[:take], true_next[:take], terminated[:take])
+            for i in range(take):
+                ep = current[i]
+                ep.obs.append(obs[i])
+                ep.action.append(action[i])
+                ep.next_obs.append(true_next[i])
+                ep.terminated.append(bool(terminated[i]))
+                if store_physics:
+                    ep.physics.append(physics[i])
+                    ep.next_physics.append(next_physics[i])
+                if done[i]:
+                    episodes.append(ep)
+                    current[i] = _new_episode()
+            collected += take
+            bar.update(take)
+            obs = next_obs
+            physics = info.get("physics") if store_physics else None
+    finally:
+        bar.close()
+        envs.close()
+    episodes += [ep for ep in current if ep.obs]
+    elapsed = time.perf_counter() - start
+
+    arrays: dict[str, Any] = {
+        "observation": np.concatenate([np.stack(e.obs) for e in episodes]),
+        "action": np.concatenate([np.stack(e.action) for e in episodes]),
+        "next_observation": np.concatenate([np.stack(e.next_obs) for e in episodes]),
+        "terminated": np.concatenate([np.asarray(e.terminated) for e in episodes]),
+        "episode": np.concatenate([np.full(len(e.obs), k) for k, e in enumerate(episodes)]),
+        "step": np.concatenate([np.arange(len(e.obs)) for e in episodes]),
+    }
+    if store_physics:
+        arrays["physics"] = np.concatenate([np.stack(e.physics) for e in episodes])
+        arrays["next_physics"] = np.concatenate([np.stack(e.next_physics) for e in episodes])
+    meta = {
+        "domain": domain.name,
+        "domain_spec": domain_spec or domain.name,
+        "collector": getattr(explorer, "name", type(explorer).__name__),
+        "seed": seed,
+        "num_envs": num_envs,
+        "collection_seconds": round(elapsed, 3),
+        "transitions_per_second": round(transitions / elapsed, 1),
+        "created": now_iso(),
+        "versions": versions(),
+    }
+    return from_numpy(arrays, meta)
+
+
+def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
+    """A picture of visited positions over the domain layout (domains with ``draw_layout``)."""
+    if not hasattr(domain, "draw_layout"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xy = dataset.data["next", "observation"][:, :2].cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(xy[:, 0], xy[:, 1], s=0.3, alpha=0.25, color="tab:blue", rasterized=True)
+    domain.draw_layout(ax)
+    title = f"{domain.name}: {dataset.meta.get('collector')} ({len(dataset):,} transitions)"
+    if hasattr(domain, "coverage"):
+        title += f"\ncoverage {domain.coverage(xy):.1%} of floor cells"
+    ax.set_title(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def collect_to_disk(
+    domain: Any,
+    collector: str,
+    transitions: int,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    num_envs: int = 4,
+    asynchronous: bool = False,
+    policy: str | None = None,
+    action_noise: float = 0.0,
+    rnd: RNDConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    domain_spec: str | None = None,
+) -> OfflineDataset:
+    """Collect and save atomically to ``out`` (with ``coverage.png`` where the domain draws)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    env = domain.make_env(seed=seed)
+    obs_dim = int(np.prod(env.observation_space.shape))
+    action_dim = int(np.prod(env.action_space.shape))
+    env.close()
+    explorer = make_explorer(collector, obs_dim, action_dim, transitions, seed, policy, action_noise, rnd)
+    dataset = collect(
+        domain, explorer, transitions, num_envs=num_envs, seed=seed,
+        asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
+    )
+    png = coverage_png(domain, dataset)
+    dataset.save(out, overwrite=overwrite, extra_files={"coverage.png": png} if png else None)
+    return dataset

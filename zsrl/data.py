@@ -1,0 +1,369 @@
+"""Reward-free offline datasets: a TensorDict memmap directory plus ``meta.json``.
+
+Layout of a dataset directory::
+
+    DIR/meta.json          format version, domain, collector, seed, versions, sizes
+    DIR/tensors/...        TensorDict.memmap of the transitions
+    DIR/coverage.png       (optional) picture of the visited states
+
+Keys (``N`` transitions, episodes stored contiguously):
+
+========================  ====================  ==========================================
+key                       shape / dtype         meaning
+========================  ====================  ==========================================
+``observation``           (N, obs_dim) f32      s
+``action``                (N, act_dim) f32      a, in [-1, 1]
+``next/observation``      (N, obs_dim) f32      s'
+``next/terminated``       (N,) bool             s' is terminal (no bootstrap)
+``episode``               (N,) i64              episode id
+``step``                  (N,) i64              index of the transition in its episode
+``physics``               (N, P) f64            simulator state at s (MuJoCo domains)
+``next/physics``          (N, P) f64            simulator state at s'
+========================  ====================  ==========================================
+
+Rewards are not stored: tasks relabel transitions with ``Domain.reward``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from zsrl.utils import UserError, atomic_directory, atomic_write_json, now_iso, read_json, versions
+
+FORMAT_VERSION = 1
+
+_FLOAT32 = ("observation", "action", ("next", "observation"))
+_REQUIRED: dict[Any, torch.dtype] = {
+    "observation": torch.float32,
+    "action": torch.float32,
+    ("next", "observation"): torch.float32,
+    ("next", "terminated"): torch.bool,
+    "episode": torch.int64,
+    "step": torch.int64,
+}
+_OPTIONAL: dict[Any, torch.dtype] = {"physics": torch.float64, ("next", "physics"): torch.float64}
+
+
+class DatasetError(UserError):
+    """A dataset directory that cannot be used; the message says why and what to do."""
+
+
+def _key_name(key: Any) -> str:
+    return "/".join(key) if isinstance(key, tuple) else key
+
+
+class OfflineDataset:
+    """Transitions resident on one device, with uniform sampling drawn on that device.
+
+    Args:
+        data: the transitions (see the module docstring for keys).
+        meta: metadata (``domain``, ``collector``, ``seed``, ``versions`` …).
+    """
+
+    def __init__(self, data: TensorDict, meta: Mapping[str, Any]):
+        self.data = data
+        self.meta = dict(meta)
+        self._episode_end: torch.Tensor | None = None
+
+    # ---- basic properties --------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.data.batch_size[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.data["observation"].device
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.data["observation"].shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.data["action"].shape[1])
+
+    @property
+    def domain(self) -> str:
+        return str(self.meta.get("domain", ""))
+
+    @property
+    def has_physics(self) -> bool:
+        return "physics" in self.data
+
+    def to(self, device: str | torch.device) -> OfflineDataset:
+        out = OfflineDataset.__new__(OfflineDataset)
+        out.data = self.data.to(device)
+        out.meta = dict(self.meta)
+        out._episode_end = None
+        return out
+
+    # ---- sampling ----------------------------------------------------------------------
+    def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform indices drawn on the dataset's device (no host synchronisation)."""
+        return torch.randint(len(self), (batch_size,), device=self.device, generator=generator)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:
+        """A uniformly sampled batch of transitions (a TensorDict on the dataset's device)."""
+        return self.data[self.sample_indices(batch_size, generator)]
+
+    @property
+    def episode_end(self) -> torch.Tensor:
+        """For each transition, the index of the last transition of its episode."""
+        if self._episode_end is None:
+            ep = self.data["episode"]
+            n = ep.shape[0]
+            boundary = torch.ones(n, dtype=torch.bool, device=ep.device)
+            boundary[:-1] = ep[1:] != ep[:-1]
+            ends = torch.nonzero(boundary).squeeze(-1)
+            which = torch.searchsorted(ends, torch.arange(n, device=ep.device))
+            self._episode_end = ends[which]
+        return self._episode_end
+
+    def sample_future(
+        self, idx: torch.Tensor, discount: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Indices of future transitions in the same episode, offset ~ Geometric(1 - discount).
+
+        The offset ``k >= 0`` is clipped to the end of the episode, so index ``idx + k`` and
+        its ``next/observation`` is a state reached ``k + 1`` steps after ``observation[idx]``.
+        """
+        u = torch.rand(idx.shape, device=idx.device, generator=generator).clamp_min(1e-12)
+        offset = torch.floor(torch.log(u) / np.log(discount)).long()
+        return torch.minimum(idx + offset, self.episode_end[idx])
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False, extra_files: Mapping[str, bytes] | None = None) -> Path:
+        """Write atomically: an interrupted save leaves nothing that loads as a dataset."""
+        path = Path(path)
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            self.data.memmap(tmp / "tensors", num_threads=0)
+            for name, blob in (extra_files or {}).items():
+                (tmp / name).write_bytes(blob)
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "num_transitions": len(self),
+                "num_episodes": int(self.data["episode"].unique().numel()),
+                "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim,
+                **self.meta,
+            }
+            meta.setdefault("created", now_iso())
+            meta.setdefault("versions", versions())
+            atomic_write_json(tmp / "meta.json", meta)
+        self.meta = meta
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        domain: str | None = None,
+    ) -> OfflineDataset:
+        """Load and validate a dataset directory onto ``device``.
+
+        Raises :class:`DatasetError` for a missing directory, an unfinished or corrupt
+        write, missing keys, wrong shapes or dtypes, non-finite values, or (when ``domain``
+        is given) a dataset collected on another domain.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            partial = sorted(path.parent.glob(f".{path.name}.*.partial")) if path.parent.is_dir() else []
+            hint = (
+                f" (found the unfinished write {partial[0].name}: the collection was "
+                "interrupted; run it again)" if partial else ""
+            )
+            raise DatasetError(f"dataset {path} does not exist{hint}. Create one with `zsrl collect`.")
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise DatasetError(
+                f"{path} is not a zsrl dataset (no meta.json). Datasets are written by "
+                "`zsrl collect`; an interrupted collection never leaves one behind."
+            )
+        meta = read_json(meta_path, f"dataset {path}")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise DatasetError(
+                f"dataset {path} has format version {version!r}; this zsrl reads versions "
+                f"<= {FORMAT_VERSION}. Upgrade zsrl or re-collect the dataset."
+            )
+        if domain is not None and meta.get("domain") != domain:
+            raise DatasetError(
+                f"dataset {path} was collected on domain {meta.get('domain')!r}, but this run "
+                f"uses domain {domain!r}. Pass a dataset of {domain!r} (collect one with "
+                f"`zsrl collect --domain {domain}`) or set domain={meta.get('domain')}."
+            )
+        _check_leaf_files(path / "tensors")
+        try:
+            stored = TensorDict.load_memmap(path / "tensors")
+        except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:  # corrupt folder
+            raise DatasetError(
+                f"dataset {path} cannot be read ({type(exc).__name__}: {exc}). The files are "
+                "corrupt or incomplete; re-collect the dataset."
+            ) from None
+        if stored.batch_size and stored.batch_size[0] != meta.get("num_transitions"):
+            raise DatasetError(
+                f"dataset {path}: meta.json says {meta.get('num_transitions')} transitions but "
+                f"the tensors hold {stored.batch_size[0]}; the dataset is corrupt, re-collect it."
+            )
+        # copy out of the memory map onto the training device
+        data = stored.to(torch.device(device)) if torch.device(device).type != "cpu" else stored.clone()
+        _validate(data, f"dataset {path}")
+        return cls(data, meta)
+
+    # ---- summaries ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Size, episodes, per-dimension ranges and a coverage summary."""
+        obs = self.data["observation"].double()
+        act = self.data["action"].double()
+        ep_len = torch.bincount(self.data["episode"] - self.data["episode"].min()).double()
+        ep_len = ep_len[ep_len > 0]
+        occupied = _occupied_cells(obs, bins=10)
+        return {
+            "domain": self.meta.get("domain"),
+            "collector": self.meta.get("collector"),
+            "seed": self.meta.get("seed"),
+            "transitions": len(self),
+            "episodes": int(ep_len.numel()),
+            "episode_length": {"min": int(ep_len.min()), "mean": float(ep_len.mean()), "max": int(ep_len.max())},
+            "terminal_fraction": float(self.data["next", "terminated"].float().mean()),
+            "physics": self.has_physics,
+            "observation": _ranges(obs),
+            "action": _ranges(act),
+            "coverage": {
+                "occupied_cells_10_per_dim_top2_pca": occupied,
+                "mean_per_dim_std": float(obs.std(0).mean()),
+            },
+        }
+
+
+def _ranges(x: torch.Tensor) -> dict[str, list[float]]:
+    q = torch.quantile(x[: min(len(x), 200_000)], torch.tensor([0.01, 0.99], dtype=x.dtype), dim=0)
+    return {
+        "min": x.min(0).values.tolist(),
+        "p01": q[0].tolist(),
+        "mean": x.mean(0).tolist(),
+        "p99": q[1].tolist(),
+        "max": x.max(0).values.tolist(),
+        "std": x.std(0).tolist(),
+    }
+
+
+def _occupied_cells(obs: torch.Tensor, bins: int) -> float:
+    """Fraction of a bins×bins grid over the top two principal components that is visited.
+
+    A domain-agnostic proxy for state coverage (maze domains report exact floor coverage).
+    """
+    x = obs - obs.mean(0)
+    if x.shape[1] >= 2:
+        _, _, v = torch.pca_lowrank(x, q=2, center=False)
+        x = x @ v[:, :2]
+    else:
+        x = torch.cat([x, torch.zeros_like(x)], 1)
+    lo, hi = x.min(0).values, x.max(0).values
+    cell = ((x - lo) / (hi - lo).clamp_min(1e-9) * bins).long().clamp(0, bins - 1)
+    flat = cell[:, 0] * bins + cell[:, 1]
+    return float(torch.unique(flat).numel() / bins**2)
+
+
+def _check_leaf_files(root: Path) -> None:
+    """Compare every memmap leaf's size with the size its metadata promises."""
+    if not root.is_dir():
+        raise DatasetError(f"{root} is missing; the dataset is incomplete, re-collect it.")
+    for meta_file in root.rglob("meta.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError:
+            raise DatasetError(f"{meta_file} is corrupt; re-collect the dataset.") from None
+        for leaf, info in meta.items():
+            if not isinstance(info, dict) or "shape" not in info or "dtype" not in info:
+                continue
+            file = meta_file.parent / f"{leaf}.memmap"
+            if not file.is_file():
+                raise DatasetError(f"{file} is missing; the dataset is incomplete, re-collect it.")
+            dtype = getattr(torch, str(info["dtype"]).removeprefix("torch."))
+            expected = int(np.prod(info["shape"])) * torch.empty((), dtype=dtype).element_size()
+            actual = file.stat().st_size
+            if actual < expected:
+                raise DatasetError(
+                    f"{file} is truncated ({actual} of {expected} bytes); the dataset is "
+                    "corrupt, re-collect it."
+                )
+
+
+def _validate(data: TensorDict, what: str) -> None:
+    keys = set(data.keys(include_nested=True, leaves_only=True))
+    missing = [_key_name(k) for k in _REQUIRED if k not in keys]
+    if missing:
+        raise DatasetError(f"{what} lacks the keys {', '.join(missing)}; re-collect it with `zsrl collect`.")
+    if len(data.batch_size) != 1:
+        raise DatasetError(f"{what} must have one batch dimension, has {tuple(data.batch_size)}")
+    n = data.batch_size[0]
+    if n == 0:
+        raise DatasetError(f"{what} is empty")
+    for key, dtype in {**_REQUIRED, **{k: v for k, v in _OPTIONAL.items() if k in keys}}.items():
+        t = data[key]
+        if t.dtype != dtype:
+            raise DatasetError(f"{what}: {_key_name(key)} has dtype {t.dtype}, expected {dtype}")
+    if data["observation"].ndim != 2 or data["action"].ndim != 2:
+        raise DatasetError(f"{what}: observation and action must be 2-D (N, dim)")
+    if data["next", "observation"].shape != data["observation"].shape:
+        raise DatasetError(
+            f"{what}: next/observation has shape {tuple(data['next', 'observation'].shape)} but "
+            f"observation has {tuple(data['observation'].shape)}"
+        )
+    if ("physics" in keys) != (("next", "physics") in keys):
+        raise DatasetError(f"{what}: physics and next/physics must come together")
+    for key in [*_FLOAT32, *[k for k in _OPTIONAL if k in keys]]:
+        finite = torch.isfinite(data[key]).all(-1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().squeeze(-1)
+            raise DatasetError(
+                f"{what}: {_key_name(key)} has non-finite values (NaN or inf) in {bad.numel()} of "
+                f"{n} rows, first at row {int(bad[0])}. Fix the collector or re-collect."
+            )
+    if data["action"].abs().max() > 1 + 1e-5:
+        raise DatasetError(f"{what}: actions must lie in [-1, 1] (max |a| = {float(data['action'].abs().max()):.3g})")
+
+
+def from_numpy(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> OfflineDataset:
+    """Build a dataset from flat numpy arrays keyed ``observation``, ``next_observation`` …"""
+    td: dict[str, Any] = {
+        "observation": torch.as_tensor(arrays["observation"], dtype=torch.float32),
+        "action": torch.as_tensor(arrays["action"], dtype=torch.float32),
+        "episode": torch.as_tensor(arrays["episode"], dtype=torch.int64),
+        "step": torch.as_tensor(arrays["step"], dtype=torch.int64),
+        "next": {
+            "observation": torch.as_tensor(arrays["next_observation"], dtype=torch.float32),
+            "terminated": torch.as_tensor(arrays["terminated"], dtype=torch.bool),
+        },
+    }
+    if arrays.get("physics") is not None:
+        td["physics"] = torch.as_tensor(arrays["physics"], dtype=torch.float64)
+        td["next"]["physics"] = torch.as_tensor(arrays["next_physics"], dtype=torch.float64)
+    n = td["observation"].shape[0]
+    data = TensorDict(td, batch_size=[n])
+    _validate(data, "collected data")
+    return OfflineDataset(data, meta)
+
+
+def transitions(data: TensorDict):
+    """A :class:`zsrl.envs.Transitions` (numpy, on the host) view of a batch of transitions."""
+    from zsrl.envs.base import Transitions
+
+    def np_(key):
+        return data[key].detach().cpu().numpy() if key in data.keys(include_nested=True) else None
+
+    return Transitions(
+        observation=np_("observation"),
+        action=np_("action"),
+        next_observation=np_(("next", "observation")),
+        physics=np_("physics"),
+        next_physics=np_(("next", "physics")),
+    )
