@@ -139,7 +139,7 @@ class RNDExplorer:
 
         pred_error = (self.predictor(next_obs) - self.target(next_obs)).pow(2).sum(-1, keepdim=True)
         with torch.no_grad():
-            self.rew_rms.update(pred_error)
+            self.rew_rms.update(pred_error.view(-1))
             reward = pred_error / (self.rew_rms.var.sqrt() + 1e-8)
             next_action = clipped_noise_action(torch.tanh(self.actor(next_obs)), cfg.stddev, cfg.stddev_clip)
             target_q = self.critic_target(torch.cat([next_obs, next_action], -1)).min(0).values

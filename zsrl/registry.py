@@ -13,6 +13,8 @@ The core never imports an algorithm or an environment directly. It resolves name
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -40,6 +42,8 @@ def _import_path(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not attr:
         raise RegistryError(f"{path!r} is not of the form 'package.module:Name'")
+    if os.getcwd() not in sys.path:  # plug-ins in the working directory, as `python -m` would
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

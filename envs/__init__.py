@@ -1,0 +1,61 @@
+"""Environments for zero-shot RL: the :class:`Domain` interface and its implementations.
+
+* :mod:`zsrl.envs.base` — :class:`Domain`, :class:`Transitions`, :data:`RewardFn`;
+* :mod:`zsrl.envs.dmc` — :class:`DMCEnv` (dm_control as gymnasium) and :class:`DMCDomain`;
+* :mod:`zsrl.envs.gym_domain` — :class:`GymDomain`, the adapter for any gymnasium env;
+* built-in domains, resolved by name through :func:`zsrl.registry.make_domain`:
+  ``walker``, ``cheetah``, ``quadruped``, ``point_mass_maze``.
+
+``DMCEnv`` and ``DMCDomain`` are imported on first use, so ``import zsrl.envs`` does not load
+dm_control until a MuJoCo domain is needed.
+
+Rendering is headless. On Linux, unless ``MUJOCO_GL`` is already set, importing this package
+sets it to ``egl`` when an EGL library is installed (GPU driver or Mesa), else to ``osmesa``
+when OSMesa is, else to ``disable`` (everything but ``render()`` still works). dm_control reads
+the variable once, when it is first imported: import :mod:`zsrl.envs` before dm_control, or
+set ``MUJOCO_GL`` yourself.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .base import Domain, RewardFn, Transitions, UnknownTaskError
+from .gym_domain import GymDomain
+
+if TYPE_CHECKING:
+    from .dmc import DMCDomain, DMCEnv
+
+__all__ = [
+    "DMCDomain",
+    "DMCEnv",
+    "Domain",
+    "GymDomain",
+    "RewardFn",
+    "Transitions",
+    "UnknownTaskError",
+]
+
+
+
+def _default_gl_backend() -> str:
+    for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+        if ctypes.util.find_library(library):
+            return backend
+    return "disable"
+
+
+if sys.platform.startswith("linux") and "MUJOCO_GL" not in os.environ:
+    os.environ["MUJOCO_GL"] = _default_gl_backend()
+
+_LAZY = {"DMCEnv": ".dmc", "DMCDomain": ".dmc"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
