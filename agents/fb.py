@@ -48,8 +48,8 @@ from typing import Literal
 import torch
 from tensordict import TensorDict
 from torch import nn
-from zsrl.agents.base import Agent, Model
 
+from zsrl.agents.base import Agent, Model
 from zsrl.config import AgentConfig
 from zsrl.nn import clipped_noise_action, mlp, project_to_sphere, soft_update
 

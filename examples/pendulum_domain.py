@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
+
 from zsrl.envs import GymDomain
 from zsrl.envs.gym_domain import ArrayReward
 

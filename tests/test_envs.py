@@ -9,9 +9,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
 from zsrl.envs import DMCDomain, DMCEnv, GymDomain, Transitions, UnknownTaskError
 from zsrl.envs.dmc import flatten_observation
-
 from zsrl.registry import make_domain
 
 DMC_DOMAINS = ["walker", "cheetah", "quadruped", "point_mass_maze"]

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from zsrl.agents.base import CheckpointError, Model
 from zsrl.agents.fb import FBAgent, FBConfig, FBModel, fb_measure_loss, orthonormality_loss
 

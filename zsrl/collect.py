@@ -96,7 +96,8 @@ def collect(
     current = [_new_episode() for _ in range(num_envs)]
     collected = 0
     start = time.perf_counter()
-    bar = tqdm(total=transitions, unit="tr", disable=not progress, desc=f"collect {domain.name}", smoothing=0.05)
+    bar = tqdm(total=transitions, unit="tr", disable=not progress, desc=f"collect {domain.name}",
+               smoothing=0.05, mininterval=1.0)
     try:
         obs, info = envs.reset(seed=seed)
         physics = info.get("physics") if store_physics else None

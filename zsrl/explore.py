@@ -62,8 +62,8 @@ class RNDConfig:
     stddev_clip: float = 0.3
     #: uniform random actions for the first transitions, before learning starts
     seed_transitions: int = 4000
-    #: gradient updates per collected transition (0.25 = one update per 4 env steps)
-    updates_per_transition: float = 0.25
+    #: gradient updates per collected transition (0.125 = one update per 8 env steps)
+    updates_per_transition: float = 0.125
     device: str = "cpu"
 
 

@@ -186,7 +186,8 @@ def _train(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, dev
     names: list[str] = []
     count = 0
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
-    bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress, desc=f"train {cfg.agent.name}")
+    bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress,
+               desc=f"train {cfg.agent.name}", mininterval=1.0)
     step = start
     try:
         for step in range(start + 1, tc.steps + 1):

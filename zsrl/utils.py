@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class UserError(Exception):
     """A mistake in the user's input (a path, a config, a dataset).
@@ -77,6 +80,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; use the usual file mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

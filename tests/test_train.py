@@ -1,0 +1,94 @@
+"""The shared training loop: run layout, exact resume, checkpoint errors, CLI errors."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_arrays
+
+from zsrl.agents.base import CheckpointError
+from zsrl.checkpoint import load_run_model
+from zsrl.cli import main
+from zsrl.config import load_run_config
+from zsrl.data import from_numpy
+from zsrl.registry import make_domain
+from zsrl.train import resume_run, start_run
+
+TINY = [
+    "agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
+    "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10", "train.progress=false",
+]
+
+
+@pytest.fixture
+def maze_data(tmp_path):
+    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64)
+    arrays["observation"] *= 0.1
+    arrays["next_observation"] *= 0.1
+    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(tmp_path / "ds")
+
+
+def _params(run_dir):
+    model = load_run_model(run_dir)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_run_layout(maze_data, tmp_path):
+    run = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=20"])
+    for name in ("config.json", "run.json", "metrics.csv", "model/model.safetensors", "checkpoint/training_state.pt"):
+        assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["agent"]["z_dim"] == 8 and cfg["train"]["steps"] == 20
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["seed"] == 0 and "torch" in meta["versions"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,time,updates_per_s,loss/fb") and len(rows) == 1 + 4
+
+
+def test_resume_reaches_identical_parameters(maze_data, tmp_path):
+    full = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "full", [*TINY, "train.steps=30"])
+    # the same run, stopped after its step-10 checkpoint, then resumed to step 30
+    part = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "part", [*TINY, "train.steps=10"])
+    cfg = json.loads((part / "config.json").read_text())
+    cfg["train"]["steps"] = 30
+    (part / "config.json").write_text(json.dumps(cfg))
+    resume_run(part)
+    a, b = _params(full), _params(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics log has each step once
+    steps = [line.split(",")[0] for line in (part / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["5", "10", "15", "20", "25", "30"]
+
+
+def test_truncated_checkpoint_and_wrong_domain(maze_data, tmp_path):
+    run = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=10"])
+    state = run / "checkpoint" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        resume_run(run)
+    with pytest.raises(CheckpointError, match="trained on domain 'point_mass_maze', not 'walker'"):
+        load_run_model(run, make_domain("walker"))
+
+
+def test_cli_errors_are_one_paragraph(maze_data, tmp_path, capsys):
+    assert main(["train", "--config", "fb/point_mass_maze_cpu", "--dataset", str(maze_data),
+                 "--out", str(tmp_path / "r"), "agent.zdim=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key zdim in agent" in err and "Traceback" not in err
+    assert main(["train", "--config", "fb/walker_cpu", "--dataset", str(maze_data), "--out", str(tmp_path / "r")]) == 2
+    assert "collected on domain 'point_mass_maze'" in capsys.readouterr().err
+
+
+def test_cudagraphs_flag_falls_back_on_cpu(maze_data, tmp_path):
+    with pytest.warns(UserWarning, match="needs a CUDA device"):
+        start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=5", "train.cudagraphs=true"])
+
+
+def test_config_round_trips_through_run_dir(maze_data, tmp_path):
+    run = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=5"])
+    from zsrl.config import run_config_from_dict
+
+    cfg = run_config_from_dict(json.loads((run / "config.json").read_text()))
+    assert cfg == load_run_config("fb/point_mass_maze_cpu", [*TINY, "train.steps=5"])
