@@ -40,7 +40,10 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         "as a dataset directory (written atomically).",
     )
     p.add_argument("--domain", required=True, help="built-in domain name, registered name or 'pkg.module:DomainClass'")
-    p.add_argument("--collector", default="rnd", choices=["random", "rnd", "sb3"], help="exploration policy (default: rnd)")
+    p.add_argument("--collector", default="rnd", choices=["random", "sticky", "rnd", "sb3"],
+                   help="exploration policy: uniform random, sticky random (each action held --hold "
+                   "steps), RND (random network distillation), or a saved SB3 policy (default: rnd)")
+    p.add_argument("--hold", type=int, default=25, help="sticky collector: steps each random action is held")
     p.add_argument("--transitions", type=int, required=True, help="number of transitions to collect")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--seed", type=int, default=0)
@@ -151,7 +154,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     ds = collect_to_disk(
         domain, args.collector, args.transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
-        rnd=RNDConfig(device=args.device), overwrite=args.overwrite, progress=not args.no_progress,
+        rnd=RNDConfig(device=args.device), hold=args.hold, overwrite=args.overwrite, progress=not args.no_progress,
         domain_spec=args.domain,
     )
     print(

@@ -24,7 +24,7 @@ from zsrl.data import OfflineDataset, from_numpy
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
 from zsrl.utils import UserError, now_iso, versions
 
-COLLECTORS = ("random", "rnd", "sb3")
+COLLECTORS = ("random", "sticky", "rnd", "sb3")
 
 
 @dataclass
@@ -60,9 +60,12 @@ def make_explorer(
     policy: str | None = None,
     action_noise: float = 0.0,
     rnd: RNDConfig | None = None,
+    hold: int = 25,
 ):
     if collector == "random":
         return RandomExplorer(action_dim, seed)
+    if collector == "sticky":
+        return RandomExplorer(action_dim, seed, hold=hold)
     if collector == "rnd":
         return RNDExplorer(obs_dim, action_dim, capacity=transitions, cfg=rnd, seed=seed)
     if collector == "sb3":
@@ -199,6 +202,7 @@ def collect_to_disk(
     policy: str | None = None,
     action_noise: float = 0.0,
     rnd: RNDConfig | None = None,
+    hold: int = 25,
     overwrite: bool = False,
     progress: bool = True,
     domain_spec: str | None = None,
@@ -211,7 +215,7 @@ def collect_to_disk(
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
     env.close()
-    explorer = make_explorer(collector, obs_dim, action_dim, transitions, seed, policy, action_noise, rnd)
+    explorer = make_explorer(collector, obs_dim, action_dim, transitions, seed, policy, action_noise, rnd, hold)
     dataset = collect(
         domain, explorer, transitions, num_envs=num_envs, seed=seed,
         asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
