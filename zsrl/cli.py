@@ -22,11 +22,14 @@ from collections.abc import Sequence
 from zsrl.utils import UserError
 
 EXAMPLES = """\
-quick start (point-mass maze, CPU, a few minutes):
-  zsrl collect --domain point_mass_maze --collector rnd --transitions 100000 --out data/maze_rnd
-  zsrl data describe data/maze_rnd
-  zsrl train --config fb/point_mass_maze_cpu --dataset data/maze_rnd --out runs/fb_maze
-  zsrl eval runs/fb_maze
+quick start (point-mass maze, CPU, minutes): everything in one command
+  zsrl pipeline --out runs/quickstart
+
+or step by step:
+  zsrl collect --domain point_mass_maze --collector sticky --hold 100 --transitions 200000 --out data/maze
+  zsrl data describe data/maze
+  zsrl train --config fb/point_mass_maze_cpu --dataset data/maze --out runs/fb_maze
+  zsrl eval runs/fb_maze --goals all
 
 run `zsrl COMMAND --help` for the options of each command.
 """
@@ -92,7 +95,28 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
     p.add_argument("--out", help="directory for results.json, report.md and plots")
     p.add_argument("--device", default="auto")
+    p.add_argument("--oracle", action="append", default=[], metavar="ORACLE_RUN_DIR",
+                   help="a supervised run (configs/td3/...) on the same dataset; adds '%% of oracle' (repeatable)")
     p.add_argument("--video", action="store_true", help="also render a video per task (needs MuJoCo rendering)")
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="collect, pretrain, prompt and report in one go (the quick start)",
+        description="The whole pipeline on a built-in domain: collect a reward-free dataset, pretrain "
+        "an agent with its CPU preset, prompt it with every task and goal, write a report.",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--domain", default="point_mass_maze")
+    p.add_argument("--agent", default="fb")
+    p.add_argument("--collector", default="sticky", choices=["random", "sticky", "rnd"])
+    p.add_argument("--hold", type=int, default=100, help="sticky collector: steps each action is held")
+    p.add_argument("--transitions", type=int, default=200_000)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the training preset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_pipeline(sub)
     sub.add_parser("presets", help="list the shipped configuration presets")
     sub.add_parser("domains", help="list the available domains and their tasks")
     return parser
@@ -214,7 +239,16 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     evaluate_cli(args)
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from zsrl.pipeline import run_pipeline
+
+    run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=args.collector, hold=args.hold,
+                 transitions=args.transitions, seed=args.seed, overrides=args.overrides,
+                 episodes=args.episodes, progress=not args.no_progress)
+
+
 COMMANDS = {
+    "pipeline": _cmd_pipeline,
     "collect": _cmd_collect,
     "data": _cmd_describe,
     "train": _cmd_train,

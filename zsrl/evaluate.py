@@ -131,8 +131,12 @@ def evaluate_tasks(
     episodes: int = 10,
     reward_samples: int | None = None,
     seed: int = 0,
+    trajectories: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Reward-prompted zero-shot returns per task (see the module docstring)."""
+    """Reward-prompted zero-shot returns per task (see the module docstring).
+
+    ``trajectories``, if given, receives each task's rollout as ``"task:NAME"`` (for pictures).
+    """
     fns = tasks if isinstance(tasks, Mapping) else {t: _domain_task(domain, t) for t in tasks}
     n = reward_samples or getattr(model.cfg, "inference_samples", 10_000)
     results = {}
@@ -140,6 +144,8 @@ def evaluate_tasks(
         next_obs, rewards, label_time = label_samples(dataset, fn, n, seed + 7919 * k)
         z = model.infer_z_from_rewards(next_obs.to(model.device), rewards.to(model.device))
         traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1))
+        if trajectories is not None:
+            trajectories[f"task:{name}"] = traj
         returns = episode_returns(domain, fn, traj)
         results[name] = {
             "mean_return": float(returns.mean()),
@@ -153,7 +159,13 @@ def evaluate_tasks(
 
 
 def evaluate_goals(
-    model: Any, domain: Any, goals: list[str], *, episodes: int = 10, seed: int = 0
+    model: Any,
+    domain: Any,
+    goals: list[str],
+    *,
+    episodes: int = 10,
+    seed: int = 0,
+    trajectories: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Goal-prompted success rate and distances per named goal."""
     results = {}
@@ -161,6 +173,8 @@ def evaluate_goals(
         goal = domain.goal(name)
         z = model.infer_z_from_goal(torch.as_tensor(goal, device=model.device))
         traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1), goal=goal)
+        if trajectories is not None:
+            trajectories[f"goal:{name}"] = traj
         alive = traj["alive"]
         last = alive.sum(0) - 1  # index of each env's last transition
         final_obs = traj["next_obs"][last, np.arange(alive.shape[1])]

@@ -54,62 +54,139 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else []
 
 
-def run_evaluation(args: Any) -> dict[str, Any]:
-    run_dir = Path(args.run_dir)
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    tasks: list[str] | None = None,
+    user_tasks: list[str] = (),
+    goals: list[str] = (),
+    episodes: int = 10,
+    reward_samples: int | None = None,
+    seeds: list[int] = (0,),
+    device: str = "auto",
+    trajectories: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run directory on domain tasks, user reward functions and goals.
+
+    ``tasks=None`` means every task of the domain unless only user tasks or goals are asked
+    for. A supervised (oracle) run is evaluated on the task it was trained for.
+    """
+    run_dir = Path(run_dir)
     cfg = run_config_from_dict(read_json(run_dir / "config.json", f"run {run_dir}"))
     run = read_json(run_dir / "run.json", f"run {run_dir}")
     try:
         domain = make_domain(cfg.domain)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
-    device = resolve_device(args.device)
-    model = load_run_model(run_dir, domain, device)
-    dataset = OfflineDataset.load(run["dataset"], device=device, domain=domain.name)
-
-    tasks: dict[str, Any] = {}
-    names = _split(args.tasks) if args.tasks else ([] if (args.task or args.goals) else list(domain.tasks))
-    for name in names:
+    dev = resolve_device(device)
+    model = load_run_model(run_dir, domain, dev)
+    dataset = OfflineDataset.load(run["dataset"], device=dev, domain=domain.name)
+    if cfg.task:  # a supervised oracle knows one task only
+        tasks, user_tasks, goals = [cfg.task], [], []
+    elif tasks is None:
+        tasks = [] if (user_tasks or goals) else list(domain.tasks)
+    fns: dict[str, Any] = {}
+    for name in tasks:
         if name not in domain.tasks:
             raise UserError(f"domain {domain.name!r} has no task {name!r}; its tasks are: {', '.join(domain.tasks)}")
-        tasks[name] = (lambda batch, n=name: domain.reward(n, batch))
-    for spec in args.task:
-        tasks[spec] = user_reward_function(spec)
-    goals = list(domain.goals) if args.goals == "all" else _split(args.goals)
+        fns[name] = lambda batch, n=name: domain.reward(n, batch)
+    for spec in user_tasks:
+        fns[spec] = user_reward_function(spec)
+    if list(goals) == ["all"]:
+        goals = list(domain.goals)
     for g in goals:
         domain.goal(g)  # validates the name
 
-    seeds = [int(s) for s in _split(args.seeds)] or [0]
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
-        entry: dict[str, Any] = {"seed": seed}
+        trajs = trajectories if seed == seeds[0] else None
         try:
-            entry["tasks"] = evaluate_tasks(
-                model, domain, dataset, tasks, episodes=args.episodes,
-                reward_samples=args.reward_samples, seed=seed,
-            ) if tasks else {}
+            task_results = evaluate_tasks(model, domain, dataset, fns, episodes=episodes,
+                                          reward_samples=reward_samples, seed=seed, trajectories=trajs) if fns else {}
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        entry["goals"] = evaluate_goals(model, domain, goals, episodes=args.episodes, seed=seed) if goals else {}
-        per_seed.append(entry)
-
-    results = _combine(per_seed, tasks, goals)
+        goal_results = evaluate_goals(model, domain, list(goals), episodes=episodes, seed=seed,
+                                      trajectories=trajs) if goals else {}
+        per_seed.append({"seed": seed, "tasks": task_results, "goals": goal_results})
+    results = _combine(per_seed, fns, list(goals))
     results.update({
-        "run_dir": str(run_dir),
-        "agent": cfg.agent.name,
-        "domain": domain.name,
-        "episodes": args.episodes,
-        "seeds": seeds,
-        "created": now_iso(),
-        "versions": versions(),
-        "config": read_json(run_dir / "config.json", "run config"),
+        "run_dir": str(run_dir), "agent": cfg.agent.name, "domain": domain.name, "task": cfg.task,
+        "episodes": episodes, "seeds": list(seeds), "created": now_iso(), "versions": versions(),
+        "config": read_json(run_dir / "config.json", "run config"), "dataset": run["dataset"],
     })
-    table = format_table(results)
-    print(table)
+    results["_model"], results["_domain"] = model, domain  # for pictures; stripped before saving
+    return results
+
+
+def add_oracle(results: dict[str, Any], oracle_runs: list[str], episodes: int, seeds: list[int]) -> None:
+    """Evaluate supervised oracle runs and add "% of oracle" to each matching task."""
+    for oracle_dir in oracle_runs:
+        oracle = evaluate_run(oracle_dir, episodes=episodes, seeds=seeds)
+        for task, r in oracle["tasks"].items():
+            if task in results["tasks"]:
+                denom = r["mean_return"]
+                results["tasks"][task].update({
+                    "oracle_return": denom,
+                    "oracle": f"{oracle['agent']} run {oracle_dir} (same dataset, task reward)",
+                    "pct_of_oracle": 100.0 * results["tasks"][task]["mean_return"] / denom if denom > 0 else None,
+                })
+    pct = [r["pct_of_oracle"] for r in results["tasks"].values() if r.get("pct_of_oracle") is not None]
+    if pct:
+        results["pct_of_oracle_mean"] = float(np.mean(pct))
+
+
+def write_report(results: dict[str, Any], out: Path, run_dir: Path, trajectories: dict[str, Any], video: bool) -> list[Path]:
+    """results.json, report.md and pictures (bars, learning curves, maze paths, videos)."""
+    from zsrl import plots
+
+    model, domain = results.pop("_model"), results.pop("_domain")
+    pictures: list[Path] = []
+    if results["tasks"]:
+        oracle = {t: r["oracle_return"] for t, r in results["tasks"].items() if "oracle_return" in r}
+        pictures.append(plots.task_bars(results, out / "returns.png", oracle=oracle or None))
+    if (run_dir / "metrics.csv").is_file():
+        pictures.append(plots.learning_curves(run_dir, out / "learning_curves.png"))
+    if trajectories and hasattr(domain, "draw_layout"):
+        pictures.append(plots.maze_trajectories(domain, trajectories, out / "trajectories.png"))
+    if video:
+        for name, r in results["tasks"].items():
+            try:
+                pictures.append(plots.policy_video(domain, model, r["z"], out / f"video_{_slug(name)}.mp4",
+                                                   task=name if name in domain.tasks else None))
+            except RuntimeError as exc:
+                print(f"no video: {exc}", file=sys.stderr)
+                break
+    atomic_write_json(out / "results.json", results)
+    md = [f"# zsrl eval — {results['agent']} on {results['domain']}", "",
+          f"Run `{run_dir}`, {results['episodes']} episodes × seeds {results['seeds']}; dataset `{results['dataset']}`.",
+          "", format_table(results), ""]
+    md += [f"![{p.stem}]({p.name})" if p.suffix == ".png" else f"[{p.name}]({p.name})" for p in pictures]
+    atomic_write_bytes(out / "report.md", ("\n".join(md) + "\n").encode())
+    return pictures
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def run_evaluation(args: Any) -> dict[str, Any]:
+    """``zsrl eval`` entry point."""
+    trajectories: dict[str, Any] = {}
+    seeds = [int(s) for s in _split(args.seeds)] or [0]
+    results = evaluate_run(
+        args.run_dir, tasks=_split(args.tasks) if args.tasks else None, user_tasks=args.task,
+        goals=_split(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
+        seeds=seeds, device=args.device, trajectories=trajectories,
+    )
+    if args.oracle:
+        add_oracle(results, args.oracle, args.episodes, seeds)
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "eval"
+    write_report(results, out, run_dir, trajectories, args.video)
+    print(format_table(results))
+    print(f"\nwrote {out / 'report.md'}, {out / 'results.json'} and pictures")
     if args.json_path:
         atomic_write_json(args.json_path, results)
-    out = Path(args.out) if args.out else run_dir / "eval"
-    atomic_write_json(out / "results.json", results)
-    atomic_write_bytes(out / "report.md", (f"# zsrl eval — {cfg.agent.name} on {domain.name}\n\n{table}\n").encode())
     return results
 
 

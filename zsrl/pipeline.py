@@ -1,0 +1,61 @@
+"""The whole pipeline in one call: collect → pretrain → prompt → report.
+
+``zsrl pipeline`` (defaults: the point-mass maze, a self-collected sticky-random dataset,
+FB with its CPU preset) is the project's main job; it writes::
+
+    OUT/data/      the reward-free dataset (+ coverage.png)
+    OUT/run/       the training run (config, metrics, checkpoints, model)
+    OUT/report/    results.json, report.md, returns / learning-curve / trajectory pictures
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zsrl.collect import collect_to_disk
+from zsrl.data import OfflineDataset
+from zsrl.registry import RegistryError, make_domain
+from zsrl.report import evaluate_run, format_table, write_report
+from zsrl.train import start_run
+from zsrl.utils import UserError
+
+
+def run_pipeline(
+    out: str | Path,
+    *,
+    domain: str = "point_mass_maze",
+    agent: str = "fb",
+    collector: str = "sticky",
+    hold: int = 100,
+    transitions: int = 200_000,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    episodes: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    out = Path(out)
+    try:
+        dom = make_domain(domain)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    data = out / "data"
+    if data.exists():
+        print(f"[1/3] reusing the dataset in {data}")
+        OfflineDataset.load(data, domain=dom.name)
+    else:
+        print(f"[1/3] collecting {transitions:,} reward-free transitions ({collector}) on {domain}")
+        collect_to_disk(dom, collector, transitions, data, seed=seed, hold=hold, progress=progress,
+                        domain_spec=domain)
+    print(f"[2/3] pretraining {agent} with the preset {agent}/{domain}_cpu")
+    run = start_run(f"{agent}/{domain}_cpu", data, out / "run",
+                    [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])],
+                    overwrite=True)
+    print(f"[3/3] prompting on every task{' and goal' if dom.goals else ''}, {episodes} episodes each")
+    trajectories: dict[str, Any] = {}
+    results = evaluate_run(run, goals=["all"] if dom.goals else [], tasks=list(dom.tasks),
+                           episodes=episodes, trajectories=trajectories)
+    write_report(results, out / "report", run, trajectories, video=False)
+    print(format_table(results))
+    print(f"\nreport: {out / 'report' / 'report.md'}")
+    return results
