@@ -191,20 +191,21 @@ class Agent:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
 
-    def setup_compile(self, compile: bool = False, cudagraphs: bool = False) -> None:
-        """Wrap the update in ``torch.compile`` and/or a CUDA graph.
+    def wrap_step(
+        self, fn: Callable[[TensorDict], dict[str, torch.Tensor]], compile: bool = False, cudagraphs: bool = False
+    ) -> Callable[[TensorDict], dict[str, torch.Tensor]]:
+        """``fn`` wrapped in ``torch.compile`` and/or a CUDA graph.
 
         CUDA graphs need a CUDA device; elsewhere they are skipped with a warning, and the
         update runs eagerly (or compiled), so CPU runs of a GPU config stay correct.
         """
-        fn = self._update
         if compile:
             fn = torch.compile(fn, mode=None if cudagraphs else "default")
         if cudagraphs:
             if self.device.type != "cuda":
                 import warnings
 
-                warnings.warn("train.cudagraphs=true needs a CUDA device; running without CUDA graphs", stacklevel=2)
+                warnings.warn("train.cudagraphs=true needs a CUDA device; running without CUDA graphs", stacklevel=3)
             else:
                 from tensordict.nn import CudaGraphModule
 
@@ -212,7 +213,11 @@ class Agent:
                     for group in opt.param_groups:
                         group["capturable"] = True
                 fn = CudaGraphModule(fn, in_keys=[], out_keys=[], warmup=5)
-        self._step_fn = fn
+        return fn
+
+    def setup_compile(self, compile: bool = False, cudagraphs: bool = False) -> None:
+        """Wrap the update step (see :meth:`wrap_step`)."""
+        self._step_fn = self.wrap_step(self._update, compile, cudagraphs)
 
     # ---- state -------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

@@ -40,12 +40,17 @@ def random_dataset(obs_dim: int, action_dim: int, n: int, device: torch.device):
 def bench(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
     cfg = load_run_config(preset, overrides)
     device = resolve_device(cfg.train.device)
-    env = make_domain(cfg.domain).make_env(seed=0)
+    domain = make_domain(cfg.domain)
+    env = domain.make_env(seed=0)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
     seed_everything(0)
     data = random_dataset(obs_dim, action_dim, 100_000, device)
     agent = build_agent(cfg, obs_dim, action_dim, device)
+    if agent.needs_task:
+        raise SystemExit(f"{preset}: bench_updates measures reward-free agents on random data; "
+                         "a supervised agent needs a dataset it can relabel")
+    agent.setup(data, domain)
     agent.setup_compile(cfg.train.compile, cfg.train.cudagraphs)
     for _ in range(warmup):
         metrics = agent.update(agent.sample_batch(data, cfg.train.batch_size))

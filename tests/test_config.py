@@ -52,3 +52,8 @@ def test_presets_parse(preset):
 def test_missing_preset_lists_presets():
     with pytest.raises(UserError, match="neither a file nor a preset.*fb/walker"):
         load_run_config("fb/nowhere")
+
+
+def test_exponent_without_dot_is_a_float():
+    cfg = load_run_config("fb/point_mass_maze_cpu", ["agent.lr_b=1e-5"])
+    assert cfg.agent.lr_b == 1e-5

@@ -1,0 +1,704 @@
+r"""Functional Reward Encodings (FRE).
+
+Frans, Park, Abbeel & Levine, "Unsupervised Zero-Shot Reinforcement Learning via Functional
+Reward Encodings" (ICML 2024); the anchor is kvfrans/fre ``experiment/run_fre.py``.
+
+A task is a reward function ``η``; FRE represents it by ``K`` samples ``{(s_k, η(s_k))}``
+and learns a variational encoder of such sets, then a policy conditioned on the code.
+
+**Encoder** (a set transformer, permutation invariant: no positional embedding):
+
+.. math::
+
+   e_k &= [\,\mathrm{Linear}(\bar s_k) \,\|\, \mathrm{Embed}(\mathrm{bin}(\eta(s_k)))\,],\qquad
+   \mathrm{bin}(r) = \lfloor (r/2 + 1/2)\,n_{bins} \rfloor \text{ clipped to } [0, n_{bins}) \\
+   (\mu, \log\sigma) &= \mathrm{Linear}\big(\operatorname{mean}_k \mathrm{Transformer}(e_{1..K})_k\big),
+   \qquad w = \mu + \sigma \odot \epsilon
+
+where ``s̄`` is the observation standardised by dataset statistics (``normalize_obs``).
+A decoder ``D(w, s)`` predicts the reward at ``Q`` *other* states, so ``w`` must carry the
+function, not the samples:
+
+.. math::
+
+   L_{enc} = \operatorname{mean}_{q} \big(D(w, s_q) - \eta(s_q)\big)^2
+           + \beta\, \mathrm{KL}\big(\mathcal N(\mu, \sigma^2) \,\|\, \mathcal N(0, I)\big)
+
+**Prior over rewards** ``η``, sampled per batch row (fixed row slices with weights
+``prior_goal / prior_linear / prior_mlp``), on ``f(s)`` = the domain's ``features(s)`` when
+the domain overrides it, else ``s``, standardised by dataset statistics:
+
+* goal reaching: ``η(s) = −1 + 1[RMS((s̄ − ḡ)_{goal_dims}) < goal_threshold]`` with the goal
+  ``g`` one of the row's context states (the current state w.p. 0.2, a future state of the
+  same trajectory w.p. 0.5, a random dataset state w.p. 0.3). Reaching it is terminal:
+  the IQL mask is ``−η``;
+* linear: ``η(s) = clip(uᵀ f̄(s))`` with ``u ~ U(−1, 1)``, each coordinate kept w.p. 0.1
+  (at least one kept), clipped to ``[0, 1]`` or ``[−1, 1]`` (50/50);
+* random MLP: ``η(s) = clip(W₂ᵀ tanh(W₁ᵀ f̄(s) + b₁), −1, 1)``, one of ``num_random_nets``
+  fixed nets with ``W₁ ~ N(0, 1/32)``, ``b₁ ~ N(0, 16)``, ``W₂ ~ N(0, 1/16)`` (the
+  reference init, drawn once from ``prior_seed``).
+
+**Context** of one row (index ``i``, transition ``(s_i, a_i, s'_i)``): ``s'_i``, then
+``trajectory_context − 1`` future states of its trajectory (geometric offsets,
+``trajectory_discount``), then random dataset states; all rewards are rewards of *reached*
+states, so the transition's reward is ``r_i = η(s'_i)``, as in zsrl's prompting convention.
+
+**Two phases.** For ``encoder_steps`` updates only ``L_enc`` is trained. Then the encoder is
+frozen and an IQL policy learns on ``w = μ`` (no sampling, no gradient):
+
+.. math::
+
+   L_V &= \operatorname{mean} |\tau - 1(\bar Q - V < 0)|\,(\bar Q - V)^2,
+       \quad \bar Q = \min_j \bar Q_j(s, a, w), \ \ \tau = \text{expectile} \\
+   L_Q &= \textstyle\sum_j \operatorname{mean} \big(Q_j(s, a, w) - r - \gamma\, m\, V(s', w)\big)^2,
+       \quad m = (1 - d)\cdot(−η(s') \text{ for goals}, 1 \text{ otherwise}) \\
+   L_\pi &= -\operatorname{mean} \min\big(e^{T (\min_j Q_j - V)}, 100\big)\, \log \pi(a \mid s, w)
+
+with Polyak targets ``Q̄`` (rate ``tau``) and a Gaussian policy: tanh mean, state-independent
+learned standard deviation. ``act(mean=True)`` returns the tanh mean.
+
+**Prompting.** ``infer_z_from_rewards(s', r)``: rewards are clipped to ``[−1, 1]`` (the bins
+cover only that range: scale a task's reward into it). With at most ``context_size``
+samples they form one context. With more, they are shuffled (deterministically) and cut
+into ``⌊N/K⌋`` chunks of ``K``; ``z`` is the **mean of μ over the chunks**.
+``infer_z_from_goal(g)``: a bank of dataset states stored in the model at setup is cut into
+chunks of ``K − 1``; each chunk plus ``g`` is labelled with the goal reward and encoded;
+``z`` = the mean μ. ``sample_z(n)`` encodes random goal-reaching tasks (random bank goals)
+— codes from the training distribution.
+
+Differences from the reference: observations are standardised before every network
+(``normalize_obs``) and the prior acts on standardised features (the reference hard-codes
+per-domain standard deviations for goals and uses raw states for linear / MLP rewards);
+the goal distance is an RMS over ``goal_dims`` with a single ``goal_threshold``; the KL uses
+``σ = exp(log σ)`` consistently (the reference mixes log-variance and log-std); the MLPs
+are zsrl's shared ``mlp`` (LayerNorm+tanh on the first layer, ReLU after) instead of
+LayerNorm+mish on every layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import nn
+
+from zsrl.agents.base import Agent, Model
+from zsrl.config import AgentConfig
+from zsrl.nn import mlp, soft_update
+from zsrl.utils import UserError
+
+
+@dataclass
+class FREConfig(AgentConfig):
+    """FRE hyper-parameters (defaults: the published ones, kvfrans/fre ``run_fre.py``)."""
+
+    name: str = "fre"
+    #: dimension of the reward encoding ``w`` (the task embedding z)
+    z_dim: int = 128
+    # ---- encoder / decoder ----------------------------------------------------------
+    #: K, (state, reward) pairs per encoder context
+    context_size: int = 32
+    #: of the K, states from the row's own trajectory (the reached state first)
+    trajectory_context: int = 8
+    #: geometric discount of the offsets of those trajectory states
+    trajectory_discount: float = 0.99
+    #: decoder query states per row
+    decoder_queries: int = 8
+    #: reward bins over [-1, 1]
+    reward_bins: int = 32
+    #: transformer width (half state embedding, half reward embedding)
+    emb_dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    mlp_dim: int = 256
+    kl_weight: float = 0.01
+    # ---- prior over reward functions ------------------------------------------------
+    prior_goal: float = 1 / 3
+    prior_linear: float = 1 / 3
+    prior_mlp: float = 1 / 3
+    #: fixed random reward nets (published 10000)
+    num_random_nets: int = 10_000
+    random_net_hidden: int = 32
+    #: probability that a linear-reward weight is kept (not zeroed)
+    linear_keep_prob: float = 0.1
+    #: goal reached when the RMS standardised distance over ``goal_dims`` is below this
+    goal_threshold: float = 0.2
+    #: observation dimensions the goal distance uses (empty: all)
+    goal_dims: list[int] = field(default_factory=list)
+    #: where goals come from: the reached state / its trajectory / (rest) random states
+    goal_from_current: float = 0.2
+    goal_from_trajectory: float = 0.5
+    #: seed of the random-MLP bank
+    prior_seed: int = 0
+    # ---- IQL policy -----------------------------------------------------------------
+    hidden_dim: int = 512
+    hidden_layers: int = 3
+    lr: float = 1e-4
+    discount: float = 0.99
+    expectile: float = 0.8
+    temperature: float = 3.0
+    max_weight: float = 100.0
+    tau: float = 0.001
+    #: gradient-norm clipping (0 = off)
+    clip_grad_norm: float = 0.0
+    #: updates of the first phase (encoder + decoder only); the policy trains afterwards
+    encoder_steps: int = 1_000_000
+    # ---- observations and prompting -----------------------------------------------------
+    normalize_obs: bool = True
+    #: dataset states kept in the model for goal prompting and sample_z
+    prompt_bank_size: int = 1024
+    #: reward samples used by default to infer z at evaluation (K: one context, as published)
+    inference_samples: int = 32
+
+
+def validate_config(cfg: FREConfig, obs_dim: int) -> None:
+    """Raise :class:`UserError` for inconsistent FRE settings."""
+    problems = []
+    if cfg.context_size < 2:
+        problems.append("context_size must be >= 2")
+    if not 1 <= cfg.trajectory_context <= cfg.context_size:
+        problems.append("trajectory_context must lie in [1, context_size]")
+    if not 0 < cfg.trajectory_discount < 1:
+        problems.append("trajectory_discount must lie in (0, 1)")
+    if cfg.emb_dim < 2 or cfg.emb_dim % cfg.num_heads:
+        problems.append("emb_dim must be >= 2 and divisible by num_heads")
+    if min(cfg.prior_goal, cfg.prior_linear, cfg.prior_mlp) < 0 or (
+        cfg.prior_goal + cfg.prior_linear + cfg.prior_mlp <= 0
+    ):
+        problems.append("prior_goal/prior_linear/prior_mlp must be >= 0 with a positive sum")
+    if cfg.num_random_nets < 1 or cfg.reward_bins < 2 or cfg.decoder_queries < 1:
+        problems.append("num_random_nets >= 1, reward_bins >= 2 and decoder_queries >= 1 are needed")
+    if any(not 0 <= d < obs_dim for d in cfg.goal_dims):
+        problems.append(f"goal_dims {cfg.goal_dims} must index the {obs_dim} observation dims")
+    if cfg.goal_from_current < 0 or cfg.goal_from_trajectory < 0 or (
+        cfg.goal_from_current + cfg.goal_from_trajectory > 1
+    ):
+        problems.append("goal_from_current + goal_from_trajectory must lie in [0, 1]")
+    if cfg.prompt_bank_size < cfg.context_size:
+        problems.append("prompt_bank_size must be >= context_size")
+    if problems:
+        raise UserError("invalid FRE config: " + "; ".join(problems))
+
+
+def discretize_rewards(rewards: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin index of rewards over ``[-1, 1]`` (values outside fall into the end bins)."""
+    idx = torch.floor((rewards / 2.0 + 0.5) * bins).long()
+    return idx.clamp(0, bins - 1)
+
+
+def goal_rewards(states: torch.Tensor, goals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``−1 + 1[RMS(states − goals) < threshold]`` on standardised (selected) dims.
+
+    ``states`` ``(..., M, D)``, ``goals`` broadcastable ``(..., 1, D)`` → rewards ``(..., M)``.
+    """
+    rms = (states - goals).pow(2).mean(-1).sqrt()
+    return (rms < threshold).to(states.dtype) - 1.0
+
+
+def kl_standard_normal(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """``KL(N(μ, σ²) ‖ N(0, I))`` averaged over batch and dimensions."""
+    return 0.5 * (mu.pow(2) + torch.exp(2 * log_std) - 1.0 - 2 * log_std).mean()
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """``mean |τ − 1(diff < 0)| · diff²`` (IQL's asymmetric L2)."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+class RewardEncoder(nn.Module):
+    """Set transformer ``{(s_k, r_k)}_{k ≤ K} → (μ, log σ)`` (see the module docstring)."""
+
+    def __init__(self, obs_dim: int, cfg: FREConfig):
+        super().__init__()
+        half = cfg.emb_dim // 2
+        self.bins = cfg.reward_bins
+        self.state_embed = nn.Linear(obs_dim, half)
+        self.reward_embed = nn.Embedding(cfg.reward_bins, cfg.emb_dim - half)
+        layer = nn.TransformerEncoderLayer(
+            cfg.emb_dim, cfg.num_heads, cfg.mlp_dim, dropout=0.0, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(
+            layer, cfg.num_layers, norm=nn.LayerNorm(cfg.emb_dim), enable_nested_tensor=False
+        )
+        self.mean = nn.Linear(cfg.emb_dim, cfg.z_dim)
+        self.log_std = nn.Linear(cfg.emb_dim, cfg.z_dim)
+
+    def forward(self, states: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``states`` ``(B, K, obs_dim)`` (standardised), ``rewards`` ``(B, K)`` → ``(B, z_dim)`` ×2."""
+        x = torch.cat(
+            [self.state_embed(states), self.reward_embed(discretize_rewards(rewards, self.bins))], -1
+        )
+        pooled = self.transformer(x).mean(1)
+        return self.mean(pooled), self.log_std(pooled).clamp(-10.0, 2.0)
+
+
+class GaussianActor(nn.Module):
+    """``π(a | s, w) = N(tanh(m(s, w)), diag σ²)`` with a learned state-independent σ."""
+
+    def __init__(self, in_dim: int, action_dim: int, hidden: list[int]):
+        super().__init__()
+        self.net = mlp(in_dim, hidden, action_dim)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tanh(self.net(x)), self.log_std.clamp(-5.0, 2.0).expand(x.shape[0], -1)
+
+    def log_prob(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(x)
+        z = (action - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class FREModel(Model):
+    """Inference side of FRE: reward encoder, reward decoder, IQL value/critic/actor.
+
+    Buffers (saved with the model): ``obs_mean`` / ``obs_std`` (dataset statistics used to
+    standardise every network input and goal distances) and ``prompt_bank`` (dataset states
+    for goal prompting), filled by :meth:`FREAgent.setup`.
+    """
+
+    agent_name = "fre"
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FREConfig):
+        super().__init__(obs_dim, action_dim, cfg)
+        validate_config(cfg, obs_dim)
+        hidden = [cfg.hidden_dim] * cfg.hidden_layers
+        self.encoder = RewardEncoder(obs_dim, cfg)
+        self.decoder = mlp(obs_dim + cfg.z_dim, hidden, 1)
+        self.value_net = mlp(obs_dim + cfg.z_dim, hidden, 1)
+        self.critic = mlp(obs_dim + action_dim + cfg.z_dim, hidden, 1, ensemble=2)
+        self.actor = GaussianActor(obs_dim + cfg.z_dim, action_dim, hidden)
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.register_buffer("prompt_bank", torch.zeros(cfg.prompt_bank_size, obs_dim))
+        self.register_buffer("prompt_bank_ready", torch.zeros((), dtype=torch.bool))
+        dims = cfg.goal_dims or list(range(obs_dim))
+        self.register_buffer("goal_dims", torch.tensor(dims, dtype=torch.long), persistent=False)
+
+    # ---- building blocks ---------------------------------------------------------------
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.normalize_obs:
+            return obs
+        return ((obs - self.obs_mean) / self.obs_std).clamp(-10.0, 10.0)
+
+    def goal_space(self, obs: torch.Tensor) -> torch.Tensor:
+        """Standardised ``goal_dims`` of observations (where goal distances are measured)."""
+        return ((obs - self.obs_mean) / self.obs_std).index_select(-1, self.goal_dims)
+
+    def encode(self, states: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(μ, log σ)`` of contexts: raw states ``(B, K, obs_dim)``, rewards ``(B, K)``."""
+        return self.encoder(self.normalize(states), rewards)
+
+    def predict_reward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Decoder ``D(w, s)``: ``obs`` ``(..., obs_dim)`` with ``z`` broadcastable → ``(...)``."""
+        z = z.expand(*obs.shape[:-1], z.shape[-1])
+        return self.decoder(torch.cat([self.normalize(obs), z], -1)).squeeze(-1)
+
+    def value(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.value_net(torch.cat([self.normalize(obs), z], -1)).squeeze(-1)
+
+    def q_values(self, obs: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Twin critics ``(2, N)``."""
+        return self.critic(torch.cat([self.normalize(obs), action, z], -1)).squeeze(-1)
+
+    # ---- the inference API -------------------------------------------------------------
+    def act(self, obs: torch.Tensor, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        mu, log_std = self.actor(torch.cat([self.normalize(obs), z], -1))
+        if mean:
+            return mu
+        return (mu + torch.randn_like(mu) * log_std.exp()).clamp(-1.0, 1.0)
+
+    def _require_bank(self) -> None:
+        if not bool(self.prompt_bank_ready):
+            raise RuntimeError(
+                "this FRE model has no bank of dataset states (FREAgent.setup was never run), so it "
+                "cannot build goal prompts; train it with zsrl train or call agent.setup(dataset, domain)"
+            )
+
+    def _encode_goals(self, goals: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
+        """Mean μ over contexts ``[g, chunk_c]``: goals ``(N, D)``, chunks ``(N, C, K−1, D)``."""
+        n, c = chunks.shape[:2]
+        states = torch.cat([goals[:, None, None, :].expand(n, c, 1, -1), chunks], 2)  # (N, C, K, D)
+        rewards = goal_rewards(
+            self.goal_space(states), self.goal_space(goals)[:, None, None, :], self.cfg.goal_threshold
+        )
+        mu, _ = self.encode(states.flatten(0, 1), rewards.flatten(0, 1))
+        return mu.view(n, c, -1).mean(1)
+
+    @torch.no_grad()
+    def sample_z(self, n: int, device: torch.device | None = None) -> torch.Tensor:
+        """Codes of ``n`` random goal-reaching tasks (goals and contexts from the state bank)."""
+        self._require_bank()
+        bank = self.prompt_bank
+        k = self.cfg.context_size
+        idx = torch.randint(bank.shape[0], (n, k), device=bank.device)
+        z = self._encode_goals(bank[idx[:, 0]], bank[idx[:, 1:]][:, None])
+        return z.to(device or self.device)
+
+    @torch.no_grad()
+    def infer_z_from_rewards(self, obs: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """Mean μ over chunks of ``context_size`` reward samples (see the module docstring)."""
+        self._check_prompt(obs, rewards)
+        rewards = rewards.reshape(-1).to(obs.dtype)
+        outside = int((rewards.abs() > 1.0 + 1e-6).sum())
+        if outside:
+            warnings.warn(
+                f"FRE bins rewards over [-1, 1]; {outside} of {rewards.numel()} reward samples lie "
+                "outside and are clipped. Scale the task reward into [-1, 1].",
+                stacklevel=2,
+            )
+        rewards = rewards.clamp(-1.0, 1.0)
+        n, k = obs.shape[0], self.cfg.context_size
+        if n <= k:
+            states, r = obs[None], rewards[None]
+        else:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(obs.device)
+            c = n // k
+            keep = perm[: c * k]
+            states, r = obs[keep].view(c, k, -1), rewards[keep].view(c, k)
+        mu, _ = self.encode(states, r)
+        return mu.mean(0, keepdim=True)
+
+    @torch.no_grad()
+    def infer_z_from_goal(self, goal_obs: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
+        """One code per goal, ``(N, z_dim)``: goal rewards on chunks of the state bank."""
+        if goal_obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"goal observations must have {self.obs_dim} dims, got shape {tuple(goal_obs.shape)}")
+        goal_obs = goal_obs.reshape(-1, self.obs_dim)
+        self._check_prompt(goal_obs)
+        self._require_bank()
+        k1 = self.cfg.context_size - 1
+        c = self.prompt_bank.shape[0] // k1
+        chunks = self.prompt_bank[: c * k1].view(1, c, k1, -1).expand(goal_obs.shape[0], -1, -1, -1)
+        return self._encode_goals(goal_obs.to(self.prompt_bank.dtype), chunks)
+
+
+class RewardPrior(nn.Module):
+    """The prior over reward functions (goal / linear / random MLP) of the module docstring.
+
+    Buffers (part of the agent's training state): feature statistics and the random-MLP bank.
+    """
+
+    def __init__(self, feature_dim: int, cfg: FREConfig):
+        super().__init__()
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.prior_seed)
+        n, h = cfg.num_random_nets, cfg.random_net_hidden
+        self.register_buffer("feat_mean", torch.zeros(feature_dim))
+        self.register_buffer("feat_std", torch.ones(feature_dim))
+        self.register_buffer("mlp_w1", torch.randn(n, feature_dim, h, generator=g) * math.sqrt(1 / 32))
+        self.register_buffer("mlp_b1", torch.randn(n, h, generator=g) * math.sqrt(16))
+        self.register_buffer("mlp_w2", torch.randn(n, h, generator=g) * math.sqrt(1 / 16))
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return ((feats - self.feat_mean) / self.feat_std).clamp(-10.0, 10.0)
+
+    def sample_linear(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights ``(n, F)`` (sparse, at least one nonzero) and clip-to-[0,1] flags ``(n,)``."""
+        f = self.feat_mean.shape[0]
+        w = torch.rand(n, f, device=device) * 2 - 1
+        keep = torch.rand(n, f, device=device) < self.cfg.linear_keep_prob
+        keep[torch.arange(n, device=device), torch.randint(f, (n,), device=device)] = True
+        return w * keep, torch.rand(n, device=device) < 0.5
+
+    @staticmethod
+    def linear(feats: torch.Tensor, w: torch.Tensor, clip01: torch.Tensor) -> torch.Tensor:
+        """``feats`` ``(n, M, F)`` (standardised), ``w`` ``(n, F)`` → rewards ``(n, M)``."""
+        r = (feats * w[:, None, :]).sum(-1)
+        return torch.where(clip01[:, None], r.clamp(0.0, 1.0), r.clamp(-1.0, 1.0))
+
+    def random_mlp(self, feats: torch.Tensor, net: torch.Tensor) -> torch.Tensor:
+        """``feats`` ``(n, M, F)`` (standardised), net ids ``(n,)`` → rewards ``(n, M)`` in [-1, 1]."""
+        h = torch.tanh(torch.bmm(feats, self.mlp_w1[net]) + self.mlp_b1[net][:, None, :])
+        return (h * self.mlp_w2[net][:, None, :]).sum(-1).clamp(-1.0, 1.0)
+
+
+_ENCODER_METRICS = ("loss/reward_pred", "loss/kl", "diag/w_norm", "diag/w_std", "diag/reward_mean")
+_POLICY_METRICS = ("loss/value", "loss/critic", "loss/actor", "diag/v", "diag/q", "diag/adv",
+                   "diag/awr_weight", "diag/policy_std")
+
+
+class _Progress(nn.Module):
+    """The update counter as a buffer, so that it is saved in the training state."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+
+class FREAgent(Agent):
+    """Trains :class:`FREModel`: encoder phase, then IQL on the frozen encoder's codes."""
+
+    config_class = FREConfig
+    model_class = FREModel
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FREConfig, device: torch.device):
+        super().__init__(obs_dim, action_dim, cfg, device)
+        m = self.model
+        self.critic_target = copy.deepcopy(m.critic).requires_grad_(False)
+        self.encoder_opt = torch.optim.Adam([*m.encoder.parameters(), *m.decoder.parameters()], lr=cfg.lr)
+        self.policy_opt = torch.optim.Adam(
+            [*m.value_net.parameters(), *m.critic.parameters(), *m.actor.parameters()], lr=cfg.lr
+        )
+        self.progress = _Progress().to(self.device)
+        self._updates = 0  # host mirror of progress.updates (no device sync per update)
+        self._phase_fns = {"encoder": self._update_encoder, "policy": self._update_policy}
+        k, t = cfg.context_size, cfg.trajectory_context
+        # probabilities of each context position to be the goal of a goal-reaching row
+        p = torch.zeros(k)
+        p[0] = cfg.goal_from_current
+        p_rand = 1.0 - cfg.goal_from_current - cfg.goal_from_trajectory
+        if t > 1:
+            p[1:t] = cfg.goal_from_trajectory / (t - 1)
+        else:
+            p_rand += cfg.goal_from_trajectory
+        if k > t:
+            p[t:] = p_rand / (k - t)
+        if p.sum() <= 0:
+            p[0] = 1.0
+        self._goal_position_probs = (p / p.sum()).to(self.device)
+        self._dataset: Any = None
+        self._source: Any = None
+        self._domain: Any = None
+        self._next_obs: torch.Tensor | None = None
+        self._features: torch.Tensor | None = None
+
+    # ---- phases ------------------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        """``"encoder"`` for the first ``encoder_steps`` updates, ``"policy"`` afterwards."""
+        return "encoder" if self._updates < self.cfg.encoder_steps else "policy"
+
+    @property
+    def updates_done(self) -> int:
+        return self._updates
+
+    # ---- data --------------------------------------------------------------------------
+    @torch.no_grad()
+    def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
+        """Dataset statistics, prior features, the random-MLP bank and the prompt bank.
+
+        When ``domain`` overrides :meth:`zsrl.envs.base.Domain.features`, it is called once on
+        the dataset's next observations (float32 numpy arrays ``(n, obs_dim)``, in chunks of
+        100k) and must return ``(n, F)`` features; the prior then acts on those.
+        """
+        from zsrl.envs.base import Domain
+
+        cfg, model = self.cfg, self.model
+        source = dataset
+        if dataset.device != self.device:
+            dataset = dataset.to(self.device)
+        next_obs = dataset.data["next", "observation"]
+        mean, std = next_obs.mean(0), next_obs.std(0)
+        model.obs_mean.copy_(mean)
+        model.obs_std.copy_(std.clamp_min(1e-4))
+        features = None
+        if domain is not None and type(domain).features is not Domain.features:
+            chunks = []
+            for part in next_obs.split(100_000):
+                out = domain.features(part.cpu().numpy())
+                chunks.append(torch.as_tensor(out, dtype=torch.float32).reshape(part.shape[0], -1))
+            features = torch.cat(chunks).to(self.device)
+            if not torch.isfinite(features).all():
+                raise UserError(f"domain {domain.name!r}: features() returned NaN or inf values")
+        feats = next_obs if features is None else features
+        self.prior = RewardPrior(feats.shape[1], cfg).to(self.device)
+        self.prior.feat_mean.copy_(feats.mean(0))
+        self.prior.feat_std.copy_(feats.std(0).clamp_min(1e-4))
+        bank_idx = torch.randint(len(dataset), (cfg.prompt_bank_size,), device=next_obs.device)
+        model.prompt_bank.copy_(next_obs[bank_idx])
+        model.prompt_bank_ready.fill_(True)
+        self._source, self._dataset, self._domain = source, dataset, domain
+        self._next_obs, self._features = next_obs, features
+
+    @torch.no_grad()
+    def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
+        """Everything one update needs; see the module docstring for the context layout.
+
+        Keys: ``context_obs`` ``(B, K, D)``, ``context_reward`` ``(B, K)``; in the encoder phase
+        ``query_obs`` ``(B, Q, D)`` and ``query_reward`` ``(B, Q)``; in the policy phase the
+        transition ``observation, action, next/observation`` with ``reward`` and ``mask``.
+        """
+        if self._dataset is None:  # e.g. benchmarks that skip setup(): prior on observations
+            self.setup(dataset, None)
+        elif dataset is not self._source:
+            warnings.warn("FREAgent.sample_batch got another dataset than setup(); setting up again",
+                          stacklevel=2)
+            self.setup(dataset, self._domain)
+        cfg, model, prior = self.cfg, self.model, self.prior
+        data = self._dataset
+        next_obs = self._next_obs
+        feats_all = next_obs if self._features is None else self._features
+        b, k, t, nq = batch_size, cfg.context_size, cfg.trajectory_context, cfg.decoder_queries
+        dev = next_obs.device
+        n_data = next_obs.shape[0]
+        encoder_phase = self.phase == "encoder"
+
+        idx = data.sample_indices(b)
+        parts = [idx[:, None]]
+        if t > 1:
+            parts.append(data.sample_future(idx[:, None].expand(b, t - 1), cfg.trajectory_discount))
+        parts.append(torch.randint(n_data, (b, k - t), device=dev))
+        ctx_idx = torch.cat(parts, 1)  # (B, K)
+        q_idx = torch.randint(n_data, (b, nq), device=dev) if encoder_phase else None
+        all_idx = ctx_idx if q_idx is None else torch.cat([ctx_idx, q_idx], 1)  # (B, M)
+        states = next_obs[all_idx]  # (B, M, D)
+
+        total = cfg.prior_goal + cfg.prior_linear + cfg.prior_mlp
+        n_goal = round(b * cfg.prior_goal / total)
+        n_lin = min(b - n_goal, round(b * cfg.prior_linear / total))
+        n_mlp = b - n_goal - n_lin
+        rewards = torch.empty(b, all_idx.shape[1], device=dev)
+        # goal reaching: the goal is one of the row's context states
+        goal_pos = torch.multinomial(self._goal_position_probs, n_goal, replacement=True) if n_goal else None
+        if n_goal:
+            g_states = states[:n_goal]
+            goals = g_states[torch.arange(n_goal, device=dev), goal_pos]  # (n_goal, D)
+            if q_idx is not None:  # decode the goal itself too
+                g_states = g_states.clone()
+                g_states[:, k] = goals
+                states = torch.cat([g_states, states[n_goal:]], 0)
+            rewards[:n_goal] = goal_rewards(
+                model.goal_space(g_states), model.goal_space(goals)[:, None, :], cfg.goal_threshold
+            )
+        if n_lin + n_mlp:
+            feats = prior.normalize(feats_all[all_idx[n_goal:]])  # (n_lin + n_mlp, M, F)
+            if n_lin:
+                w, clip01 = prior.sample_linear(n_lin, dev)
+                rewards[n_goal : n_goal + n_lin] = prior.linear(feats[:n_lin], w, clip01)
+            if n_mlp:
+                net = torch.randint(cfg.num_random_nets, (n_mlp,), device=dev)
+                rewards[n_goal + n_lin :] = prior.random_mlp(feats[n_lin:], net)
+
+        out: dict[str, Any] = {"context_obs": states[:, :k], "context_reward": rewards[:, :k]}
+        if encoder_phase:
+            out["query_obs"], out["query_reward"] = states[:, k:], rewards[:, k:]
+        else:
+            td = data.data
+            r = rewards[:, 0]  # the reward of the reached state s'
+            mask = torch.ones(b, device=dev)
+            mask[:n_goal] = -r[:n_goal]  # reaching the goal is terminal
+            mask = mask * (~td["next", "terminated"][idx]).to(mask.dtype)
+            out.update(
+                observation=td["observation"][idx],
+                action=td["action"][idx],
+                next={"observation": next_obs[idx]},
+                reward=r,
+                mask=mask,
+            )
+        return TensorDict(out, batch_size=[b], device=dev)
+
+    # ---- updates -----------------------------------------------------------------------
+    @staticmethod
+    def _metrics(enc: dict[str, torch.Tensor] | None, pol: dict[str, torch.Tensor] | None) -> dict:
+        """The same keys, in the same order, in both phases (the inactive phase's are 0)."""
+        active = enc or pol or {}
+        zero = next(iter(active.values())).new_zeros(())
+        enc, pol = enc or {}, pol or {}
+        out = {k: enc.get(k, zero) for k in _ENCODER_METRICS}
+        out.update({k: pol.get(k, zero) for k in _POLICY_METRICS})
+        out["train/policy_phase"] = zero + (1.0 if pol else 0.0)
+        return out
+
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+        opt.step()
+
+    def _update_encoder(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        mu, log_std = model.encode(batch["context_obs"], batch["context_reward"])
+        w = mu + torch.randn_like(mu) * log_std.exp()
+        pred = model.predict_reward(batch["query_obs"], w[:, None, :])
+        pred_loss = F.mse_loss(pred, batch["query_reward"])
+        kl = kl_standard_normal(mu, log_std)
+        loss = pred_loss + cfg.kl_weight * kl
+        self._step(self.encoder_opt, loss, [p for g in self.encoder_opt.param_groups for p in g["params"]])
+        with torch.no_grad():
+            return self._metrics(
+                {
+                    "loss/reward_pred": pred_loss.detach(),
+                    "loss/kl": kl.detach(),
+                    "diag/w_norm": mu.norm(dim=-1).mean(),
+                    "diag/w_std": log_std.exp().mean(),
+                    "diag/reward_mean": batch["context_reward"].mean(),
+                },
+                None,
+            )
+
+    def _update_policy(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        obs, action, next_obs = batch["observation"], batch["action"], batch["next", "observation"]
+        with torch.no_grad():
+            w, _ = model.encode(batch["context_obs"], batch["context_reward"])  # frozen encoder, w = μ
+            obs_n = model.normalize(obs)
+            target_q = self.critic_target(torch.cat([obs_n, action, w], -1)).squeeze(-1).min(0).values
+            next_v = model.value(next_obs, w)
+            q_target = batch["reward"] + cfg.discount * batch["mask"] * next_v
+        v = model.value(obs, w)
+        value_loss = expectile_loss(target_q - v, cfg.expectile)
+        q = model.q_values(obs, w, action)  # (2, B)
+        critic_loss = (q - q_target).pow(2).mean(1).sum()
+        with torch.no_grad():
+            adv = q.min(0).values - v
+            weight = torch.exp(adv * cfg.temperature).clamp(max=cfg.max_weight)
+        log_prob = model.actor.log_prob(torch.cat([obs_n, w], -1), action)
+        actor_loss = -(weight * log_prob).mean()
+        self._step(
+            self.policy_opt, value_loss + critic_loss + actor_loss,
+            [p for g in self.policy_opt.param_groups for p in g["params"]],
+        )
+        soft_update(self.critic_target, model.critic, cfg.tau)
+        with torch.no_grad():
+            return self._metrics(
+                None,
+                {
+                    "loss/value": value_loss.detach(),
+                    "loss/critic": critic_loss.detach(),
+                    "loss/actor": actor_loss.detach(),
+                    "diag/v": v.mean().detach(),
+                    "diag/q": q.mean().detach(),
+                    "diag/adv": adv.mean(),
+                    "diag/awr_weight": weight.mean(),
+                    "diag/policy_std": model.actor.log_std.clamp(-5.0, 2.0).exp().mean().detach(),
+                },
+            )
+
+    def _update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """One update of the current phase (eager), then advance the counter."""
+        fn = self._update_encoder if self.phase == "encoder" else self._update_policy
+        metrics = fn(batch)
+        self._updates += 1
+        return metrics
+
+    def _dispatch(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        metrics = self._phase_fns[self.phase](batch)
+        self._updates += 1
+        return metrics
+
+    def setup_compile(self, compile: bool = False, cudagraphs: bool = False) -> None:
+        """Wrap each phase's update separately (each is one static graph)."""
+        self._phase_fns = {
+            "encoder": self.wrap_step(self._update_encoder, compile, cudagraphs),
+            "policy": self.wrap_step(self._update_policy, compile, cudagraphs),
+        }
+        self._step_fn = self._dispatch
+
+    # ---- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        self.progress.updates.fill_(self._updates)
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._updates = int(self.progress.updates)
