@@ -200,6 +200,13 @@ class Agent:
         update runs eagerly (or compiled), so CPU runs of a GPU config stay correct.
         """
         if compile:
+            if self.device.type == "cpu":
+                # torch 2.13's inductor pattern matcher fails on the FB update on CPU
+                # ("Not all inputs to pattern found … slice_shape"); without it the compile
+                # succeeds (and on CPU it gives no measurable speed-up either way).
+                import torch._inductor.config as inductor_config
+
+                inductor_config.pattern_matcher = False
             fn = torch.compile(fn, mode=None if cudagraphs else "default")
         if cudagraphs:
             if self.device.type != "cuda":

@@ -265,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(textwrap.fill(f"zsrl {args.command}: error: {exc}", width=100), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"zsrl {args.command}: interrupted; nothing partial was left behind.", file=sys.stderr)
         return 130
