@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
     p.add_argument("--seed", type=int, default=0, help="collection and training seed")
     p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task for '% of oracle'")
+    p.add_argument("--set", action="append", default=[], metavar="AGENT:KEY=VALUE",
+                   help="a config override for one agent, e.g. fre:agent.encoder_steps=2000 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("bench"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
@@ -92,7 +94,8 @@ def main() -> None:
                 entry["agents"]["td3 (oracle)"]["train_seconds"] += r["train_seconds"]
             entry["oracle"] = {"agent": "td3", "returns": oracle}
         for agent in args.agents:
-            r = train_and_eval(f"{agent}/{domain_name}_cpu", data, args.out / "runs" / domain_name / agent, args, [])
+            extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == agent]
+            r = train_and_eval(f"{agent}/{domain_name}_cpu", data, args.out / "runs" / domain_name / agent, args, extra)
             res = r["results"]
             returns = {t: res["tasks"][t]["mean_return"] for t in tasks}
             pct = [100 * returns[t] / oracle[t] for t in tasks if oracle.get(t, 0) > 0]

@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -10,7 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ (plug-in domains) import from the repo root
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
