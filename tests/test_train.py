@@ -92,3 +92,14 @@ def test_config_round_trips_through_run_dir(maze_data, tmp_path):
 
     cfg = run_config_from_dict(json.loads((run / "config.json").read_text()))
     assert cfg == load_run_config("fb/point_mass_maze_cpu", [*TINY, "train.steps=5"])
+
+
+def test_periodic_evaluation_is_logged_and_does_not_change_training(maze_data, tmp_path):
+    evals = [*TINY, "train.steps=10", "train.eval_every=5", "train.eval_episodes=1",
+             "train.eval_reward_samples=64", "train.eval_tasks=[reach_top_left]"]
+    with_eval = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "a", evals)
+    without = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "b", [*TINY, "train.steps=10"])
+    rows = (with_eval / "eval.csv").read_text().splitlines()
+    assert rows[0] == "step,return/reach_top_left" and [r.split(",")[0] for r in rows[1:]] == ["5", "10"]
+    a, b = _params(with_eval), _params(without)
+    assert all(torch.equal(a[k], b[k]) for k in a)

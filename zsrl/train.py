@@ -33,7 +33,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from zsrl.checkpoint import CHECKPOINT, FINAL_MODEL, load_training_state, save_checkpoint
+from zsrl.checkpoint import (
+    CHECKPOINT,
+    FINAL_MODEL,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from zsrl.config import RunConfig, load_run_config, run_config_from_dict
 from zsrl.data import OfflineDataset
 from zsrl.registry import RegistryError, agent_class, make_domain
@@ -233,14 +240,14 @@ def _periodic_evaluator(cfg: RunConfig, data: OfflineDataset, domain: Any, run_d
     log = MetricsLog(run_dir / "eval.csv", resume_step=resume_step)
 
     def run(model, step: int) -> None:
-        rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream
+        saved = rng_state()  # evaluation must not perturb the training random stream
         model.eval()
         results = evaluate_tasks(
             model, domain, data, tasks, episodes=tc.eval_episodes,
             reward_samples=tc.eval_reward_samples, seed=tc.seed + 10_000,
         )
         model.train()
-        torch.set_rng_state(rng_state)
+        set_rng_state(saved)
         log.write({"step": step, **{f"return/{t}": r["mean_return"] for t, r in results.items()}})
 
     return run
