@@ -263,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except UserError as exc:
-        print(textwrap.fill(f"zsrl {args.command}: error: {exc}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"zsrl {args.command}: error: {exc}", width=100, break_long_words=False,
+                            break_on_hyphens=False), file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`
         sys.stderr.close()

@@ -1,0 +1,86 @@
+"""Collectors and the `zsrl collect` / `zsrl data describe` commands."""
+
+import numpy as np
+import pytest
+import torch
+
+from zsrl.cli import main
+from zsrl.collect import collect
+from zsrl.data import OfflineDataset
+from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer
+from zsrl.registry import make_domain
+
+
+def test_cli_collect_and_describe(tmp_path, capsys):
+    out = tmp_path / "maze"
+    assert main(["collect", "--domain", "point_mass_maze", "--collector", "random", "--transitions", "1500",
+                 "--num-envs", "3", "--out", str(out), "--no-progress"]) == 0
+    ds = OfflineDataset.load(out, domain="point_mass_maze")
+    assert len(ds) == 1500 and ds.has_physics and (out / "coverage.png").read_bytes()[:4] == b"\x89PNG"
+    # episodes are contiguous and their steps count up from 0
+    ep, step = ds.data["episode"], ds.data["step"]
+    assert bool(((ep[1:] != ep[:-1]) | (step[1:] == step[:-1] + 1)).all())
+    # consecutive transitions inside an episode chain: next observation = following observation
+    same = ep[1:] == ep[:-1]
+    assert torch.equal(ds.data["next", "observation"][:-1][same], ds.data["observation"][1:][same])
+    capsys.readouterr()
+    assert main(["data", "describe", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "transitions  1,500" in text and "of floor cells" in text
+    assert main(["collect", "--domain", "point_mass_maze", "--transitions", "10", "--out", str(out)]) == 2
+    assert "already exists" in " ".join(capsys.readouterr().err.split())
+
+
+def test_episode_boundaries_keep_the_true_last_observation():
+    """SAME_STEP autoreset: the last transition of an episode ends in the final state, not a reset."""
+    domain = make_domain("point_mass_maze")
+    ds = collect(domain, RandomExplorer(2, seed=0), 2100, num_envs=2, progress=False)
+    last = torch.nonzero(ds.data["step"] == 999).squeeze(-1)
+    assert last.numel() == 2
+    for i in last.tolist():
+        # the stored next/physics reproduces next/observation (position, velocity), not a fresh start
+        phys = ds.data["next", "physics"][i].numpy()
+        np.testing.assert_allclose(ds.data["next", "observation"][i].numpy(), phys[:4].astype(np.float32), atol=1e-6)
+
+
+def test_sticky_random_covers_more_of_the_maze_than_uniform_random():
+    domain = make_domain("point_mass_maze")
+    cover = {}
+    for hold in (1, 50):
+        ds = collect(domain, RandomExplorer(2, seed=0, hold=hold), 8000, num_envs=8, progress=False)
+        cover[hold] = domain.coverage(ds.data["next", "observation"][:, :2].numpy())
+    assert cover[50] > 2 * cover[1]
+
+
+def test_rnd_explorer_learns_online():
+    explorer = RNDExplorer(4, 2, capacity=3000, cfg=RNDConfig(hidden_dim=32, rep_dim=8, batch_size=32,
+                                                             seed_transitions=500, updates_per_transition=0.1))
+    before = [p.clone() for p in explorer.actor.parameters()]
+    ds = collect(make_domain("point_mass_maze"), explorer, 3000, num_envs=4, progress=False)
+    assert len(ds) == 3000 and ds.meta["collector"] == "rnd"
+    assert any(not torch.equal(a, b) for a, b in zip(before, explorer.actor.parameters()))
+    assert float(explorer.rew_rms.count) > 100
+
+
+def test_sb3_collector(tmp_path):
+    from stable_baselines3 import TD3
+
+    domain = make_domain("point_mass_maze")
+    TD3("MlpPolicy", domain.make_env(seed=0), policy_kwargs={"net_arch": [16]}, seed=0).save(tmp_path / "policy.zip")
+    assert main(["collect", "--domain", "point_mass_maze", "--collector", "sb3", "--policy", str(tmp_path / "policy.zip"),
+                 "--action-noise", "0.1", "--transitions", "200", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert OfflineDataset.load(tmp_path / "d").meta["collector"] == "sb3"
+
+
+def test_unknown_domain_is_a_clear_error(tmp_path, capsys):
+    assert main(["collect", "--domain", "nowhere", "--transitions", "10", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown domain 'nowhere'" in err and "point_mass_maze" in err
+
+
+@pytest.mark.parametrize("domain", ["examples.pendulum_domain:PendulumDomain"])
+def test_plugin_domain_collects_by_path(tmp_path, domain):
+    assert main(["collect", "--domain", domain, "--collector", "random", "--transitions", "300",
+                 "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    ds = OfflineDataset.load(tmp_path / "p")
+    assert ds.meta["domain_spec"] == domain and not ds.has_physics
