@@ -20,6 +20,9 @@ how far the floor is drawn; zsrl uses dm_control's model unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from dm_control.rl import control
@@ -70,7 +73,21 @@ class Cheetah(DMCDomain):
     def environment(
         self, task: suite_base.Task, time_limit: float | None = None
     ) -> control.Environment:
-        physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
+        # dm_control's cheetah.xml uses `settotalmass`, which MuJoCo 3.17 warns about on every
+        # load ("deprecated"); the model is unchanged, so keep the log readable.
+        with _quiet_absl():
+            physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
         return control.Environment(
             physics, task, time_limit=_TIME_LIMIT if time_limit is None else time_limit
         )
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
