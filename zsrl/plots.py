@@ -476,7 +476,7 @@ def policy_video(
         path: ``.gif`` writes an animated gif (Pillow, looping; Pillow merges consecutive
             identical frames into one longer frame, so a still scene keeps its play time but
             has fewer frames); anything else an H.264 mp4 through imageio's ffmpeg plugin
-            (``pip install 'zsrl[video]'`` for imageio-ffmpeg).
+            (``pip install imageio-ffmpeg``, a zsrl dependency).
         seed: environment seed (the episode's start state).
         max_steps: episode length cap (default: the domain's ``episode_length``).
         fps: playback frame rate. The environment runs at ``env.metadata["render_fps"]``
@@ -569,7 +569,7 @@ def _mp4_writer(path: Path, fps: int) -> Any:
                                   pixelformat="yuv420p", macro_block_size=2, quality=7)
     except (ImportError, RuntimeError, ValueError) as exc:
         raise RuntimeError(
-            f"cannot write mp4 ({exc}); install imageio-ffmpeg (pip install 'zsrl[video]') "
+            f"cannot write mp4 ({exc}); install imageio-ffmpeg (pip install imageio-ffmpeg) "
             "or write a .gif instead"
         ) from exc
 
