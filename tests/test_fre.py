@@ -336,6 +336,7 @@ class _StickyRandom:
         pass
 
 
+@pytest.mark.slow
 def test_fre_learns_to_reach_prompted_goals(tmp_path):
     """Trained through the shared loop, goal prompts steer the policy to their own goal.
 
