@@ -293,7 +293,7 @@ def task_bars(
                        {"hatch": "//", "edgecolor": "dimgray"}))
         errors.append(None)
 
-    fig, axes = _figure(1, 1, (max(4.5, 1.0 + 0.45 * len(tasks) * len(series)), 3.8))
+    fig, axes = _figure(1, 1, (max(6.0, 1.0 + 0.45 * len(tasks) * len(series)), 3.8))
     ax = axes[0, 0]
     _grouped_bars(ax, tasks, series, errors)
     ax.set_xlabel("task")
@@ -307,7 +307,7 @@ def task_bars(
     title = ", ".join(agents) + (f" on {', '.join(domains)}" if domains else "")
     ax.set_title(
         f"Zero-shot return per task — {title}\n"
-        f"bars: mean over {episodes} episodes (all seeds); "
+        f"bars: mean over {episodes} episodes (all seeds)\n"
         "whiskers: 95% bootstrap CI over episodes",
         fontsize=9,
     )
