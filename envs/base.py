@@ -25,9 +25,11 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from zsrl.utils import UserError
 
-class UnknownTaskError(KeyError):
-    """A task or goal name the domain does not define."""
+
+class UnknownTaskError(UserError, KeyError):
+    """A task or goal name the domain does not define (a user mistake: no traceback in the CLI)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text
         return str(self.args[0])

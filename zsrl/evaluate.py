@@ -137,7 +137,7 @@ def evaluate_tasks(
 
     ``trajectories``, if given, receives each task's rollout as ``"task:NAME"`` (for pictures).
     """
-    fns = tasks if isinstance(tasks, Mapping) else {t: _domain_task(domain, t) for t in tasks}
+    fns = tasks if isinstance(tasks, Mapping) else {t: task_reward_fn(domain, t) for t in tasks}
     n = reward_samples or getattr(model.cfg, "inference_samples", 10_000)
     results = {}
     for k, (name, fn) in enumerate(fns.items()):
@@ -189,13 +189,10 @@ def evaluate_goals(
     return results
 
 
-def _domain_task(domain: Any, name: str) -> RewardFunction:
-    from zsrl.envs.base import UnknownTaskError
-
+def task_reward_fn(domain: Any, name: str) -> RewardFunction:
+    """The batched reward function of the domain's task ``name`` (validated now, not later)."""
     if name not in domain.tasks:
-        raise UnknownTaskError(
-            f"domain {domain.name!r} has no task {name!r}; its tasks are: {', '.join(domain.tasks)}"
-        )
+        domain.reward(name, None)  # raises UnknownTaskError listing the domain's tasks
     return lambda batch: domain.reward(name, batch)
 
 

@@ -38,7 +38,8 @@ class RegistryError(LookupError):
     """An agent or domain name that cannot be resolved."""
 
 
-def _import_path(path: str) -> Any:
+def import_object(path: str) -> Any:
+    """Import ``package.module:attribute`` (the working directory is importable too)."""
     module_name, _, attr = path.partition(":")
     if not attr:
         raise RegistryError(f"{path!r} is not of the form 'package.module:Name'")
@@ -61,12 +62,12 @@ def _resolve(group: str, builtins: dict[str, str], name: str) -> Any:
     if name in _registered[group]:
         return _registered[group][name]
     if name in builtins:
-        return _import_path(builtins[name])
+        return import_object(builtins[name])
     for ep in entry_points(group=group):
         if ep.name == name:
             return ep.load()
     if ":" in name:
-        return _import_path(name)
+        return import_object(name)
     known = sorted(set(builtins) | set(_registered[group]) | available_plugins(group))
     kind = group.split(".")[1][:-1]
     raise RegistryError(

@@ -6,7 +6,6 @@ Writes ``results.json`` (config, seeds, versions, per-task and aggregate numbers
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ import numpy as np
 from zsrl.checkpoint import load_run_model
 from zsrl.config import run_config_from_dict
 from zsrl.data import OfflineDataset
-from zsrl.evaluate import evaluate_goals, evaluate_tasks
-from zsrl.registry import RegistryError, make_domain
+from zsrl.evaluate import evaluate_goals, evaluate_tasks, task_reward_fn
+from zsrl.registry import RegistryError, import_object, make_domain
 from zsrl.stats import aggregate
 from zsrl.utils import (
     UserError,
@@ -32,15 +31,10 @@ from zsrl.utils import (
 
 def user_reward_function(spec: str):
     """Import ``module:function`` — ``f(obs, action, next_obs) -> rewards`` over numpy batches."""
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise UserError(f"--task {spec!r} must be 'module:function'")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # allow modules in the current directory
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"--task {spec!r}: cannot import it ({exc})") from None
+        fn = import_object(spec)
+    except RegistryError as exc:
+        raise UserError(f"--task {spec!r}: {exc}") from None
     if not callable(fn):
         raise UserError(f"--task {spec!r} is not a function")
 
@@ -87,9 +81,7 @@ def evaluate_run(
         tasks = [] if (user_tasks or goals) else list(domain.tasks)
     fns: dict[str, Any] = {}
     for name in tasks:
-        if name not in domain.tasks:
-            raise UserError(f"domain {domain.name!r} has no task {name!r}; its tasks are: {', '.join(domain.tasks)}")
-        fns[name] = lambda batch, n=name: domain.reward(n, batch)
+        fns[name] = task_reward_fn(domain, name)
     for spec in user_tasks:
         fns[spec] = user_reward_function(spec)
     if list(goals) == ["all"]:
