@@ -10,7 +10,8 @@ actions held 100 steps for the maze, RND elsewhere; ``--transitions``) and cache
 labelled dataset states per task and rolled out for ``--episodes`` episodes per seed.
 With ``--oracle``, an offline TD3 (``configs/td3/<domain>_cpu.yaml``) is trained per task on
 the same dataset with the task reward and the same update budget; "% of oracle" divides by
-its mean return. Prints one table per domain and writes ``OUT/benchmark.json`` and
+its mean return (tasks where the oracle scores below ``MIN_ORACLE_RETURN`` are left out of
+the ratio). Prints one table per domain and writes ``OUT/benchmark.json`` and
 ``OUT/benchmark.png``.
 """
 
@@ -27,7 +28,7 @@ from zsrl import plots
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
 from zsrl.registry import make_domain
-from zsrl.report import evaluate_run
+from zsrl.report import evaluate_run, pct_of_oracle
 from zsrl.train import start_run
 from zsrl.utils import atomic_write_json, versions
 
@@ -98,7 +99,7 @@ def main() -> None:
             r = train_and_eval(f"{agent}/{domain_name}_cpu", data, args.out / "runs" / domain_name / agent, args, extra)
             res = r["results"]
             returns = {t: res["tasks"][t]["mean_return"] for t in tasks}
-            pct = [100 * returns[t] / oracle[t] for t in tasks if oracle.get(t, 0) > 0]
+            pct = [p for t in tasks if t in oracle and (p := pct_of_oracle(returns[t], oracle[t])) is not None]
             entry["agents"][agent] = {
                 "tasks": returns, "aggregate": res["aggregate"],
                 "reward_samples": res["tasks"][tasks[0]]["reward_samples"],

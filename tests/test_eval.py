@@ -65,3 +65,10 @@ def test_iqm_and_bootstrap():
     agg = aggregate(np.array([[1.0, 2.0, 3.0, 100.0], [1.5, 2.5, 3.5, 90.0]]))
     assert agg["iqm"] < agg["mean"]
     assert agg["mean_ci"][0] <= agg["mean"] <= agg["mean_ci"][1]
+
+
+def test_pct_of_oracle_needs_a_real_denominator():
+    from zsrl.report import pct_of_oracle
+
+    assert pct_of_oracle(50.0, 200.0) == pytest.approx(25.0)
+    assert pct_of_oracle(50.0, 1e-30) is None  # an oracle that failed too gives no ratio

@@ -110,6 +110,16 @@ def evaluate_run(
     return results
 
 
+#: "% of oracle" is only defined when the oracle's mean return reaches this (a near-zero
+#: denominator — an oracle that failed too — would make any ratio meaningless)
+MIN_ORACLE_RETURN = 1.0
+
+
+def pct_of_oracle(value: float, oracle: float) -> float | None:
+    """``100 · value / oracle``, or None when the oracle return is below MIN_ORACLE_RETURN."""
+    return 100.0 * value / oracle if oracle >= MIN_ORACLE_RETURN else None
+
+
 def add_oracle(results: dict[str, Any], oracle_runs: list[str], episodes: int, seeds: list[int]) -> None:
     """Evaluate supervised oracle runs and add "% of oracle" to each matching task."""
     for oracle_dir in oracle_runs:
@@ -120,7 +130,7 @@ def add_oracle(results: dict[str, Any], oracle_runs: list[str], episodes: int, s
                 results["tasks"][task].update({
                     "oracle_return": denom,
                     "oracle": f"{oracle['agent']} run {oracle_dir} (same dataset, task reward)",
-                    "pct_of_oracle": 100.0 * results["tasks"][task]["mean_return"] / denom if denom > 0 else None,
+                    "pct_of_oracle": pct_of_oracle(results["tasks"][task]["mean_return"], denom),
                 })
     pct = [r["pct_of_oracle"] for r in results["tasks"].values() if r.get("pct_of_oracle") is not None]
     if pct:
@@ -208,11 +218,19 @@ def _combine(per_seed: list[dict[str, Any]], tasks: dict[str, Any], goals: list[
 def format_table(results: dict[str, Any]) -> str:
     lines = []
     if results["tasks"]:
-        lines += ["| task | mean return | std | episodes | reward samples |", "|---|---:|---:|---:|---:|"]
+        oracle = any("oracle_return" in r for r in results["tasks"].values())
+        extra_head = " oracle return | % of oracle |" if oracle else ""
+        lines += [f"| task | mean return | std | episodes | reward samples |{extra_head}",
+                  "|---|---:|---:|---:|---:|" + ("---:|---:|" if oracle else "")]
         for name, r in results["tasks"].items():
-            lines.append(
-                f"| {name} | {r['mean_return']:.1f} | {np.std(r['returns']):.1f} | {len(r['returns'])} | {r['reward_samples']} |"
-            )
+            row = f"| {name} | {r['mean_return']:.1f} | {np.std(r['returns']):.1f} | {len(r['returns'])} | {r['reward_samples']} |"
+            if oracle:
+                pct = r.get("pct_of_oracle")
+                row += f" {r.get('oracle_return', float('nan')):.1f} | {'–' if pct is None else f'{pct:.0f}%'} |"
+            lines.append(row)
+        if oracle:
+            names = sorted({r["oracle"] for r in results["tasks"].values() if r.get("oracle")})
+            lines.append(f"\noracle: {'; '.join(names)} (% shown only where its return ≥ {MIN_ORACLE_RETURN})")
         agg = results.get("aggregate")
         if agg:
             lines.append(
