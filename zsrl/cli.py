@@ -234,9 +234,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from zsrl.evaluate import evaluate_cli
+    from zsrl.report import run_evaluation
 
-    evaluate_cli(args)
+    run_evaluation(args)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:

@@ -194,10 +194,3 @@ def task_reward_fn(domain: Any, name: str) -> RewardFunction:
     if name not in domain.tasks:
         domain.reward(name, None)  # raises UnknownTaskError listing the domain's tasks
     return lambda batch: domain.reward(name, batch)
-
-
-def evaluate_cli(args: Any) -> None:
-    """``zsrl eval`` (see ``zsrl eval --help``)."""
-    from zsrl.report import run_evaluation
-
-    run_evaluation(args)
