@@ -41,7 +41,29 @@ def _new_episode() -> _Episode:
     return _Episode([], [], [], [], [], [])
 
 
-def make_vector_env(domain: Any, num_envs: int, seed: int, asynchronous: bool) -> gym.vector.VectorEnv:
+def reached_states(
+    next_obs: np.ndarray, info: dict[str, Any], done: np.ndarray, with_physics: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The states a SAME_STEP vector-env step actually reached: ``(next_obs, next_physics)``.
+
+    For an env whose episode just ended, the returned observation (and ``info["physics"]``)
+    already belong to the reset; the reached ones are in ``final_obs`` / ``final_info``.
+    """
+    next_physics = info.get("physics") if with_physics else None
+    if not done.any():
+        return next_obs, next_physics
+    reached = next_obs.copy()
+    for i in np.flatnonzero(done):
+        reached[i] = info["final_obs"][i]
+    if next_physics is not None:
+        next_physics = next_physics.copy()
+        next_physics[done] = info["final_info"]["physics"][done]
+    return reached, next_physics
+
+
+def make_vector_env(
+    domain: Any, num_envs: int, seed: int, asynchronous: bool = False
+) -> gym.vector.VectorEnv:
     fns: list[Callable[[], gym.Env]] = [
         (lambda i=i: domain.make_env(seed=seed + i)) for i in range(num_envs)
     ]
@@ -108,16 +130,7 @@ def collect(
             action = np.asarray(explorer.act(obs), dtype=np.float32)
             next_obs, _, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
-            true_next = next_obs.copy()
-            next_physics = info.get("physics") if store_physics else None
-            if done.any():
-                final_obs = info["final_obs"]
-                for i in np.flatnonzero(done):
-                    true_next[i] = final_obs[i]
-                if store_physics:
-                    next_physics = next_physics.copy()
-                    final_phys = info["final_info"]["physics"]
-                    next_physics[done] = final_phys[done]
+            true_next, next_physics = reached_states(next_obs, info, done, store_physics)
             take = min(num_envs, transitions - collected)
             explorer.observe(obs[:take], action[:take], true_next[:take], terminated[:take])
             for i in range(take):

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
+from zsrl.collect import make_vector_env, reached_states
 from zsrl.data import OfflineDataset, transitions
 
 RewardFunction = Callable[[Any], np.ndarray]
@@ -63,10 +63,7 @@ def rollout(
     Returns stacked arrays ``(T, E, ·)`` of observations, actions, next observations and
     physics states, plus ``alive`` (``(T, E)``, False after an env's episode ended).
     """
-    envs = gym.vector.SyncVectorEnv(
-        [(lambda i=i: domain.make_env(seed=seed + i)) for i in range(episodes)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = make_vector_env(domain, episodes, seed)
     device = model.device
     goal_t = None if goal is None else torch.as_tensor(goal, device=device, dtype=torch.float32)
     obs, info = envs.reset(seed=seed)
@@ -84,14 +81,7 @@ def rollout(
             action = model.act(obs_t, zz, mean=True).cpu().numpy()
             next_obs, _, term, trunc, info = envs.step(action)
             done = term | trunc
-            true_next = next_obs.copy()
-            next_physics = info.get("physics")
-            if done.any():
-                for i in np.flatnonzero(done):
-                    true_next[i] = info["final_obs"][i]
-                if next_physics is not None:
-                    next_physics = next_physics.copy()
-                    next_physics[done] = info["final_info"]["physics"][done]
+            true_next, next_physics = reached_states(next_obs, info, done, "physics" in info)
             out["obs"].append(obs)
             out["action"].append(action)
             out["next_obs"].append(true_next)
