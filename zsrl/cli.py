@@ -170,12 +170,9 @@ def _format_describe(info: dict) -> str:
 def _cmd_collect(args: argparse.Namespace) -> None:
     from zsrl.collect import collect_to_disk
     from zsrl.explore import RNDConfig
-    from zsrl.registry import RegistryError, make_domain
+    from zsrl.registry import make_domain
 
-    try:
-        domain = make_domain(args.domain)
-    except RegistryError as exc:
-        raise UserError(str(exc)) from None
+    domain = make_domain(args.domain)
     ds = collect_to_disk(
         domain, args.collector, args.transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,

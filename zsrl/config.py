@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from zsrl.registry import RegistryError, agent_class
+from zsrl.registry import agent_class
 from zsrl.utils import UserError
 
 T = TypeVar("T")
@@ -155,10 +155,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 # ---- run configs -----------------------------------------------------------------------
 def agent_config_class(name: str) -> type[AgentConfig]:
-    try:
-        return agent_class(name).config_class
-    except RegistryError as exc:
-        raise UserError(str(exc)) from None
+    return agent_class(name).config_class
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -15,10 +15,9 @@ from typing import Any
 
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
-from zsrl.registry import RegistryError, make_domain
+from zsrl.registry import make_domain
 from zsrl.report import evaluate_run, format_table, write_report
 from zsrl.train import start_run
-from zsrl.utils import UserError
 
 
 def run_pipeline(
@@ -35,10 +34,7 @@ def run_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     out = Path(out)
-    try:
-        dom = make_domain(domain)
-    except RegistryError as exc:
-        raise UserError(str(exc)) from None
+    dom = make_domain(domain)
     data = out / "data"
     if data.exists():
         print(f"[1/3] reusing the dataset in {data}")

@@ -18,6 +18,8 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
+from zsrl.utils import UserError
+
 _BUILTIN_AGENTS = {
     "fb": "zsrl.agents.fb:FBAgent",
     "fre": "zsrl.agents.fre:FREAgent",
@@ -34,8 +36,8 @@ _BUILTIN_DOMAINS = {
 _registered: dict[str, dict[str, Any]] = {"zsrl.agents": {}, "zsrl.domains": {}}
 
 
-class RegistryError(LookupError):
-    """An agent or domain name that cannot be resolved."""
+class RegistryError(UserError, LookupError):
+    """An agent or domain name that cannot be resolved (a user mistake: shown without a traceback)."""
 
 
 def import_object(path: str) -> Any:

@@ -68,10 +68,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     cfg = run_config_from_dict(read_json(run_dir / "config.json", f"run {run_dir}"))
     run = read_json(run_dir / "run.json", f"run {run_dir}")
-    try:
-        domain = make_domain(cfg.domain)
-    except RegistryError as exc:
-        raise UserError(str(exc)) from None
+    domain = make_domain(cfg.domain)
     dev = resolve_device(device)
     model = load_run_model(run_dir, domain, dev)
     dataset = OfflineDataset.load(run["dataset"], device=dev, domain=domain.name)

@@ -43,7 +43,7 @@ from zsrl.checkpoint import (
 )
 from zsrl.config import RunConfig, load_run_config, run_config_from_dict
 from zsrl.data import OfflineDataset
-from zsrl.registry import RegistryError, agent_class, make_domain
+from zsrl.registry import agent_class, make_domain
 from zsrl.utils import (
     UserError,
     atomic_write_json,
@@ -105,20 +105,11 @@ class MetricsLog:
 
 
 def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.device):
-    try:
-        cls = agent_class(cfg.agent.name)
-    except RegistryError as exc:
-        raise UserError(str(exc)) from None
+    cls = agent_class(cfg.agent.name)
     if cls.needs_task and not cfg.task:
         raise UserError(f"agent {cfg.agent.name!r} is supervised: set the task to learn, e.g. task=walk")
     return cls(obs_dim, action_dim, cfg.agent, device)
 
-
-def _load_domain(name: str):
-    try:
-        return make_domain(name)
-    except RegistryError as exc:
-        raise UserError(str(exc)) from None
 
 
 def _prepare_run_dir(out: Path, overwrite: bool) -> None:
@@ -142,7 +133,7 @@ def start_run(
     if isinstance(config, RunConfig) and overrides:
         raise UserError("overrides apply to presets; edit the RunConfig directly instead")
     out = Path(out)
-    domain = _load_domain(cfg.domain)
+    domain = make_domain(cfg.domain)
     device = resolve_device(cfg.train.device)
     data = OfflineDataset.load(dataset, device=device, domain=domain.name)
     _prepare_run_dir(out, overwrite)
@@ -168,7 +159,7 @@ def resume_run(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     cfg = run_config_from_dict(read_json(run_dir / "config.json", f"run {run_dir}"))
     run = read_json(run_dir / "run.json", f"run {run_dir}")
-    domain = _load_domain(cfg.domain)
+    domain = make_domain(cfg.domain)
     device = resolve_device(cfg.train.device)
     data = OfflineDataset.load(run["dataset"], device=device, domain=domain.name)
     _train(cfg, data, domain, run_dir, device, resume=(run_dir / CHECKPOINT).exists())
