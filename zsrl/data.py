@@ -97,11 +97,7 @@ class OfflineDataset:
         return "physics" in self.data
 
     def to(self, device: str | torch.device) -> OfflineDataset:
-        out = OfflineDataset.__new__(OfflineDataset)
-        out.data = self.data.to(device)
-        out.meta = dict(self.meta)
-        out._episode_end = None
-        return out
+        return OfflineDataset(self.data.to(device), self.meta)
 
     # ---- sampling ----------------------------------------------------------------------
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
