@@ -87,6 +87,11 @@ class Model(nn.Module):
     #: whether the goal embedding depends on the current observation (re-infer every step)
     goal_z_depends_on_obs: ClassVar[bool] = False
 
+    @property
+    def action_repeat(self) -> int:
+        """Environment steps each action is held for (``agent.action_repeat``)."""
+        return int(getattr(self.cfg, "action_repeat", 1))
+
     def _check_prompt(self, obs: torch.Tensor, rewards: torch.Tensor | None = None) -> None:
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"prompt states must have shape (N, {self.obs_dim}), got {tuple(obs.shape)}")

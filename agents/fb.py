@@ -85,6 +85,10 @@ class FBConfig(AgentConfig):
     clip_grad_norm: float = 0.0
     #: reward samples used by default to infer z at evaluation
     inference_samples: int = 10_000
+    #: the goal space: observation coordinates that ``B`` reads (``None``: all of them).
+    #: When every task's reward is a function of a few coordinates (the maze's rewards of
+    #: the position), ``B`` on those alone generalises across the rest (the velocities).
+    goal_dims: list[int] | None = None
 
 
 class ForwardMap(nn.Module):
@@ -108,14 +112,22 @@ class ForwardMap(nn.Module):
 
 
 class BackwardMap(nn.Module):
-    """``B(s) = √d · b(s)/‖b(s)‖`` with ``b`` an MLP (LayerNorm+tanh input block)."""
+    """``B(s) = √d · b(g(s))/‖b(g(s))‖`` with ``b`` an MLP (LayerNorm+tanh input block) and
+    ``g`` the goal-space projection (the coordinates ``cfg.goal_dims``, or the identity)."""
 
     def __init__(self, obs_dim: int, cfg: FBConfig):
         super().__init__()
-        self.net = mlp(obs_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
+        dims = cfg.goal_dims
+        if dims is not None and (not dims or min(dims) < 0 or max(dims) >= obs_dim):
+            raise ValueError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
+        self.register_buffer("goal_dims", None if dims is None else torch.tensor(dims), persistent=False)
+        in_dim = obs_dim if dims is None else len(dims)
+        self.net = mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
         self.radius = math.sqrt(cfg.z_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.goal_dims is not None:
+            obs = obs.index_select(-1, self.goal_dims)
         return project_to_sphere(self.net(obs), self.radius)
 
 

@@ -52,6 +52,13 @@ class AgentConfig:
     """Base of every agent's config; ``name`` selects the agent class in the registry."""
 
     name: str = ""
+    #: the policy picks an action every ``action_repeat`` environment steps and holds it
+    #: (a frame skip). Training then reads ``k``-step transitions ``(s_t, a_t, s_{t+k})``
+    #: from windows of the dataset in which the action was held for ``k`` steps (see
+    #: :func:`zsrl.data.held_action_transitions`), so the discount applies per decision and
+    #: the effective horizon is ``k / (1 − γ)`` environment steps. Returns are still summed
+    #: over every environment step.
+    action_repeat: int = 1
 
 
 @dataclass

@@ -363,3 +363,45 @@ def transitions(data: TensorDict):
         physics=np_("physics"),
         next_physics=np_(("next", "physics")),
     )
+
+
+#: the smallest fraction of k-step windows with a held action that makes a dataset usable
+#: for ``agent.action_repeat = k`` (below it, the data was not collected with held actions)
+MIN_HELD_FRACTION = 0.5
+
+
+def held_action_transitions(dataset: OfflineDataset, repeat: int) -> OfflineDataset:
+    """The ``repeat``-step transitions of ``dataset`` over which one action was held.
+
+    A window ``t … t+k−1`` (``k = repeat``) of one episode whose actions are all equal gives
+    the transition ``(s_t, a_t, s_{t+k})``: ``observation`` and ``physics`` of row ``t``,
+    ``next/*`` of row ``t+k−1`` (its terminal flag included: an episode ends only at its
+    last row). Windows that straddle an episode boundary or an action change are dropped.
+    Sticky-random data (actions held ``--hold`` steps) keeps about ``1 − (k−1)/hold`` of its
+    rows; data whose actions change every step keeps almost none and is refused.
+    """
+    if repeat == 1:
+        return dataset
+    data, n = dataset.data, len(dataset)
+    if n < repeat:
+        raise DatasetError(f"the dataset has {n} transitions, fewer than agent.action_repeat={repeat}")
+    starts = n - repeat + 1
+    episode, action = data["episode"], data["action"]
+    held = torch.ones(starts, dtype=torch.bool, device=dataset.device)
+    for j in range(1, repeat):
+        held &= episode[j : j + starts] == episode[:starts]
+        held &= (action[j : j + starts] == action[:starts]).all(-1)
+    fraction = float(held.float().mean())
+    if fraction < MIN_HELD_FRACTION:
+        raise DatasetError(
+            f"agent.action_repeat={repeat} trains on windows where one action was held for "
+            f"{repeat} steps, but only {fraction:.0%} of this dataset's windows hold their action "
+            f"(collector {dataset.meta.get('collector', '?')!r}). Collect with "
+            f"`zsrl collect --collector sticky --hold H` (H well above {repeat}) or set "
+            "agent.action_repeat=1."
+        )
+    first = torch.nonzero(held).squeeze(-1)
+    last = first + repeat - 1
+    out = data[first].clone()
+    out["next"] = data["next"][last].clone()
+    return OfflineDataset(out, {**dataset.meta, "action_repeat": repeat})

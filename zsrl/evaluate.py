@@ -71,14 +71,16 @@ def rollout(
     alive = np.ones(episodes, dtype=bool)
     out: dict[str, list] = {k: [] for k in ("obs", "action", "next_obs", "physics", "next_physics", "alive")}
     horizon = max_steps or getattr(domain, "episode_length", 1000)
+    repeat = getattr(model, "action_repeat", 1)  # the policy decides every `repeat` steps
     try:
-        for _ in range(horizon):
-            obs_t = torch.as_tensor(obs, device=device)
-            if goal_t is not None and model.goal_z_depends_on_obs:
-                zz = model.infer_z_from_goal(goal_t.expand(episodes, -1), obs_t)
-            else:
-                zz = z.expand(episodes, -1)
-            action = model.act(obs_t, zz, mean=True).cpu().numpy()
+        for t in range(horizon):
+            if t % repeat == 0:
+                obs_t = torch.as_tensor(obs, device=device)
+                if goal_t is not None and model.goal_z_depends_on_obs:
+                    zz = model.infer_z_from_goal(goal_t.expand(episodes, -1), obs_t)
+                else:
+                    zz = z.expand(episodes, -1)
+                action = model.act(obs_t, zz, mean=True).cpu().numpy()
             next_obs, _, term, trunc, info = envs.step(action)
             done = term | trunc
             true_next, next_physics = reached_states(next_obs, info, done, "physics" in info)

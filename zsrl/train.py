@@ -42,7 +42,7 @@ from zsrl.checkpoint import (
     set_rng_state,
 )
 from zsrl.config import RunConfig, load_run_config, run_config_from_dict
-from zsrl.data import OfflineDataset
+from zsrl.data import OfflineDataset, held_action_transitions
 from zsrl.registry import agent_class, make_domain
 from zsrl.utils import (
     UserError,
@@ -108,6 +108,10 @@ def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.dev
     cls = agent_class(cfg.agent.name)
     if cls.needs_task and not cfg.task:
         raise UserError(f"agent {cfg.agent.name!r} is supervised: set the task to learn, e.g. task=walk")
+    if cls.needs_task and cfg.agent.action_repeat != 1:
+        raise UserError(
+            f"agent {cfg.agent.name!r} learns from one-step task rewards; set agent.action_repeat=1"
+        )
     return cls(obs_dim, action_dim, cfg.agent, device)
 
 
@@ -170,7 +174,8 @@ def _train(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, dev
     tc = cfg.train
     seed_everything(tc.seed)
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
-    agent.setup(data, domain, cfg.task)
+    train_data = held_action_transitions(data, cfg.agent.action_repeat)
+    agent.setup(train_data, domain, cfg.task)
     start = load_training_state(run_dir, agent) if resume else 0
     if start >= tc.steps:
         print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
@@ -189,7 +194,7 @@ def _train(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, dev
     step = start
     try:
         for step in range(start + 1, tc.steps + 1):
-            metrics = agent.update(agent.sample_batch(data, tc.batch_size))
+            metrics = agent.update(agent.sample_batch(train_data, tc.batch_size))
             values = list(metrics.values())
             if acc is None:
                 names, acc = list(metrics), [v.detach().clone().float() for v in values]
