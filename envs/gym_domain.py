@@ -32,10 +32,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from .base import Domain, RewardFn, Transitions
+from .base import ArrayRewardFn, Domain, RewardFn, reward_from_arrays
 
-#: ``(obs, action, next_obs) -> rewards``, numpy arrays with a leading batch dimension
-ArrayReward = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 EnvFactory = Callable[..., gym.Env]
 
 
@@ -54,22 +52,6 @@ class _SeededReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
             seed = self._pending_seed
         self._pending_seed = None
         return super().reset(seed=seed, options=options)
-
-
-class _TransitionReward:
-    """Adapts an ``(obs, action, next_obs)`` reward function to :class:`Transitions`."""
-
-    def __init__(self, fn: ArrayReward) -> None:
-        self.fn = fn
-
-    def __call__(self, transitions: Transitions) -> np.ndarray:
-        rewards = self.fn(
-            transitions.observation, transitions.action, transitions.next_observation
-        )
-        return np.asarray(rewards, dtype=np.float32).reshape(-1)
-
-    def __repr__(self) -> str:
-        return f"<reward {getattr(self.fn, '__name__', self.fn)!r}>"
 
 
 class GymDomain(Domain):
@@ -102,7 +84,7 @@ class GymDomain(Domain):
     def __init__(
         self,
         env: str | EnvFactory | None = None,
-        rewards: Mapping[str, ArrayReward] | None = None,
+        rewards: Mapping[str, ArrayRewardFn] | None = None,
         *,
         goals: Mapping[str, np.ndarray] | None = None,
         goal_threshold: float | None = None,
@@ -140,7 +122,7 @@ class GymDomain(Domain):
         )
 
     # ---- for subclasses ---------------------------------------------------------------
-    def reward_functions(self) -> Mapping[str, ArrayReward]:
+    def reward_functions(self) -> Mapping[str, ArrayRewardFn]:
         """Task name → ``fn(obs, action, next_obs) -> (N,)`` (actions in ``[-1, 1]``)."""
         return {}
 
@@ -151,7 +133,7 @@ class GymDomain(Domain):
     # ---- Domain -----------------------------------------------------------------------
     @property
     def tasks(self) -> Mapping[str, RewardFn]:
-        return {name: _TransitionReward(fn) for name, fn in self._rewards.items()}
+        return {name: reward_from_arrays(fn) for name, fn in self._rewards.items()}
 
     @property
     def goals(self) -> Mapping[str, np.ndarray]:

@@ -27,8 +27,8 @@ import numpy as np
 from zsrl import plots
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
+from zsrl.evaluate import evaluate_run, pct_of_oracle
 from zsrl.registry import make_domain
-from zsrl.report import evaluate_run, pct_of_oracle
 from zsrl.train import start_run
 from zsrl.utils import atomic_write_json, versions
 
@@ -55,9 +55,8 @@ def train_and_eval(preset: str, data: Path, run_dir: Path, args: argparse.Namesp
     wall = time.perf_counter() - t0
     with (run_dir / "metrics.csv").open() as f:
         ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
-    results = evaluate_run(run_dir, episodes=args.episodes, seeds=args.seeds, reward_samples=args.reward_samples)
-    results.pop("_model"), results.pop("_domain")
-    return {"results": results, "train_seconds": wall, "updates_per_s": float(np.median(ups))}
+    evaluation = evaluate_run(run_dir, episodes=args.episodes, seeds=args.seeds, reward_samples=args.reward_samples)
+    return {"evaluation": evaluation, "train_seconds": wall, "updates_per_s": float(np.median(ups))}
 
 
 def main() -> None:
@@ -88,7 +87,7 @@ def main() -> None:
             for task in tasks:
                 r = train_and_eval(f"td3/{domain_name}_cpu", data, args.out / "runs" / domain_name / f"td3_{task}",
                                    args, [f"task={task}"])
-                oracle[task] = r["results"]["tasks"][task]["mean_return"]
+                oracle[task] = r["evaluation"].tasks[task].mean_return
                 entry["agents"].setdefault("td3 (oracle)", {"tasks": {}, "train_seconds": 0.0,
                                                              "updates_per_s": r["updates_per_s"]})
                 entry["agents"]["td3 (oracle)"]["tasks"][task] = oracle[task]
@@ -97,12 +96,12 @@ def main() -> None:
         for agent in args.agents:
             extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == agent]
             r = train_and_eval(f"{agent}/{domain_name}_cpu", data, args.out / "runs" / domain_name / agent, args, extra)
-            res = r["results"]
-            returns = {t: res["tasks"][t]["mean_return"] for t in tasks}
+            res = r["evaluation"]
+            returns = {t: res.tasks[t].mean_return for t in tasks}
             pct = [p for t in tasks if t in oracle and (p := pct_of_oracle(returns[t], oracle[t])) is not None]
             entry["agents"][agent] = {
-                "tasks": returns, "aggregate": res["aggregate"],
-                "reward_samples": res["tasks"][tasks[0]]["reward_samples"],
+                "tasks": returns, "aggregate": res.aggregate, "scored": str(res.scored),
+                "reward_samples": res.tasks[tasks[0]].reward_samples,
                 "pct_of_oracle": float(np.mean(pct)) if pct else None,
                 "train_seconds": r["train_seconds"], "updates_per_s": r["updates_per_s"],
             }

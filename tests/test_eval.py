@@ -68,7 +68,7 @@ def test_iqm_and_bootstrap():
 
 
 def test_pct_of_oracle_needs_a_real_denominator():
-    from zsrl.report import pct_of_oracle
+    from zsrl.evaluate import pct_of_oracle
 
     assert pct_of_oracle(50.0, 200.0) == pytest.approx(25.0)
     assert pct_of_oracle(50.0, 1e-30) is None  # an oracle that failed too gives no ratio

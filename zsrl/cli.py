@@ -88,7 +88,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", help="comma-separated task names (default: all of the domain's tasks)")
     p.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a reward function f(obs, action, next_obs) -> rewards written outside zsrl (repeatable)")
-    p.add_argument("--goals", help="comma-separated goal names, or 'all'")
+    p.add_argument("--goals", help="comma-separated goal names, or 'all' (evaluated as well as the tasks)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--reward-samples", type=int, default=None, help="dataset states labelled to infer z")
     p.add_argument("--seeds", default="0", help="comma-separated evaluation seeds")
@@ -97,7 +97,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--oracle", action="append", default=[], metavar="ORACLE_RUN_DIR",
                    help="a supervised run (configs/td3/...) on the same dataset; adds '%% of oracle' (repeatable)")
-    p.add_argument("--video", action="store_true", help="also render a video per task (needs MuJoCo rendering)")
+    p.add_argument("--video", action="store_true",
+                   help="also film one evaluated episode per task and goal (needs rendering)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out (and the --json file)")
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -172,6 +175,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     from zsrl.explore import RNDConfig
     from zsrl.registry import make_domain
 
+    _at_least_one("--num-envs", args.num_envs)
     domain = make_domain(args.domain)
     ds = collect_to_disk(
         domain, args.collector, args.transitions, args.out, seed=args.seed, num_envs=args.num_envs,
@@ -195,9 +199,10 @@ def _cmd_describe(args: argparse.Namespace) -> None:
         domain = make_domain(ds.meta.get("domain_spec", ds.domain))
     except RegistryError:
         domain = None
-    if domain is not None and hasattr(domain, "coverage"):
-        info["coverage"]["floor_coverage"] = domain.coverage(ds.data["next", "observation"][:, :2].numpy())
-        info["coverage"]["grid"] = getattr(domain, "coverage_grid", "floor grid")
+    floor = None if domain is None else domain.coverage(ds.data["next", "observation"].numpy())
+    if floor is not None:
+        info["coverage"]["floor_coverage"] = floor
+        info["coverage"]["grid"] = "floor grid"
     print(json.dumps(info, indent=2) if args.json else _format_describe(info))
 
 
@@ -230,10 +235,54 @@ def _cmd_train(args: argparse.Namespace) -> None:
     start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
 
 
-def _cmd_eval(args: argparse.Namespace) -> None:
-    from zsrl.report import run_evaluation
+def _names(value: str | None) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``."""
+    return [x.strip() for x in value.split(",") if x.strip()] if value else []
 
-    run_evaluation(args)
+
+def _integers(flag: str, value: str) -> list[int]:
+    try:
+        numbers = [int(x) for x in _names(value)]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers such as 0,1,2; got {value!r}") from None
+    if not numbers:
+        raise UserError(f"{flag} needs at least one integer, e.g. {flag} 0")
+    return numbers
+
+
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be at least 1, got {value}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from zsrl import report
+    from zsrl.evaluate import compare_with_oracle, evaluate_run
+    from zsrl.utils import resolve_device
+
+    seeds = _integers("--seeds", args.seeds)
+    _at_least_one("--episodes", args.episodes)
+    _at_least_one("--reward-samples", args.reward_samples)
+    resolve_device(args.device)  # a bad --device fails before any work
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    report.refuse_to_replace(out, args.json_path, overwrite=args.overwrite)
+    evaluation = evaluate_run(
+        args.run_dir, tasks=_names(args.tasks) if args.tasks else None, user_tasks=args.task,
+        goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
+        seeds=seeds, device=args.device,
+    )
+    if args.oracle:
+        compare_with_oracle(evaluation, args.oracle, device=args.device)
+    report.write_report(evaluation, out, video=args.video, overwrite=args.overwrite)
+    print(f"scored {evaluation.scored}")
+    for note in evaluation.notes:
+        print(f"note: {note}")
+    print(report.format_table(evaluation))
+    print(f"\nwrote {out / report.REPORT}, {out / report.RESULTS} and pictures")
+    if args.json_path:
+        report.write_results_json(evaluation, args.json_path)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:

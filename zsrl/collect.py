@@ -182,7 +182,7 @@ def collect(
 
 def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
     """A picture of visited positions over the domain layout (domains with ``draw_layout``)."""
-    if not hasattr(domain, "draw_layout"):
+    if not domain.has_layout:
         return None
     import matplotlib
 
@@ -194,8 +194,9 @@ def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
     ax.scatter(xy[:, 0], xy[:, 1], s=0.3, alpha=0.25, color="tab:blue", rasterized=True)
     domain.draw_layout(ax)
     title = f"{domain.name}: {dataset.meta.get('collector')} ({len(dataset):,} transitions)"
-    if hasattr(domain, "coverage"):
-        title += f"\ncoverage {domain.coverage(xy):.1%} of floor cells"
+    floor = domain.coverage(xy)
+    if floor is not None:
+        title += f"\ncoverage {floor:.1%} of floor cells"
     ax.set_title(title, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")

@@ -11,12 +11,12 @@ FB with its CPU preset) is the project's main job; it writes::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
+from zsrl.evaluate import Evaluation, evaluate_run
 from zsrl.registry import make_domain
-from zsrl.report import evaluate_run, format_table, write_report
+from zsrl.report import format_table, write_report
 from zsrl.train import start_run
 
 
@@ -32,7 +32,8 @@ def run_pipeline(
     overrides: list[str] | None = None,
     episodes: int = 10,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
+    """Collect (or reuse ``OUT/data``), pretrain with the CPU preset, evaluate every task and goal."""
     out = Path(out)
     dom = make_domain(domain)
     data = out / "data"
@@ -48,10 +49,8 @@ def run_pipeline(
                     [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])],
                     overwrite=True)
     print(f"[3/3] prompting on every task{' and goal' if dom.goals else ''}, {episodes} episodes each")
-    trajectories: dict[str, Any] = {}
-    results = evaluate_run(run, goals=["all"] if dom.goals else [], tasks=list(dom.tasks),
-                           episodes=episodes, trajectories=trajectories)
-    write_report(results, out / "report", run, trajectories, video=False)
-    print(format_table(results))
+    evaluation = evaluate_run(run, goals=["all"] if dom.goals else [], episodes=episodes)
+    write_report(evaluation, out / "report", overwrite=True)  # the run itself was just replaced
+    print(format_table(evaluation))
     print(f"\nreport: {out / 'report' / 'report.md'}")
-    return results
+    return evaluation
