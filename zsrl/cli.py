@@ -3,8 +3,9 @@
     zsrl collect   --domain D --collector random|rnd|sb3 --transitions N --out DIR
     zsrl data describe DIR
     zsrl train     --config PRESET_OR_YAML --dataset DIR --out RUN_DIR [key=value ...]
+    zsrl train     --agent fb --dataset DIR --out RUN_DIR [key=value ...]
     zsrl train     --resume RUN_DIR
-    zsrl eval      RUN_DIR [--tasks a,b] [--episodes M] [--json FILE]
+    zsrl eval      RUN_DIR [--tasks a,b] [--goals all] [--episodes M] [--video] [--overwrite]
     zsrl presets | domains
 
 User mistakes (a wrong path, a broken dataset, an unknown key) are printed as one
@@ -75,6 +76,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "agent.z_dim=50 train.steps=20000 train.device=cuda.",
     )
     p.add_argument("--config", help="preset name (see `zsrl presets`) or a YAML file")
+    p.add_argument("--agent", help="instead of --config: the agent's generic preset (GPU size when "
+                   "CUDA is available, else CPU size) on the dataset's own domain, e.g. --agent fb")
     p.add_argument("--dataset", help="dataset directory from `zsrl collect`")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -85,7 +88,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="zero-shot evaluation of a trained run")
     p.add_argument("run_dir")
-    p.add_argument("--tasks", help="comma-separated task names (default: all of the domain's tasks)")
+    p.add_argument("--tasks", help="comma-separated task names (default: all of the domain's tasks "
+                   "unless --task is given; '' for none)")
     p.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a reward function f(obs, action, next_obs) -> rewards written outside zsrl (repeatable)")
     p.add_argument("--goals", help="comma-separated goal names, or 'all' (evaluated as well as the tasks)")
@@ -225,14 +229,41 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from zsrl.train import resume_run, start_run
 
     if args.resume:
-        if args.config or args.dataset or args.overrides:
-            raise UserError("--resume RUN_DIR takes no --config, --dataset or overrides: the run's own config is used")
+        if args.config or args.agent or args.dataset or args.overrides:
+            raise UserError("--resume RUN_DIR takes no --config, --agent, --dataset or overrides: "
+                            "the run's own config is used")
         resume_run(args.resume)
         return
-    missing = [f"--{k}" for k in ("config", "dataset", "out") if not getattr(args, k)]
+    if args.config and args.agent:
+        raise UserError("give --config PRESET or --agent AGENT, not both")
+    missing = [f"--{k}" for k in ("dataset", "out") if not getattr(args, k)]
+    if not (args.config or args.agent):
+        missing.insert(0, "--config (or --agent)")
     if missing:
         raise UserError(f"zsrl train needs {', '.join(missing)} (or --resume RUN_DIR)")
-    start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
+    if args.agent:
+        start_run(_generic_config(args.agent, args.dataset, args.overrides), args.dataset, args.out,
+                  overwrite=args.overwrite)
+    else:
+        start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
+
+
+def _generic_config(agent: str, dataset: str, overrides: list[str]):
+    """The agent's generic preset on the domain the dataset was collected on."""
+    from pathlib import Path
+
+    import torch
+
+    from zsrl.config import generic_preset, load_run_config
+    from zsrl.utils import read_json
+
+    meta = read_json(Path(dataset) / "meta.json", f"dataset {dataset} (is it a `zsrl collect` folder?)")
+    domain = meta.get("domain_spec") or meta.get("domain") if isinstance(meta, dict) else None
+    if not isinstance(domain, str) or not domain:
+        raise UserError(f"dataset {dataset}: meta.json names no domain; use --config PRESET domain=NAME")
+    preset = generic_preset(agent, gpu=torch.cuda.is_available())
+    print(f"training {agent} with the preset {preset} on domain {domain} (from the dataset)")
+    return load_run_config(preset, overrides, domain=domain)
 
 
 def _names(value: str | None) -> list[str]:
@@ -269,7 +300,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     report.refuse_to_replace(out, args.json_path, overwrite=args.overwrite)
     evaluation = evaluate_run(
-        args.run_dir, tasks=_names(args.tasks) if args.tasks else None, user_tasks=args.task,
+        args.run_dir, tasks=None if args.tasks is None else _names(args.tasks), user_tasks=args.task,
         goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
         seeds=seeds, device=args.device,
     )

@@ -263,7 +263,23 @@ def _with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
     return merge(_with_bases(parent, (*children, path.resolve())), data)
 
 
-def load_run_config(spec: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a preset or YAML file, apply dotted overrides, and validate."""
-    data = merge(load_preset(spec), parse_overrides(overrides or []))
-    return run_config_from_dict(data)
+def load_run_config(
+    spec: str | Path, overrides: list[str] | None = None, domain: str | None = None
+) -> RunConfig:
+    """Load a preset or YAML file, set ``domain`` if given, apply dotted overrides, validate."""
+    data = load_preset(spec)
+    if domain is not None:
+        data["domain"] = domain
+    return run_config_from_dict(merge(data, parse_overrides(overrides or [])))
+
+
+def generic_preset(agent: str, gpu: bool) -> str:
+    """The domain-free preset of ``agent``: ``AGENT/generic`` (GPU size) or ``AGENT/generic_cpu``."""
+    name = f"{agent}/generic" if gpu else f"{agent}/generic_cpu"
+    if name not in list_presets():
+        having = sorted({p.split("/")[0] for p in list_presets() if p.endswith("/generic_cpu")})
+        raise UserError(
+            f"agent {agent!r} has no generic preset; agents with one: {', '.join(having)}. "
+            "Otherwise pass --config PRESET_OR_YAML."
+        )
+    return name
