@@ -37,9 +37,9 @@ DEFAULT_COLLECTOR = {"point_mass_maze": "sticky"}
 
 def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     collector = args.collector or DEFAULT_COLLECTOR.get(domain_name, "rnd")
-    path = args.out / "data" / f"{domain_name}_{collector}_{args.transitions}_s{args.seed}"
+    path = args.out / "data" / f"{domain_name}_{collector}_{args.num_transitions}_s{args.seed}"
     if not path.exists():
-        collect_to_disk(make_domain(domain_name), collector, args.transitions, path, seed=args.seed,
+        collect_to_disk(make_domain(domain_name), collector, args.num_transitions, path, seed=args.seed,
                         num_envs=8, hold=100, progress=not args.quiet)
     else:
         OfflineDataset.load(path, domain=domain_name)  # validate the cache
@@ -64,13 +64,13 @@ def main() -> None:
     p.add_argument("--agents", nargs="+", default=["fb"])
     p.add_argument("--domains", nargs="+", default=["point_mass_maze", "walker"])
     p.add_argument("--collector", help="override the per-domain default collector")
-    p.add_argument("--transitions", type=int, default=200_000)
+    p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
     p.add_argument("--steps", type=int, help="override every preset's train.steps")
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--reward-samples", type=int, default=None, help="default: each agent's inference_samples")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
     p.add_argument("--seed", type=int, default=0, help="collection and training seed")
-    p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task for '% of oracle'")
+    p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task for '%% of oracle'")
     p.add_argument("--set", action="append", default=[], metavar="AGENT:KEY=VALUE",
                    help="a config override for one agent, e.g. fre:agent.encoder_steps=2000 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("bench"))

@@ -48,7 +48,8 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    help="exploration policy: uniform random, sticky random (each action held --hold "
                    "steps), RND (random network distillation), or a saved SB3 policy (default: rnd)")
     p.add_argument("--hold", type=int, default=25, help="sticky collector: steps each random action is held")
-    p.add_argument("--transitions", type=int, required=True, help="number of transitions to collect")
+    p.add_argument("--transitions", dest="num_transitions", type=int, required=True,
+                   help="number of transitions to collect")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-envs", type=int, default=8, help="parallel environments (default: 8)")
@@ -119,7 +120,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agent", default="fb")
     p.add_argument("--collector", default="sticky", choices=["random", "sticky", "rnd"])
     p.add_argument("--hold", type=int, default=100, help="sticky collector: steps each action is held")
-    p.add_argument("--transitions", type=int, default=200_000)
+    p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -182,7 +183,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     _at_least_one("--num-envs", args.num_envs)
     domain = make_domain(args.domain)
     ds = collect_to_disk(
-        domain, args.collector, args.transitions, args.out, seed=args.seed, num_envs=args.num_envs,
+        domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
         rnd=RNDConfig(device=args.device), hold=args.hold, overwrite=args.overwrite, progress=not args.no_progress,
         domain_spec=args.domain,
@@ -320,7 +321,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
     from zsrl.pipeline import run_pipeline
 
     run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=args.collector, hold=args.hold,
-                 transitions=args.transitions, seed=args.seed, overrides=args.overrides,
+                 num_transitions=args.num_transitions, seed=args.seed, overrides=args.overrides,
                  episodes=args.episodes, progress=not args.no_progress)
 
 

@@ -27,7 +27,7 @@ def run_pipeline(
     agent: str = "fb",
     collector: str = "sticky",
     hold: int = 100,
-    transitions: int = 200_000,
+    num_transitions: int = 200_000,
     seed: int = 0,
     overrides: list[str] | None = None,
     episodes: int = 10,
@@ -41,8 +41,8 @@ def run_pipeline(
         print(f"[1/3] reusing the dataset in {data}")
         OfflineDataset.load(data, domain=dom.name)
     else:
-        print(f"[1/3] collecting {transitions:,} reward-free transitions ({collector}) on {domain}")
-        collect_to_disk(dom, collector, transitions, data, seed=seed, hold=hold, progress=progress,
+        print(f"[1/3] collecting {num_transitions:,} reward-free transitions ({collector}) on {domain}")
+        collect_to_disk(dom, collector, num_transitions, data, seed=seed, hold=hold, progress=progress,
                         domain_spec=domain)
     print(f"[2/3] pretraining {agent} with the preset {agent}/{domain}_cpu")
     run = start_run(f"{agent}/{domain}_cpu", data, out / "run",
