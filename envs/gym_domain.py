@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from zsrl.utils import UserError
+
 from .base import ArrayRewardFn, Domain, RewardFn, reward_from_arrays
 
 EnvFactory = Callable[..., gym.Env]
@@ -113,7 +115,10 @@ class GymDomain(Domain):
 
     def _registered_length(self) -> int:
         if isinstance(self._env, str):
-            steps = gym.spec(self._env).max_episode_steps
+            try:
+                steps = gym.spec(self._env).max_episode_steps
+            except gym.error.Error as exc:
+                raise UserError(f"{type(self).__name__}: gymnasium has no env {self._env!r} ({exc})") from None
             if steps:
                 return int(steps)
         raise ValueError(
@@ -141,12 +146,15 @@ class GymDomain(Domain):
 
     def _raw_env(self, render_mode: str | None) -> gym.Env:
         if isinstance(self._env, str):
-            return gym.make(
-                self._env,
-                render_mode=render_mode,
-                max_episode_steps=self.episode_length,
-                **self._env_kwargs,
-            )
+            try:
+                return gym.make(
+                    self._env,
+                    render_mode=render_mode,
+                    max_episode_steps=self.episode_length,
+                    **self._env_kwargs,
+                )
+            except gym.error.Error as exc:
+                raise UserError(f"{type(self).__name__}: gymnasium cannot make {self._env!r} ({exc})") from None
         env = self._env() if render_mode is None else self._env(render_mode=render_mode)
         return gym.wrappers.TimeLimit(env, self.episode_length)
 
@@ -159,7 +167,10 @@ class GymDomain(Domain):
         env = self._raw_env(render_mode)
         actions = env.action_space
         if not (isinstance(actions, gym.spaces.Box) and actions.is_bounded()):
-            raise TypeError(f"zsrl needs a bounded Box action space; {self._env!r} has {actions}")
+            raise UserError(
+                f"zsrl needs a bounded continuous (Box) action space; {self._env!r} has {actions}. "
+                "Discrete-action envs are not supported: FB and FRE act in [-1, 1]^d"
+            )
         obs_space = env.observation_space
         if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
             env = gym.wrappers.FlattenObservation(env)

@@ -116,7 +116,7 @@ def collect(
     if num_transitions <= 0:
         raise UserError("--transitions must be positive")
     envs = make_vector_env(domain, num_envs, seed, asynchronous)
-    store_physics = bool(getattr(domain, "has_physics", False))
+    store_physics = domain.has_physics
     episodes: list[_Episode] = []
     current = [_new_episode() for _ in range(num_envs)]
     collected = 0
