@@ -66,7 +66,7 @@ RewardFn = Callable[[Transitions], np.ndarray]
 ArrayRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-class _ArrayReward:
+class _FromArrays:
     """A :data:`RewardFn` calling an :data:`ArrayRewardFn` on the batch's arrays."""
 
     def __init__(self, fn: ArrayRewardFn) -> None:
@@ -82,7 +82,7 @@ class _ArrayReward:
 
 def reward_from_arrays(fn: ArrayRewardFn) -> RewardFn:
     """``fn(obs, action, next_obs)`` as a :data:`RewardFn` over :class:`Transitions`."""
-    return _ArrayReward(fn)
+    return _FromArrays(fn)
 
 
 class Domain(ABC):

@@ -19,8 +19,13 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zsrl.utils import UserError
+
+if TYPE_CHECKING:
+    from zsrl.config import RunConfig
 
 EXAMPLES = """\
 quick start (point-mass maze, CPU, minutes): everything in one command
@@ -249,17 +254,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
         start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
 
 
-def _generic_config(agent: str, dataset: str, overrides: list[str]):
+def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig:
     """The agent's generic preset on the domain the dataset was collected on."""
-    from pathlib import Path
-
     import torch
 
     from zsrl.config import generic_preset, load_run_config
     from zsrl.utils import read_json
 
     meta = read_json(Path(dataset) / "meta.json", f"dataset {dataset} (is it a `zsrl collect` folder?)")
-    domain = meta.get("domain_spec") or meta.get("domain") if isinstance(meta, dict) else None
+    domain = (meta.get("domain_spec") or meta.get("domain")) if isinstance(meta, dict) else None
     if not isinstance(domain, str) or not domain:
         raise UserError(f"dataset {dataset}: meta.json names no domain; use --config PRESET domain=NAME")
     preset = generic_preset(agent, gpu=torch.cuda.is_available())
@@ -288,8 +291,6 @@ def _at_least_one(flag: str, value: int | None) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from zsrl import report
     from zsrl.evaluate import compare_with_oracle, evaluate_run
     from zsrl.utils import resolve_device

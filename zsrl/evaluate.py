@@ -66,7 +66,7 @@ class Rollout:
     physics: np.ndarray | None = None  # (T, E, physics_dim)
     next_physics: np.ndarray | None = None
 
-    def transitions(self) -> Transitions:
+    def as_transitions(self) -> Transitions:
         """All ``T·E`` steps as one batch (dead steps included; weight them by ``alive``)."""
         t, e = self.alive.shape
 
@@ -228,7 +228,7 @@ def episode_returns(reward_fn: RewardFn, traj: Rollout, name: str = "the task") 
 
     Raises ValueError when the reward function returns NaN or inf on the rollout.
     """
-    batch = traj.transitions()
+    batch = traj.as_transitions()
     rewards = np.asarray(reward_fn(batch), dtype=np.float64).reshape(traj.alive.shape)
     bad = ~np.isfinite(rewards) & traj.alive
     if bad.any():
