@@ -65,7 +65,7 @@ def test_eval_video_of_a_gymnasium_plugin(pendulum_run, tmp_path, monkeypatch):
     finally:
         reader.close()
     assert len(frames) == 1 + 200 // 2  # Pendulum's 200 steps, every 2nd one filmed
-    assert frames[0].shape == (240, 320, 3) and frames[0].std() > 1
+    assert frames[0].shape == (240, 240, 3) and frames[0].std() > 1  # Pendulum's square, fitted
 
 
 def test_a_video_replays_the_scored_episode(pendulum_run, tmp_path, monkeypatch):

@@ -420,7 +420,7 @@ def _render_error(exc: BaseException | str) -> RuntimeError:
 
 
 def _frame(env: Any, size: tuple[int, int], even: bool) -> np.ndarray:
-    """One rendered RGB frame resized to ``size`` ``(height, width)``."""
+    """One rendered RGB frame, scaled to fit ``size`` ``(height, width)`` keeping its aspect."""
     try:
         frame = env.render()
     except Exception as exc:  # GL backends fail with many exception types
@@ -431,7 +431,8 @@ def _frame(env: Any, size: tuple[int, int], even: bool) -> np.ndarray:
     if frame.ndim != 3 or frame.shape[-1] not in (3, 4):
         raise _render_error(f"render() returned an array of shape {frame.shape}, not an RGB image")
     frame = np.ascontiguousarray(frame[..., :3], dtype=np.uint8)
-    height, width = size
+    scale = min(size[0] / frame.shape[0], size[1] / frame.shape[1])
+    height, width = (max(1, round(n * scale)) for n in frame.shape[:2])
     if even:  # H.264 with yuv420p needs even dimensions
         height, width = height + height % 2, width + width % 2
     if frame.shape[:2] != (height, width):
@@ -468,8 +469,9 @@ def policy_video(
         fps: playback frame rate. The environment runs at ``env.metadata["render_fps"]``
             steps per second (50 for the dm_control domains), so real time is
             ``fps = render_fps / frame_stride``.
-        size: ``(height, width)`` of the frames; frames rendered at another size are resized
-            (mp4 dimensions are rounded up to even numbers).
+        size: ``(height, width)`` of the frames; frames rendered at another size are scaled
+            to fit inside it, keeping their aspect ratio (mp4 dimensions are rounded up to
+            even numbers).
         frame_stride: render every ``frame_stride``-th step. The video holds the frame after
             ``reset`` and after every step ``t`` with ``t % frame_stride == 0`` or the last
             step, i.e. ``1 + ceil(T / frame_stride)`` frames for an episode of ``T`` steps.
