@@ -30,7 +30,7 @@ from tensordict import TensorDict
 
 from zsrl.agents.base import Agent, Model
 from zsrl.config import AgentConfig
-from zsrl.data import transitions
+from zsrl.data import as_transitions
 from zsrl.nn import clipped_noise_action, mlp, soft_update
 
 
@@ -100,7 +100,7 @@ class TD3Agent(Agent):
         chunks = []
         for start in range(0, len(dataset), self.cfg.relabel_chunk):
             part = dataset.data[start : start + self.cfg.relabel_chunk]
-            chunks.append(domain.reward(task, transitions(part)))
+            chunks.append(domain.reward(task, as_transitions(part)))
         self.rewards = torch.as_tensor(np.concatenate(chunks), device=dataset.device)
 
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:

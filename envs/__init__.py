@@ -1,6 +1,7 @@
 """Environments for zero-shot RL: the :class:`Domain` interface and its implementations.
 
-* :mod:`zsrl.envs.base` — :class:`Domain`, :class:`Transitions`, :data:`RewardFn`;
+* :mod:`zsrl.envs.base` — :class:`Domain`, :class:`Transitions`, :data:`RewardFn` (and
+  :data:`ArrayRewardFn`, the ``f(obs, action, next_obs)`` form, via :func:`reward_from_arrays`);
 * :mod:`zsrl.envs.dmc` — :class:`DMCEnv` (dm_control as gymnasium) and :class:`DMCDomain`;
 * :mod:`zsrl.envs.gym_domain` — :class:`GymDomain`, the adapter for any gymnasium env;
 * built-in domains, resolved by name through :func:`zsrl.registry.make_domain`:
@@ -24,13 +25,21 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .base import Domain, RewardFn, Transitions, UnknownTaskError
+from .base import (
+    ArrayRewardFn,
+    Domain,
+    RewardFn,
+    Transitions,
+    UnknownTaskError,
+    reward_from_arrays,
+)
 from .gym_domain import GymDomain
 
 if TYPE_CHECKING:
     from .dmc import DMCDomain, DMCEnv
 
 __all__ = [
+    "ArrayRewardFn",
     "DMCDomain",
     "DMCEnv",
     "Domain",
@@ -38,6 +47,7 @@ __all__ = [
     "RewardFn",
     "Transitions",
     "UnknownTaskError",
+    "reward_from_arrays",
 ]
 
 

@@ -9,10 +9,21 @@ A domain bundles what zero-shot RL needs to know about an environment:
 * ``goals`` maps a goal name to a goal observation, with ``goal_distance`` and
   ``goal_threshold`` defining success.
 
-Reward functions receive float32 observations/actions (and float64 physics states for
-MuJoCo domains) with a leading batch dimension and return float32 rewards of shape
-``(N,)``. The reward of transition ``(s, a, s')`` is the one the environment returns for
-the step that takes ``s`` to ``s'`` with action ``a``.
+Reward functions (:data:`RewardFn`) receive float32 observations/actions (and float64
+physics states for MuJoCo domains) with a leading batch dimension and return float32 rewards
+of shape ``(N,)``. The reward of transition ``(s, a, s')`` is the one the environment returns
+for the step that takes ``s`` to ``s'`` with action ``a``. Users usually write the simpler
+form ``f(obs, action, next_obs)`` (:data:`ArrayRewardFn`); :func:`reward_from_arrays` turns
+it into a :data:`RewardFn`.
+
+Optional hooks, each with a default on :class:`Domain` (override what your domain has):
+
+* goal space — ``goals``, ``goal_distance``, ``goal_threshold``, ``sample_goals``;
+* features — ``features(obs)``, the inputs of reward priors (FRE);
+* a task-specific env — ``make_task_env(task, seed, render_mode)``, whose own reward (and
+  drawn scene) is the task's;
+* rendering — ``make_render_env(seed, task, size)`` for videos, and a floor plan for
+  pictures of paths and coverage: ``has_layout``, ``draw_layout(ax)``, ``coverage(obs)``.
 """
 
 from __future__ import annotations
@@ -49,14 +60,37 @@ class Transitions:
         return int(self.observation.shape[0])
 
 
+#: a batched reward function: transitions -> float32 rewards ``(N,)``
 RewardFn = Callable[[Transitions], np.ndarray]
+#: the form users write: ``f(obs, action, next_obs) -> (N,)`` over numpy batches
+ArrayRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+class _FromArrays:
+    """A :data:`RewardFn` calling an :data:`ArrayRewardFn` on the batch's arrays."""
+
+    def __init__(self, fn: ArrayRewardFn) -> None:
+        self.fn = fn
+
+    def __call__(self, transitions: Transitions) -> np.ndarray:
+        rewards = self.fn(transitions.observation, transitions.action, transitions.next_observation)
+        return np.asarray(rewards, dtype=np.float32).reshape(-1)
+
+    def __repr__(self) -> str:
+        return f"<reward {getattr(self.fn, '__name__', self.fn)!r}>"
+
+
+def reward_from_arrays(fn: ArrayRewardFn) -> RewardFn:
+    """``fn(obs, action, next_obs)`` as a :data:`RewardFn` over :class:`Transitions`."""
+    return _FromArrays(fn)
 
 
 class Domain(ABC):
     """An environment with named tasks (reward functions) and goals.
 
     Subclasses set ``name`` and ``episode_length`` and implement :meth:`make_env` and
-    :attr:`tasks`. Everything else has a working default.
+    :attr:`tasks`. Everything else is an optional hook with a working default (see the
+    module docstring).
     """
 
     name: ClassVar[str] = ""
@@ -65,6 +99,8 @@ class Domain(ABC):
     has_physics: ClassVar[bool] = False
     #: goal success: ``goal_distance(obs, goal) <= goal_threshold``
     goal_threshold: ClassVar[float] = 0.1
+    #: whether :meth:`draw_layout` draws a floor plan in the plane of ``obs[..., :2]``
+    has_layout: ClassVar[bool] = False
 
     @abstractmethod
     def make_env(self, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
@@ -121,6 +157,34 @@ class Domain(ABC):
     def features(self, observation: Any) -> Any:
         """Inputs for reward priors (FRE). The observation itself unless overridden."""
         return observation
+
+    # ---- environments for a task, for rendering ------------------------------------------
+    def make_task_env(
+        self, task: str | None = None, seed: int | None = None, render_mode: str | None = None
+    ) -> gym.Env:
+        """An env whose own reward (and drawn scene) is ``task``'s where the domain has one.
+
+        The default is :meth:`make_env`: zsrl scores rollouts by relabelling, so an env's own
+        reward is never needed; domains whose scene depends on the task override this.
+        """
+        return self.make_env(seed=seed, render_mode=render_mode)
+
+    def make_render_env(
+        self, seed: int | None = None, task: str | None = None, size: tuple[int, int] = (240, 320)
+    ) -> gym.Env:
+        """An env rendering ``rgb_array`` frames, ideally of ``size`` ``(height, width)``.
+
+        The default renders at the env's own size (callers resize the frames).
+        """
+        return self.make_task_env(task, seed=seed, render_mode="rgb_array")
+
+    # ---- pictures and statistics of the floor plan -------------------------------------------
+    def draw_layout(self, ax: Any) -> None:
+        """Draw the floor plan on a matplotlib ``Axes`` (domains with ``has_layout`` only)."""
+
+    def coverage(self, observations: np.ndarray) -> float | None:
+        """Fraction of the floor visited by ``observations``; None without a floor plan."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {

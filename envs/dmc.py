@@ -247,6 +247,20 @@ class DMCDomain(Domain):
             render_size=self.render_size,
         )
 
+    def make_task_env(
+        self, task: str | None = None, seed: int | None = None, render_mode: str | None = None
+    ) -> DMCEnv:
+        """The env of ``task`` (its reward; in the maze, where its target is drawn)."""
+        return self.make_env(seed=seed, render_mode=render_mode, task=task)
+
+    def make_render_env(
+        self, seed: int | None = None, task: str | None = None, size: tuple[int, int] = (240, 320)
+    ) -> DMCEnv:
+        """The env of ``task`` rendering ``size`` ``(height, width)`` frames from :attr:`camera_id`."""
+        env = self.make_task_env(task, seed=seed, render_mode="rgb_array")
+        env.render_size = (int(size[0]), int(size[1]))
+        return env
+
     # ---- relabelling ------------------------------------------------------------------
     @property
     def tasks(self) -> Mapping[str, RewardFn]:

@@ -32,10 +32,10 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from .base import Domain, RewardFn, Transitions
+from zsrl.utils import UserError
 
-#: ``(obs, action, next_obs) -> rewards``, numpy arrays with a leading batch dimension
-ArrayReward = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+from .base import ArrayRewardFn, Domain, RewardFn, reward_from_arrays
+
 EnvFactory = Callable[..., gym.Env]
 
 
@@ -54,22 +54,6 @@ class _SeededReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
             seed = self._pending_seed
         self._pending_seed = None
         return super().reset(seed=seed, options=options)
-
-
-class _TransitionReward:
-    """Adapts an ``(obs, action, next_obs)`` reward function to :class:`Transitions`."""
-
-    def __init__(self, fn: ArrayReward) -> None:
-        self.fn = fn
-
-    def __call__(self, transitions: Transitions) -> np.ndarray:
-        rewards = self.fn(
-            transitions.observation, transitions.action, transitions.next_observation
-        )
-        return np.asarray(rewards, dtype=np.float32).reshape(-1)
-
-    def __repr__(self) -> str:
-        return f"<reward {getattr(self.fn, '__name__', self.fn)!r}>"
 
 
 class GymDomain(Domain):
@@ -102,7 +86,7 @@ class GymDomain(Domain):
     def __init__(
         self,
         env: str | EnvFactory | None = None,
-        rewards: Mapping[str, ArrayReward] | None = None,
+        rewards: Mapping[str, ArrayRewardFn] | None = None,
         *,
         goals: Mapping[str, np.ndarray] | None = None,
         goal_threshold: float | None = None,
@@ -131,7 +115,10 @@ class GymDomain(Domain):
 
     def _registered_length(self) -> int:
         if isinstance(self._env, str):
-            steps = gym.spec(self._env).max_episode_steps
+            try:
+                steps = gym.spec(self._env).max_episode_steps
+            except gym.error.Error as exc:
+                raise UserError(f"{type(self).__name__}: gymnasium has no env {self._env!r} ({exc})") from None
             if steps:
                 return int(steps)
         raise ValueError(
@@ -140,7 +127,7 @@ class GymDomain(Domain):
         )
 
     # ---- for subclasses ---------------------------------------------------------------
-    def reward_functions(self) -> Mapping[str, ArrayReward]:
+    def reward_functions(self) -> Mapping[str, ArrayRewardFn]:
         """Task name → ``fn(obs, action, next_obs) -> (N,)`` (actions in ``[-1, 1]``)."""
         return {}
 
@@ -151,7 +138,7 @@ class GymDomain(Domain):
     # ---- Domain -----------------------------------------------------------------------
     @property
     def tasks(self) -> Mapping[str, RewardFn]:
-        return {name: _TransitionReward(fn) for name, fn in self._rewards.items()}
+        return {name: reward_from_arrays(fn) for name, fn in self._rewards.items()}
 
     @property
     def goals(self) -> Mapping[str, np.ndarray]:
@@ -159,12 +146,15 @@ class GymDomain(Domain):
 
     def _raw_env(self, render_mode: str | None) -> gym.Env:
         if isinstance(self._env, str):
-            return gym.make(
-                self._env,
-                render_mode=render_mode,
-                max_episode_steps=self.episode_length,
-                **self._env_kwargs,
-            )
+            try:
+                return gym.make(
+                    self._env,
+                    render_mode=render_mode,
+                    max_episode_steps=self.episode_length,
+                    **self._env_kwargs,
+                )
+            except gym.error.Error as exc:
+                raise UserError(f"{type(self).__name__}: gymnasium cannot make {self._env!r} ({exc})") from None
         env = self._env() if render_mode is None else self._env(render_mode=render_mode)
         return gym.wrappers.TimeLimit(env, self.episode_length)
 
@@ -177,7 +167,10 @@ class GymDomain(Domain):
         env = self._raw_env(render_mode)
         actions = env.action_space
         if not (isinstance(actions, gym.spaces.Box) and actions.is_bounded()):
-            raise TypeError(f"zsrl needs a bounded Box action space; {self._env!r} has {actions}")
+            raise UserError(
+                f"zsrl needs a bounded continuous (Box) action space; {self._env!r} has {actions}. "
+                "Discrete-action envs are not supported: FB and FRE act in [-1, 1]^d"
+            )
         obs_space = env.observation_space
         if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
             env = gym.wrappers.FlattenObservation(env)

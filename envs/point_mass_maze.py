@@ -158,6 +158,7 @@ class PointMassMaze(DMCDomain):
     episode_length: ClassVar[int] = 1000
     camera_id: ClassVar[int | str] = "top"
     goal_threshold: ClassVar[float] = 0.03
+    has_layout: ClassVar[bool] = True
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {name: Reach(target) for name, target in TARGETS.items()}

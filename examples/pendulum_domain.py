@@ -35,8 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from zsrl.envs import GymDomain
-from zsrl.envs.gym_domain import ArrayReward
+from zsrl.envs import ArrayRewardFn, GymDomain
 
 MAX_TORQUE = 2.0
 
@@ -48,7 +47,7 @@ class PendulumDomain(GymDomain):
     env_id: ClassVar[str | None] = "Pendulum-v1"
     goal_threshold: ClassVar[float] = 0.2
 
-    def reward_functions(self) -> Mapping[str, ArrayReward]:
+    def reward_functions(self) -> Mapping[str, ArrayRewardFn]:
         return {"swingup": self.swingup, "hang_down": self.hang_down}
 
     def goal_observations(self) -> Mapping[str, np.ndarray]:

@@ -26,7 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--domains", nargs="+", default=["point_mass_maze", "walker", "cheetah", "quadruped"])
     p.add_argument("--collectors", nargs="+", default=["random", "rnd"])
-    p.add_argument("--transitions", type=int, default=20_000)
+    p.add_argument("--transitions", dest="num_transitions", type=int, default=20_000)
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--json", default="bench_collect.json")
     args = p.parse_args()
@@ -37,11 +37,11 @@ def main() -> None:
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         env.close()
         for collector in args.collectors:
-            explorer = make_explorer(collector, obs_dim, act_dim, args.transitions, seed=0)
+            explorer = make_explorer(collector, obs_dim, act_dim, args.num_transitions, seed=0)
             t0 = time.perf_counter()
-            collect(domain, explorer, args.transitions, num_envs=args.num_envs, progress=False)
-            rate = args.transitions / (time.perf_counter() - t0)
-            rows.append({"domain": name, "collector": collector, "transitions": args.transitions,
+            collect(domain, explorer, args.num_transitions, num_envs=args.num_envs, progress=False)
+            rate = args.num_transitions / (time.perf_counter() - t0)
+            rows.append({"domain": name, "collector": collector, "transitions": args.num_transitions,
                          "num_envs": args.num_envs, "transitions_per_s": rate})
             print(f"{name:<16} {collector:<8} {rate:>10.0f} transitions/s", flush=True)
     with open(args.json, "w") as f:

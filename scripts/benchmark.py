@@ -27,8 +27,8 @@ import numpy as np
 from zsrl import plots
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
+from zsrl.evaluate import evaluate_run, pct_of_oracle
 from zsrl.registry import make_domain
-from zsrl.report import evaluate_run, pct_of_oracle
 from zsrl.train import start_run
 from zsrl.utils import atomic_write_json, versions
 
@@ -37,9 +37,9 @@ DEFAULT_COLLECTOR = {"point_mass_maze": "sticky"}
 
 def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     collector = args.collector or DEFAULT_COLLECTOR.get(domain_name, "rnd")
-    path = args.out / "data" / f"{domain_name}_{collector}_{args.transitions}_s{args.seed}"
+    path = args.out / "data" / f"{domain_name}_{collector}_{args.num_transitions}_s{args.seed}"
     if not path.exists():
-        collect_to_disk(make_domain(domain_name), collector, args.transitions, path, seed=args.seed,
+        collect_to_disk(make_domain(domain_name), collector, args.num_transitions, path, seed=args.seed,
                         num_envs=8, hold=100, progress=not args.quiet)
     else:
         OfflineDataset.load(path, domain=domain_name)  # validate the cache
@@ -55,9 +55,8 @@ def train_and_eval(preset: str, data: Path, run_dir: Path, args: argparse.Namesp
     wall = time.perf_counter() - t0
     with (run_dir / "metrics.csv").open() as f:
         ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
-    results = evaluate_run(run_dir, episodes=args.episodes, seeds=args.seeds, reward_samples=args.reward_samples)
-    results.pop("_model"), results.pop("_domain")
-    return {"results": results, "train_seconds": wall, "updates_per_s": float(np.median(ups))}
+    evaluation = evaluate_run(run_dir, episodes=args.episodes, seeds=args.seeds, reward_samples=args.reward_samples)
+    return {"evaluation": evaluation, "train_seconds": wall, "updates_per_s": float(np.median(ups))}
 
 
 def main() -> None:
@@ -65,13 +64,13 @@ def main() -> None:
     p.add_argument("--agents", nargs="+", default=["fb"])
     p.add_argument("--domains", nargs="+", default=["point_mass_maze", "walker"])
     p.add_argument("--collector", help="override the per-domain default collector")
-    p.add_argument("--transitions", type=int, default=200_000)
+    p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
     p.add_argument("--steps", type=int, help="override every preset's train.steps")
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--reward-samples", type=int, default=None, help="default: each agent's inference_samples")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
     p.add_argument("--seed", type=int, default=0, help="collection and training seed")
-    p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task for '% of oracle'")
+    p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task for '%% of oracle'")
     p.add_argument("--set", action="append", default=[], metavar="AGENT:KEY=VALUE",
                    help="a config override for one agent, e.g. fre:agent.encoder_steps=2000 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("bench"))
@@ -88,7 +87,7 @@ def main() -> None:
             for task in tasks:
                 r = train_and_eval(f"td3/{domain_name}_cpu", data, args.out / "runs" / domain_name / f"td3_{task}",
                                    args, [f"task={task}"])
-                oracle[task] = r["results"]["tasks"][task]["mean_return"]
+                oracle[task] = r["evaluation"].tasks[task].mean_return
                 entry["agents"].setdefault("td3 (oracle)", {"tasks": {}, "train_seconds": 0.0,
                                                              "updates_per_s": r["updates_per_s"]})
                 entry["agents"]["td3 (oracle)"]["tasks"][task] = oracle[task]
@@ -97,12 +96,12 @@ def main() -> None:
         for agent in args.agents:
             extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == agent]
             r = train_and_eval(f"{agent}/{domain_name}_cpu", data, args.out / "runs" / domain_name / agent, args, extra)
-            res = r["results"]
-            returns = {t: res["tasks"][t]["mean_return"] for t in tasks}
+            res = r["evaluation"]
+            returns = {t: res.tasks[t].mean_return for t in tasks}
             pct = [p for t in tasks if t in oracle and (p := pct_of_oracle(returns[t], oracle[t])) is not None]
             entry["agents"][agent] = {
-                "tasks": returns, "aggregate": res["aggregate"],
-                "reward_samples": res["tasks"][tasks[0]]["reward_samples"],
+                "tasks": returns, "aggregate": res.aggregate, "scored": str(res.scored),
+                "reward_samples": res.tasks[tasks[0]].reward_samples,
                 "pct_of_oracle": float(np.mean(pct)) if pct else None,
                 "train_seconds": r["train_seconds"], "updates_per_s": r["updates_per_s"],
             }

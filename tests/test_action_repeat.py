@@ -55,7 +55,7 @@ def test_rollout_holds_each_action_for_action_repeat_steps():
     model = FBModel(4, 2, cfg).eval()
     domain = make_domain("point_mass_maze")
     traj = rollout(model, domain, model.sample_z(1), episodes=2, seed=0, max_steps=12)
-    actions = traj["action"]  # (T, E, 2)
+    actions = traj.action  # (T, E, 2)
     for block in range(3):
         np.testing.assert_array_equal(actions[4 * block : 4 * block + 4], np.broadcast_to(actions[4 * block], (4, 2, 2)))
     assert not np.array_equal(actions[0], actions[4])  # it does decide again after 4 steps

@@ -1,3 +1,7 @@
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 
 from zsrl.config import (
@@ -57,3 +61,35 @@ def test_missing_preset_lists_presets():
 def test_exponent_without_dot_is_a_float():
     cfg = load_run_config("fb/point_mass_maze_cpu", ["agent.lr_b=1e-5"])
     assert cfg.agent.lr_b == 1e-5
+
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "presets.json"
+
+
+def test_every_preset_resolves_to_its_snapshot():
+    """Presets only state what differs from their base, yet resolve to the same configs as
+    before inheritance (tests/snapshots/presets.json, taken from the fully spelled-out files)."""
+    snapshot = json.loads(SNAPSHOT.read_text())
+    resolved = {name: asdict(load_run_config(name)) for name in list_presets()}
+    assert set(snapshot) <= set(resolved)
+    for name, expected in snapshot.items():
+        assert resolved[name] == expected, name
+    assert {"fb/generic", "fb/generic_cpu", "fre/generic", "fre/generic_cpu", "td3/generic",
+            "td3/generic_cpu"} <= set(resolved)
+
+
+def test_a_preset_extends_its_base(tmp_path):
+    (tmp_path / "parent.yaml").write_text("base: fb/walker_cpu\nagent:\n  z_dim: 7\n")
+    (tmp_path / "child.yaml").write_text("base: parent\ntrain:\n  steps: 3\n")
+    cfg = load_run_config(tmp_path / "child.yaml")
+    assert (cfg.domain, cfg.agent.z_dim, cfg.agent.hidden_dim, cfg.train.steps) == ("walker", 7, 256, 3)
+
+
+def test_a_base_loop_or_a_missing_base_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    with pytest.raises(UserError, match="chain loops"):
+        load_run_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: fb/nowhere\n")
+    with pytest.raises(UserError, match="neither a file nor a preset"):
+        load_run_config(tmp_path / "c.yaml")

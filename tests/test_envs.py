@@ -345,3 +345,30 @@ def test_gym_domain_adapts_factories():
     np.testing.assert_allclose(domain.reward("spread", transitions), [0.5 - obs.min()])
     with pytest.raises(ValueError, match="episode_length"):
         GymDomain(_Float64Env, {"spread": spread})
+
+
+def test_plugin_mistakes_are_user_errors():
+    from zsrl.envs import GymDomain
+    from zsrl.registry import make_domain
+    from zsrl.utils import UserError
+
+    with pytest.raises(UserError, match="gymnasium has no env 'Nowhere-v9'"):
+        GymDomain("Nowhere-v9", {})
+    with pytest.raises(UserError, match="gymnasium cannot make 'Nowhere-v9'"):
+        GymDomain("Nowhere-v9", {}, episode_length=10).make_env()
+    with pytest.raises(UserError, match="Discrete-action envs are not supported"):
+        GymDomain("CartPole-v1", {}).make_env()
+    with pytest.raises(UserError, match="gives a dict, not a zsrl Domain"):
+        make_domain("builtins:dict")
+
+
+def test_domain_hooks_have_defaults():
+    from zsrl.envs import GymDomain
+
+    domain = GymDomain("Pendulum-v1", {})
+    assert not domain.has_layout and domain.coverage(np.zeros((3, 3))) is None
+    obs = np.ones((2, 3), np.float32)
+    assert domain.features(obs) is obs
+    env = domain.make_task_env("anything", seed=0)
+    assert env.reset(seed=0)[0].shape == (3,)
+    env.close()

@@ -68,7 +68,104 @@ def test_iqm_and_bootstrap():
 
 
 def test_pct_of_oracle_needs_a_real_denominator():
-    from zsrl.report import pct_of_oracle
+    from zsrl.evaluate import pct_of_oracle
 
     assert pct_of_oracle(50.0, 200.0) == pytest.approx(25.0)
     assert pct_of_oracle(50.0, 1e-30) is None  # an oracle that failed too gives no ratio
+
+
+def eval_args(run, out, *extra):
+    return ["eval", str(run), "--episodes", "1", "--reward-samples", "50", "--out", str(out), *extra]
+
+
+def test_goals_come_with_the_tasks_and_the_report_shows_both(run, tmp_path, capsys):
+    assert main(eval_args(run, tmp_path / "e", "--goals", "reach_top_left")) == 0
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert set(results["tasks"]) == {"reach_top_left", "reach_top_right", "reach_bottom_left", "reach_bottom_right"}
+    assert set(results["goals"]) == {"reach_top_left"}
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "| task | mean return |" in report and "| goal | success |" in report
+
+
+def test_results_say_what_was_scored(run, tmp_path):
+    assert main(eval_args(run, tmp_path / "e", "--tasks", "reach_top_left")) == 0
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert results["scored"] == {"source": "final model", "path": str(run / "model"), "step": 10, "total_steps": 10}
+    assert results["notes"] == []
+    assert "scored the final model at step 10 of 10" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_earlier_results_are_never_replaced_silently(run, tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(eval_args(run, out, "--tasks", "reach_top_left")) == 0
+    first = (out / "results.json").read_bytes()
+    assert main(eval_args(run, out, "--tasks", "reach_top_right")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "already exists (an evaluation of the final model at step 10" in err and "--overwrite" in err
+    assert (out / "results.json").read_bytes() == first
+    (out / "trajectories.png").unlink()  # a picture the next report will not redraw ...
+    (out / "returns.png").rename(out / "keep_me.png")  # ... and a file zsrl did not list
+    assert main(eval_args(run, out, "--goals", "reach_top_left", "--tasks", "", "--overwrite")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["goals"]) == {"reach_top_left"} and "returns.png" not in results["files"]
+    assert (out / "keep_me.png").is_file()  # only files the earlier report listed are removed
+    assert main(eval_args(run, out, "--json", str(out / "results.json"), "--overwrite")) == 0
+
+
+def test_an_incomplete_final_model_falls_back_to_the_checkpoint(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model" / "config.json").unlink()  # killed during the final model write
+    assert main(eval_args(copy, tmp_path / "e", "--tasks", "reach_top_left")) == 0
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert results["scored"]["source"] == "checkpoint" and results["scored"]["step"] == 10
+    assert "final model is incomplete or unreadable" in results["notes"][0]
+    shutil.rmtree(copy / "model")  # an unfinished run
+    assert main(eval_args(copy, tmp_path / "e2", "--tasks", "reach_top_left")) == 0
+    results = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert "the run is unfinished" in results["notes"][0]
+
+
+def test_results_are_strict_json():
+    from zsrl.report import finite_or_null
+
+    clean, replaced = finite_or_null({"a": [1.0, float("nan")], "b": {"c": float("inf")}, "d": "x"})
+    assert clean == {"a": [1.0, None], "b": {"c": None}, "d": "x"}
+    assert replaced == ["a[1]", "b.c"]
+    json.dumps(clean, allow_nan=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--episodes", "0"], "--episodes must be at least 1, got 0"),
+    (["--seeds", "0,x"], "--seeds takes comma-separated integers such as 0,1,2; got '0,x'"),
+    (["--seeds", ","], "--seeds needs at least one integer"),
+    (["--reward-samples", "-3"], "--reward-samples must be at least 1, got -3"),
+    (["--device", "gpu0"], "device 'gpu0' is not a device torch knows"),
+])
+def test_bad_eval_options_are_one_paragraph_errors(run, tmp_path, capsys, args, message):
+    assert main(["eval", str(run), "--out", str(tmp_path / "e"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_collect_refuses_zero_envs(tmp_path, capsys):
+    assert main(["collect", "--domain", "point_mass_maze", "--num-envs", "0", "--transitions", "10",
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "--num-envs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_nan_rewards_on_the_rollouts_are_refused(run, tmp_path, monkeypatch, capsys):
+    # finite on the 50 labelled dataset states, NaN on the rollout's 1000 steps
+    (tmp_path / "odd_rewards.py").write_text(
+        "import numpy as np\n"
+        "def odd(o, a, n):\n"
+        "    return np.zeros(len(o)) if len(o) == 50 else np.full(len(o), np.nan)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(eval_args(run, tmp_path / "e", "--task", "odd_rewards:odd")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "returned NaN or inf on 1000 of 1000 steps of the evaluation rollouts" in err
+    assert not (tmp_path / "e" / "results.json").exists()

@@ -31,7 +31,7 @@ class RandomPolicy:
 
 def _final_distance(model, domain, z, goal):
     traj = rollout(model, domain, z, episodes=8, seed=1, max_steps=300)
-    return np.linalg.norm(traj["next_obs"][-1, :, :2] - goal[:2], axis=-1).mean()
+    return np.linalg.norm(traj.next_observation[-1, :, :2] - goal[:2], axis=-1).mean()
 
 
 @pytest.mark.slow

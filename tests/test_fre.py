@@ -376,7 +376,7 @@ def test_fre_learns_to_reach_prompted_goals(tmp_path):
 
         def final_positions(policy, z):
             traj = rollout(policy, domain, z, episodes=8, seed=123, max_steps=40)
-            return traj["next_obs"][-1]
+            return traj.next_observation[-1]
 
         random_final = final_positions(RandomPolicy(), torch.zeros(1, 1))
         for name, goal in GOALS.items():
@@ -413,5 +413,5 @@ def test_point_mass_maze_end_to_end(tmp_path):
         z = model.infer_z_from_goal(torch.as_tensor(domain.goal("reach_top_left")))
         assert z.shape == (1, cfg.agent.z_dim) and torch.isfinite(z).all()
         traj = rollout(model, domain, z, episodes=1, seed=0, max_steps=5)
-        assert traj["action"].shape == (5, 1, 2)
-        assert math.isfinite(float(np.abs(traj["next_obs"]).max()))
+        assert traj.action.shape == (5, 1, 2)
+        assert math.isfinite(float(np.abs(traj.next_observation).max()))

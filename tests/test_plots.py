@@ -9,6 +9,7 @@ import torch
 from matplotlib.image import imread
 
 from zsrl import plots
+from zsrl.evaluate import Rollout, rollout
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAZE_TASKS = ["reach_top_left", "reach_top_right", "reach_bottom_left", "reach_bottom_right"]
@@ -118,8 +119,8 @@ def fake_rollout(rng, steps=40, episodes=3):
     obs = np.concatenate([xy, np.zeros((steps, episodes, 2))], axis=-1).astype(np.float32)
     alive = np.ones((steps, episodes), dtype=bool)
     alive[steps // 2:, 0] = False  # the first episode ended half way
-    return {"obs": obs, "next_obs": np.roll(obs, -1, axis=0), "alive": alive,
-            "action": np.zeros((steps, episodes, 2), np.float32)}
+    return Rollout(observation=obs, action=np.zeros((steps, episodes, 2), np.float32),
+                   next_observation=np.roll(obs, -1, axis=0), alive=alive, seed=0)
 
 
 def test_maze_trajectories(tmp_path, maze):
@@ -133,7 +134,7 @@ def test_maze_paths_use_only_alive_steps():
     traj = fake_rollout(np.random.default_rng(1), steps=10, episodes=2)
     first, second = plots._paths(traj)
     assert len(first) == 5 + 1 and len(second) == 10 + 1  # alive steps + final position
-    np.testing.assert_allclose(first[-1], traj["next_obs"][4, 0, :2])
+    np.testing.assert_allclose(first[-1], traj.next_observation[4, 0, :2])
 
 
 # ---- benchmark bars ----------------------------------------------------------------------
@@ -165,8 +166,9 @@ def mp4_frames(path):
 
 
 def record(maze, path, **kwargs):
+    episode = rollout(ZeroPolicy(), maze, torch.zeros(3), episodes=1, seed=0, max_steps=10)
     try:
-        return plots.policy_video(maze, ZeroPolicy(), torch.zeros(3), path, max_steps=10, **kwargs)
+        return plots.policy_video(maze, episode, path, **kwargs)
     except RuntimeError as exc:
         if "MUJOCO_GL" in str(exc):
             pytest.skip(f"rendering unavailable here: {exc}")
@@ -212,11 +214,13 @@ class _BrokenEnv:
 class _BrokenDomain:
     episode_length = 10
 
-    def make_env(self, seed=None, render_mode=None):
+    def make_render_env(self, seed=None, task=None, size=None):
         return _BrokenEnv()
 
 
 def test_policy_video_explains_render_failure(tmp_path):
+    still = Rollout(observation=np.zeros((10, 1, 4), np.float32), action=np.zeros((10, 1, 2), np.float32),
+                    next_observation=np.zeros((10, 1, 4), np.float32), alive=np.ones((10, 1), bool), seed=0)
     with pytest.raises(RuntimeError, match="MUJOCO_GL=egl.*libegl1|libegl1.*osmesa"):
-        plots.policy_video(_BrokenDomain(), ZeroPolicy(), torch.zeros(3), tmp_path / "v.mp4")
+        plots.policy_video(_BrokenDomain(), still, tmp_path / "v.mp4")
     assert not (tmp_path / "v.mp4").exists()

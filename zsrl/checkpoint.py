@@ -94,19 +94,23 @@ def load_run_model(run_dir: str | Path, domain: Any | None = None, device: str |
         raise CheckpointError(
             f"{run_dir} has no trained model ({FINAL_MODEL}/ or {CHECKPOINT}/); train one with `zsrl train`"
         )
-    if domain is not None:
-        trained_on = model.meta.get("domain")  # type: ignore[attr-defined]
-        if trained_on is not None and trained_on != domain.name:
-            raise CheckpointError(
-                f"the model in {run_dir} was trained on domain {trained_on!r}, not {domain.name!r}; "
-                "evaluate it on its own domain"
-            )
-        env = domain.make_env(seed=0)
-        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-        env.close()
-        if (model.obs_dim, model.action_dim) != (obs_dim, act_dim):
-            raise CheckpointError(
-                f"the model in {run_dir} expects obs/action dims {(model.obs_dim, model.action_dim)} "
-                f"but domain {domain.name!r} has {(obs_dim, act_dim)}"
-            )
+    return model if domain is None else check_model_fits_domain(model, domain, run_dir)
+
+
+def check_model_fits_domain(model: Model, domain: Any, run_dir: str | Path) -> Model:
+    """``model`` itself, or a CheckpointError when it was trained on another domain or sizes."""
+    trained_on = model.meta.get("domain")  # type: ignore[attr-defined]
+    if trained_on is not None and trained_on != domain.name:
+        raise CheckpointError(
+            f"the model in {run_dir} was trained on domain {trained_on!r}, not {domain.name!r}; "
+            "evaluate it on its own domain"
+        )
+    env = domain.make_env(seed=0)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    if (model.obs_dim, model.action_dim) != (obs_dim, act_dim):
+        raise CheckpointError(
+            f"the model in {run_dir} expects obs/action dims {(model.obs_dim, model.action_dim)} "
+            f"but domain {domain.name!r} has {(obs_dim, act_dim)}"
+        )
     return model

@@ -3,8 +3,9 @@
     zsrl collect   --domain D --collector random|rnd|sb3 --transitions N --out DIR
     zsrl data describe DIR
     zsrl train     --config PRESET_OR_YAML --dataset DIR --out RUN_DIR [key=value ...]
+    zsrl train     --agent fb --dataset DIR --out RUN_DIR [key=value ...]
     zsrl train     --resume RUN_DIR
-    zsrl eval      RUN_DIR [--tasks a,b] [--episodes M] [--json FILE]
+    zsrl eval      RUN_DIR [--tasks a,b] [--goals all] [--episodes M] [--video] [--overwrite]
     zsrl presets | domains
 
 User mistakes (a wrong path, a broken dataset, an unknown key) are printed as one
@@ -18,8 +19,13 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zsrl.utils import UserError
+
+if TYPE_CHECKING:
+    from zsrl.config import RunConfig
 
 EXAMPLES = """\
 quick start (point-mass maze, CPU, minutes): everything in one command
@@ -47,7 +53,8 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    help="exploration policy: uniform random, sticky random (each action held --hold "
                    "steps), RND (random network distillation), or a saved SB3 policy (default: rnd)")
     p.add_argument("--hold", type=int, default=25, help="sticky collector: steps each random action is held")
-    p.add_argument("--transitions", type=int, required=True, help="number of transitions to collect")
+    p.add_argument("--transitions", dest="num_transitions", type=int, required=True,
+                   help="number of transitions to collect")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-envs", type=int, default=8, help="parallel environments (default: 8)")
@@ -75,6 +82,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "agent.z_dim=50 train.steps=20000 train.device=cuda.",
     )
     p.add_argument("--config", help="preset name (see `zsrl presets`) or a YAML file")
+    p.add_argument("--agent", help="instead of --config: the agent's generic preset (GPU size when "
+                   "CUDA is available, else CPU size) on the dataset's own domain, e.g. --agent fb")
     p.add_argument("--dataset", help="dataset directory from `zsrl collect`")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -85,10 +94,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="zero-shot evaluation of a trained run")
     p.add_argument("run_dir")
-    p.add_argument("--tasks", help="comma-separated task names (default: all of the domain's tasks)")
+    p.add_argument("--tasks", help="comma-separated task names (default: all of the domain's tasks "
+                   "unless --task is given; '' for none)")
     p.add_argument("--task", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a reward function f(obs, action, next_obs) -> rewards written outside zsrl (repeatable)")
-    p.add_argument("--goals", help="comma-separated goal names, or 'all'")
+    p.add_argument("--goals", help="comma-separated goal names, or 'all' (evaluated as well as the tasks)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--reward-samples", type=int, default=None, help="dataset states labelled to infer z")
     p.add_argument("--seeds", default="0", help="comma-separated evaluation seeds")
@@ -97,7 +107,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--oracle", action="append", default=[], metavar="ORACLE_RUN_DIR",
                    help="a supervised run (configs/td3/...) on the same dataset; adds '%% of oracle' (repeatable)")
-    p.add_argument("--video", action="store_true", help="also render a video per task (needs MuJoCo rendering)")
+    p.add_argument("--video", action="store_true",
+                   help="also film one evaluated episode per task and goal (needs rendering)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out (and the --json file)")
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +125,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agent", default="fb")
     p.add_argument("--collector", default="sticky", choices=["random", "sticky", "rnd"])
     p.add_argument("--hold", type=int, default=100, help="sticky collector: steps each action is held")
-    p.add_argument("--transitions", type=int, default=200_000)
+    p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -172,9 +185,10 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     from zsrl.explore import RNDConfig
     from zsrl.registry import make_domain
 
+    _at_least_one("--num-envs", args.num_envs)
     domain = make_domain(args.domain)
     ds = collect_to_disk(
-        domain, args.collector, args.transitions, args.out, seed=args.seed, num_envs=args.num_envs,
+        domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
         rnd=RNDConfig(device=args.device), hold=args.hold, overwrite=args.overwrite, progress=not args.no_progress,
         domain_spec=args.domain,
@@ -195,9 +209,10 @@ def _cmd_describe(args: argparse.Namespace) -> None:
         domain = make_domain(ds.meta.get("domain_spec", ds.domain))
     except RegistryError:
         domain = None
-    if domain is not None and hasattr(domain, "coverage"):
-        info["coverage"]["floor_coverage"] = domain.coverage(ds.data["next", "observation"][:, :2].numpy())
-        info["coverage"]["grid"] = getattr(domain, "coverage_grid", "floor grid")
+    floor = None if domain is None else domain.coverage(ds.data["next", "observation"].numpy())
+    if floor is not None:
+        info["coverage"]["floor_coverage"] = floor
+        info["coverage"]["grid"] = "floor grid"
     print(json.dumps(info, indent=2) if args.json else _format_describe(info))
 
 
@@ -220,27 +235,94 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from zsrl.train import resume_run, start_run
 
     if args.resume:
-        if args.config or args.dataset or args.overrides:
-            raise UserError("--resume RUN_DIR takes no --config, --dataset or overrides: the run's own config is used")
+        if args.config or args.agent or args.dataset or args.overrides:
+            raise UserError("--resume RUN_DIR takes no --config, --agent, --dataset or overrides: "
+                            "the run's own config is used")
         resume_run(args.resume)
         return
-    missing = [f"--{k}" for k in ("config", "dataset", "out") if not getattr(args, k)]
+    if args.config and args.agent:
+        raise UserError("give --config PRESET or --agent AGENT, not both")
+    missing = [f"--{k}" for k in ("dataset", "out") if not getattr(args, k)]
+    if not (args.config or args.agent):
+        missing.insert(0, "--config (or --agent)")
     if missing:
         raise UserError(f"zsrl train needs {', '.join(missing)} (or --resume RUN_DIR)")
-    start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
+    if args.agent:
+        start_run(_generic_config(args.agent, args.dataset, args.overrides), args.dataset, args.out,
+                  overwrite=args.overwrite)
+    else:
+        start_run(args.config, args.dataset, args.out, args.overrides, overwrite=args.overwrite)
+
+
+def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig:
+    """The agent's generic preset on the domain the dataset was collected on."""
+    import torch
+
+    from zsrl.config import generic_preset, load_run_config
+    from zsrl.utils import read_json
+
+    meta = read_json(Path(dataset) / "meta.json", f"dataset {dataset} (is it a `zsrl collect` folder?)")
+    domain = (meta.get("domain_spec") or meta.get("domain")) if isinstance(meta, dict) else None
+    if not isinstance(domain, str) or not domain:
+        raise UserError(f"dataset {dataset}: meta.json names no domain; use --config PRESET domain=NAME")
+    preset = generic_preset(agent, gpu=torch.cuda.is_available())
+    print(f"training {agent} with the preset {preset} on domain {domain} (from the dataset)")
+    return load_run_config(preset, overrides, domain=domain)
+
+
+def _names(value: str | None) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``."""
+    return [x.strip() for x in value.split(",") if x.strip()] if value else []
+
+
+def _integers(flag: str, value: str) -> list[int]:
+    try:
+        numbers = [int(x) for x in _names(value)]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers such as 0,1,2; got {value!r}") from None
+    if not numbers:
+        raise UserError(f"{flag} needs at least one integer, e.g. {flag} 0")
+    return numbers
+
+
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be at least 1, got {value}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from zsrl.report import run_evaluation
+    from zsrl import report
+    from zsrl.evaluate import compare_with_oracle, evaluate_run
+    from zsrl.utils import resolve_device
 
-    run_evaluation(args)
+    seeds = _integers("--seeds", args.seeds)
+    _at_least_one("--episodes", args.episodes)
+    _at_least_one("--reward-samples", args.reward_samples)
+    resolve_device(args.device)  # a bad --device fails before any work
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    report.refuse_to_replace(out, args.json_path, overwrite=args.overwrite)
+    evaluation = evaluate_run(
+        args.run_dir, tasks=None if args.tasks is None else _names(args.tasks), user_tasks=args.task,
+        goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
+        seeds=seeds, device=args.device,
+    )
+    if args.oracle:
+        compare_with_oracle(evaluation, args.oracle, device=args.device)
+    report.write_report(evaluation, out, video=args.video, overwrite=args.overwrite)
+    print(f"scored {evaluation.scored}")
+    for note in evaluation.notes:
+        print(f"note: {note}")
+    print(report.format_table(evaluation))
+    print(f"\nwrote {out / report.REPORT}, {out / report.RESULTS} and pictures")
+    if args.json_path:
+        report.write_results_json(evaluation, args.json_path)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
     from zsrl.pipeline import run_pipeline
 
     run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=args.collector, hold=args.hold,
-                 transitions=args.transitions, seed=args.seed, overrides=args.overrides,
+                 num_transitions=args.num_transitions, seed=args.seed, overrides=args.overrides,
                  episodes=args.episodes, progress=not args.no_progress)
 
 

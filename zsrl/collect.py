@@ -1,6 +1,6 @@
 """Reward-free data collection with parallel environments.
 
-``collect(domain, explorer, transitions, ...)`` steps ``num_envs`` copies of the domain's
+``collect(domain, explorer, num_transitions, ...)`` steps ``num_envs`` copies of the domain's
 environment in a gymnasium vector env with ``AutoresetMode.SAME_STEP`` — when an episode
 ends, the true last observation comes back in ``infos["final_obs"]`` and the reset happens
 in the same call, so no transition is lost or fabricated. Each environment's episode is
@@ -77,7 +77,7 @@ def make_explorer(
     collector: str,
     obs_dim: int,
     action_dim: int,
-    transitions: int,
+    num_transitions: int,
     seed: int,
     policy: str | None = None,
     action_noise: float = 0.0,
@@ -89,7 +89,7 @@ def make_explorer(
     if collector == "sticky":
         return RandomExplorer(action_dim, seed, hold=hold)
     if collector == "rnd":
-        return RNDExplorer(obs_dim, action_dim, capacity=transitions, cfg=rnd, seed=seed)
+        return RNDExplorer(obs_dim, action_dim, capacity=num_transitions, cfg=rnd, seed=seed)
     if collector == "sb3":
         if not policy:
             raise UserError("--collector sb3 needs --policy FILE.zip (a saved stable-baselines3 model)")
@@ -100,7 +100,7 @@ def make_explorer(
 def collect(
     domain: Any,
     explorer: Any,
-    transitions: int,
+    num_transitions: int,
     *,
     num_envs: int = 4,
     seed: int = 0,
@@ -108,30 +108,30 @@ def collect(
     progress: bool = True,
     domain_spec: str | None = None,
 ) -> OfflineDataset:
-    """Collect ``transitions`` reward-free transitions with ``explorer``.
+    """Collect ``num_transitions`` reward-free transitions with ``explorer``.
 
     Returns an in-memory :class:`OfflineDataset` whose metadata records the domain,
     collector, seed, throughput and package versions.
     """
-    if transitions <= 0:
+    if num_transitions <= 0:
         raise UserError("--transitions must be positive")
     envs = make_vector_env(domain, num_envs, seed, asynchronous)
-    store_physics = bool(getattr(domain, "has_physics", False))
+    store_physics = domain.has_physics
     episodes: list[_Episode] = []
     current = [_new_episode() for _ in range(num_envs)]
     collected = 0
     start = time.perf_counter()
-    bar = tqdm(total=transitions, unit="tr", disable=not progress, desc=f"collect {domain.name}",
+    bar = tqdm(total=num_transitions, unit="tr", disable=not progress, desc=f"collect {domain.name}",
                smoothing=0.05, mininterval=1.0)
     try:
         obs, info = envs.reset(seed=seed)
         physics = info.get("physics") if store_physics else None
-        while collected < transitions:
+        while collected < num_transitions:
             action = np.asarray(explorer.act(obs), dtype=np.float32)
             next_obs, _, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             true_next, next_physics = reached_states(next_obs, info, done, store_physics)
-            take = min(num_envs, transitions - collected)
+            take = min(num_envs, num_transitions - collected)
             explorer.observe(obs[:take], action[:take], true_next[:take], terminated[:take])
             for i in range(take):
                 ep = current[i]
@@ -173,7 +173,7 @@ def collect(
         "seed": seed,
         "num_envs": num_envs,
         "collection_seconds": round(elapsed, 3),
-        "transitions_per_second": round(transitions / elapsed, 1),
+        "transitions_per_second": round(num_transitions / elapsed, 1),
         "created": now_iso(),
         "versions": versions(),
     }
@@ -182,7 +182,7 @@ def collect(
 
 def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
     """A picture of visited positions over the domain layout (domains with ``draw_layout``)."""
-    if not hasattr(domain, "draw_layout"):
+    if not domain.has_layout:
         return None
     import matplotlib
 
@@ -194,8 +194,9 @@ def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
     ax.scatter(xy[:, 0], xy[:, 1], s=0.3, alpha=0.25, color="tab:blue", rasterized=True)
     domain.draw_layout(ax)
     title = f"{domain.name}: {dataset.meta.get('collector')} ({len(dataset):,} transitions)"
-    if hasattr(domain, "coverage"):
-        title += f"\ncoverage {domain.coverage(xy):.1%} of floor cells"
+    floor = domain.coverage(xy)
+    if floor is not None:
+        title += f"\ncoverage {floor:.1%} of floor cells"
     ax.set_title(title, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -206,7 +207,7 @@ def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
 def collect_to_disk(
     domain: Any,
     collector: str,
-    transitions: int,
+    num_transitions: int,
     out: str | Path,
     *,
     seed: int = 0,
@@ -228,9 +229,9 @@ def collect_to_disk(
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
     env.close()
-    explorer = make_explorer(collector, obs_dim, action_dim, transitions, seed, policy, action_noise, rnd, hold)
+    explorer = make_explorer(collector, obs_dim, action_dim, num_transitions, seed, policy, action_noise, rnd, hold)
     dataset = collect(
-        domain, explorer, transitions, num_envs=num_envs, seed=seed,
+        domain, explorer, num_transitions, num_envs=num_envs, seed=seed,
         asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
     )
     png = coverage_png(domain, dataset)

@@ -5,6 +5,13 @@ A run is described by :class:`RunConfig` — ``domain``, ``task`` (supervised ag
 under ``configs/<agent>/<domain>.yaml`` fill it, and ``key.sub=value`` overrides
 (``agent.z_dim=100 train.steps=5000``) are applied on top. Unknown keys and values of the
 wrong type are errors that name the offending key.
+
+Presets state only what differs: a preset names its parent with ``base:`` (a sibling file
+such as ``generic_cpu``, a preset name such as ``fb/generic`` or a YAML path) and overrides
+some of its keys; the chain ends at a preset without ``base:``, whose unstated keys keep the
+dataclass defaults. ``configs/<agent>/generic.yaml`` (published size, for a GPU) and
+``generic_cpu.yaml`` (sized for a laptop CPU) are the roots; they carry no domain, which
+``zsrl train --agent AGENT`` takes from the dataset.
 """
 
 from __future__ import annotations
@@ -205,6 +212,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the key by which a preset names the preset it extends
+BASE_KEY = "base"
+
+
 def preset_path(spec: str | Path) -> Path:
     """A YAML path, or a preset name like ``fb/point_mass_maze_cpu`` shipped in zsrl.configs."""
     path = Path(spec)
@@ -239,7 +250,43 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_run_config(spec: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a preset or YAML file, apply dotted overrides, and validate."""
-    data = merge(load_yaml(preset_path(spec)), parse_overrides(overrides or []))
-    return run_config_from_dict(data)
+def load_preset(spec: str | Path) -> dict[str, Any]:
+    """The preset or YAML file ``spec`` as a dict, with its ``base:`` chain merged in."""
+    return _with_bases(preset_path(spec), ())
+
+
+def _with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in children:
+        chain = " -> ".join(str(p) for p in (*children, path.resolve()))
+        raise UserError(f"config {path}: its '{BASE_KEY}:' chain loops ({chain})")
+    data = load_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise UserError(f"config {path}: '{BASE_KEY}:' must name a preset or a YAML file, got {base!r}")
+    sibling = path.parent / (base if base.endswith(".yaml") else f"{base}.yaml")
+    parent = sibling if sibling.is_file() else preset_path(base)
+    return merge(_with_bases(parent, (*children, path.resolve())), data)
+
+
+def load_run_config(
+    spec: str | Path, overrides: list[str] | None = None, domain: str | None = None
+) -> RunConfig:
+    """Load a preset or YAML file, set ``domain`` if given, apply dotted overrides, validate."""
+    data = load_preset(spec)
+    if domain is not None:
+        data["domain"] = domain
+    return run_config_from_dict(merge(data, parse_overrides(overrides or [])))
+
+
+def generic_preset(agent: str, gpu: bool) -> str:
+    """The domain-free preset of ``agent``: ``AGENT/generic`` (GPU size) or ``AGENT/generic_cpu``."""
+    name = f"{agent}/generic" if gpu else f"{agent}/generic_cpu"
+    if name not in list_presets():
+        having = sorted({p.split("/")[0] for p in list_presets() if p.endswith("/generic_cpu")})
+        raise UserError(
+            f"agent {agent!r} has no generic preset; agents with one: {', '.join(having)}. "
+            "Otherwise pass --config PRESET_OR_YAML."
+        )
+    return name

@@ -349,7 +349,7 @@ def from_numpy(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Off
     return OfflineDataset(data, meta)
 
 
-def transitions(data: TensorDict):
+def as_transitions(data: TensorDict):
     """A :class:`zsrl.envs.Transitions` (numpy, on the host) view of a batch of transitions."""
     from zsrl.envs.base import Transitions
 

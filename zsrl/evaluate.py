@@ -10,25 +10,154 @@ reward functions are scored exactly like built-in ones).
 For a goal ``g``: ``z = model.infer_z_from_goal(g)`` (re-inferred every step for models
 whose goal embedding depends on the current state), roll out, and report success
 (``domain.goal_distance(final obs, g) <= domain.goal_threshold``) and distances.
+
+Two levels:
+
+* one model, one seed — :func:`evaluate_tasks`, :func:`evaluate_goals` (plain dicts per
+  task/goal; the training loop's periodic evaluation uses these);
+* a run directory — :func:`evaluate_run` returns an :class:`Evaluation`: which weights were
+  scored (:class:`ScoredModel`), per-task and per-goal results over seeds, the aggregate,
+  and the first seed's :class:`Rollout` per prompt for pictures and videos.
+  :func:`compare_with_oracle` adds "% of oracle". Rendering lives in :mod:`zsrl.report`
+  and :mod:`zsrl.plots`; the command line in :mod:`zsrl.cli`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from zsrl.agents.base import CheckpointError, Model
+from zsrl.checkpoint import CHECKPOINT, FINAL_MODEL, check_model_fits_domain
 from zsrl.collect import make_vector_env, reached_states
-from zsrl.data import OfflineDataset, transitions
+from zsrl.config import run_config_from_dict
+from zsrl.data import OfflineDataset, as_transitions
+from zsrl.envs.base import Domain, RewardFn, Transitions, reward_from_arrays
+from zsrl.registry import import_object, make_domain
+from zsrl.stats import aggregate
+from zsrl.utils import UserError, now_iso, read_json, resolve_device, versions
 
-RewardFunction = Callable[[Any], np.ndarray]
+#: "% of oracle" is only defined when the oracle's mean return reaches this (a near-zero
+#: denominator — an oracle that failed too — would make any ratio meaningless)
+MIN_ORACLE_RETURN = 1.0
 
 
+# ---- results ----------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    """``E`` parallel episodes of one prompt, stacked over ``T`` steps.
+
+    Episode ``e`` started from ``env.reset(seed=seed + e)`` of ``domain.make_env(seed=seed + e)``
+    (environments are deterministic given that seed, so replaying ``action[:, e]`` there
+    reproduces the episode: this is how :func:`zsrl.plots.policy_video` films it).
+    """
+
+    observation: np.ndarray  # (T, E, obs_dim)
+    action: np.ndarray  # (T, E, action_dim)
+    next_observation: np.ndarray  # (T, E, obs_dim), the states reached (never a reset)
+    alive: np.ndarray  # (T, E) bool, False after an episode ended
+    seed: int
+    physics: np.ndarray | None = None  # (T, E, physics_dim)
+    next_physics: np.ndarray | None = None
+
+    def as_transitions(self) -> Transitions:
+        """All ``T·E`` steps as one batch (dead steps included; weight them by ``alive``)."""
+        t, e = self.alive.shape
+
+        def flat(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x.reshape(t * e, -1)
+
+        return Transitions(flat(self.observation), flat(self.action), flat(self.next_observation),
+                           flat(self.physics), flat(self.next_physics))
+
+    def episode_length(self, episode: int) -> int:
+        return int(self.alive[:, episode].sum())
+
+
+@dataclass
+class ScoredModel:
+    """Which weights an evaluation scored: the final model or a checkpoint, at which step."""
+
+    source: str  # "final model" or "checkpoint"
+    path: str
+    step: int  # training updates behind the weights
+    total_steps: int  # the run's train.steps
+
+    def __str__(self) -> str:
+        return f"the {self.source} at step {self.step:,} of {self.total_steps:,} ({self.path})"
+
+
+@dataclass
+class TaskResult:
+    """Reward-prompted returns of one task over every seed's episodes."""
+
+    mean_return: float
+    returns: list[float]
+    per_seed_mean: list[float]
+    reward_samples: int
+    label_seconds: float
+    oracle_return: float | None = None
+    oracle: str | None = None
+    pct_of_oracle: float | None = None
+
+
+@dataclass
+class GoalResult:
+    """Goal-prompted success rate and distances, averaged over seeds."""
+
+    success: float
+    final_distance: float
+    min_distance: float
+    threshold: float
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate_run`: plain data (``to_dict()`` is its results.json)."""
+
+    run_dir: str
+    agent: str
+    domain: str  # the domain's name
+    domain_spec: str  # what builds it again: make_domain(domain_spec)
+    task: str | None  # a supervised (oracle) run's one task
+    scored: ScoredModel
+    dataset: str
+    episodes: int
+    seeds: list[int]
+    tasks: dict[str, TaskResult]
+    goals: dict[str, GoalResult]
+    per_seed: list[dict[str, Any]]
+    aggregate: dict[str, Any] | None
+    config: dict[str, Any]
+    versions: dict[str, str]
+    created: str
+    notes: list[str] = field(default_factory=list)
+    pct_of_oracle_mean: float | None = None
+    #: the first seed's rollout per prompt ("task:NAME" / "goal:NAME"); not saved
+    rollouts: dict[str, Rollout] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the rollouts, as plain JSON-ready containers."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "rollouts"}
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ---- one model, one seed ----------------------------------------------------------------
 def label_samples(
-    dataset: OfflineDataset, reward_fn: RewardFunction, n: int, seed: int
+    dataset: OfflineDataset, reward_fn: RewardFn, n: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``n`` random dataset transitions labelled by ``reward_fn``.
 
@@ -39,7 +168,7 @@ def label_samples(
     idx = torch.randperm(len(dataset), generator=g)[:n].to(dataset.device)
     batch = dataset.data[idx]
     t0 = time.perf_counter()
-    rewards = np.asarray(reward_fn(transitions(batch)), dtype=np.float32).reshape(-1)
+    rewards = np.asarray(reward_fn(as_transitions(batch)), dtype=np.float32).reshape(-1)
     elapsed = time.perf_counter() - t0
     if rewards.shape[0] != n:
         raise ValueError(f"the reward function returned {rewards.shape[0]} rewards for {n} transitions")
@@ -51,17 +180,17 @@ def label_samples(
 @torch.no_grad()
 def rollout(
     model: Any,
-    domain: Any,
+    domain: Domain,
     z: torch.Tensor | None,
     episodes: int,
     seed: int,
     goal: np.ndarray | None = None,
     max_steps: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Run ``episodes`` parallel episodes of ``π_z`` (first episode of each env only).
+) -> Rollout:
+    """Run ``episodes`` parallel episodes of ``π_z`` (the first episode of each env only).
 
-    Returns stacked arrays ``(T, E, ·)`` of observations, actions, next observations and
-    physics states, plus ``alive`` (``(T, E)``, False after an env's episode ended).
+    With ``goal`` and a model whose goal embedding depends on the state, ``z`` is
+    re-inferred from the goal and the current observation at every step.
     """
     envs = make_vector_env(domain, episodes, seed)
     device = model.device
@@ -69,11 +198,11 @@ def rollout(
     obs, info = envs.reset(seed=seed)
     physics = info.get("physics")
     alive = np.ones(episodes, dtype=bool)
-    out: dict[str, list] = {k: [] for k in ("obs", "action", "next_obs", "physics", "next_physics", "alive")}
-    horizon = max_steps or getattr(domain, "episode_length", 1000)
+    keys = ("observation", "action", "next_observation", "physics", "next_physics", "alive")
+    out: dict[str, list] = {k: [] for k in keys}
     repeat = getattr(model, "action_repeat", 1)  # the policy decides every `repeat` steps
     try:
-        for t in range(horizon):
+        for t in range(max_steps or domain.episode_length):
             if t % repeat == 0:
                 obs_t = torch.as_tensor(obs, device=device)
                 if goal_t is not None and model.goal_z_depends_on_obs:
@@ -84,50 +213,49 @@ def rollout(
             next_obs, _, term, trunc, info = envs.step(action)
             done = term | trunc
             true_next, next_physics = reached_states(next_obs, info, done, "physics" in info)
-            out["obs"].append(obs)
-            out["action"].append(action)
-            out["next_obs"].append(true_next)
-            out["physics"].append(physics)
-            out["next_physics"].append(next_physics)
-            out["alive"].append(alive.copy())
+            for key, value in zip(keys, (obs, action, true_next, physics, next_physics, alive.copy())):
+                out[key].append(value)
             alive &= ~done
             obs, physics = next_obs, info.get("physics")
             if not alive.any():
                 break
     finally:
         envs.close()
-    return {k: (np.stack(v) if v and v[0] is not None else None) for k, v in out.items()}
+    stacked = {k: (np.stack(v) if v and v[0] is not None else None) for k, v in out.items()}
+    return Rollout(seed=seed, **stacked)
 
 
-def episode_returns(domain: Any, reward_fn: RewardFunction, traj: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Sum of ``reward_fn`` over each env's (alive) transitions: ``(E,)``."""
-    from zsrl.envs.base import Transitions
+def episode_returns(reward_fn: RewardFn, traj: Rollout, name: str = "the task") -> np.ndarray:
+    """Sum of ``reward_fn`` over each episode's (alive) steps: ``(E,)``.
 
-    t, e = traj["alive"].shape
-
-    def flat(key):
-        x = traj[key]
-        return None if x is None else x.reshape(t * e, -1)
-
-    batch = Transitions(flat("obs"), flat("action"), flat("next_obs"), flat("physics"), flat("next_physics"))
-    rewards = np.asarray(reward_fn(batch), dtype=np.float64).reshape(t, e)
-    return (rewards * traj["alive"]).sum(0)
+    Raises ValueError when the reward function returns NaN or inf on the rollout.
+    """
+    batch = traj.as_transitions()
+    rewards = np.asarray(reward_fn(batch), dtype=np.float64).reshape(traj.alive.shape)
+    bad = ~np.isfinite(rewards) & traj.alive
+    if bad.any():
+        raise ValueError(
+            f"the reward function of {name} returned NaN or inf on {int(bad.sum())} of "
+            f"{int(traj.alive.sum())} steps of the evaluation rollouts (it was finite on the "
+            "dataset states used to prompt); make it finite for every state the policy can reach"
+        )
+    return np.where(traj.alive, rewards, 0.0).sum(0)
 
 
 def evaluate_tasks(
     model: Any,
-    domain: Any,
+    domain: Domain,
     dataset: OfflineDataset,
-    tasks: list[str] | Mapping[str, RewardFunction],
+    tasks: list[str] | Mapping[str, RewardFn],
     *,
     episodes: int = 10,
     reward_samples: int | None = None,
     seed: int = 0,
-    trajectories: dict[str, Any] | None = None,
+    rollouts: dict[str, Rollout] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Reward-prompted zero-shot returns per task (see the module docstring).
 
-    ``trajectories``, if given, receives each task's rollout as ``"task:NAME"`` (for pictures).
+    ``rollouts``, if given, receives each task's rollout as ``"task:NAME"`` (for pictures).
     """
     fns = tasks if isinstance(tasks, Mapping) else {t: task_reward_fn(domain, t) for t in tasks}
     n = reward_samples or getattr(model.cfg, "inference_samples", 10_000)
@@ -136,9 +264,9 @@ def evaluate_tasks(
         next_obs, rewards, label_time = label_samples(dataset, fn, n, seed + 7919 * k)
         z = model.infer_z_from_rewards(next_obs.to(model.device), rewards.to(model.device))
         traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1))
-        if trajectories is not None:
-            trajectories[f"task:{name}"] = traj
-        returns = episode_returns(domain, fn, traj)
+        if rollouts is not None:
+            rollouts[f"task:{name}"] = traj
+        returns = episode_returns(fn, traj, repr(name))
         results[name] = {
             "mean_return": float(returns.mean()),
             "std_return": float(returns.std()),
@@ -152,12 +280,12 @@ def evaluate_tasks(
 
 def evaluate_goals(
     model: Any,
-    domain: Any,
+    domain: Domain,
     goals: list[str],
     *,
     episodes: int = 10,
     seed: int = 0,
-    trajectories: dict[str, Any] | None = None,
+    rollouts: dict[str, Rollout] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Goal-prompted success rate and distances per named goal."""
     results = {}
@@ -165,12 +293,12 @@ def evaluate_goals(
         goal = domain.goal(name)
         z = model.infer_z_from_goal(torch.as_tensor(goal, device=model.device))
         traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1), goal=goal)
-        if trajectories is not None:
-            trajectories[f"goal:{name}"] = traj
-        alive = traj["alive"]
+        if rollouts is not None:
+            rollouts[f"goal:{name}"] = traj
+        alive = traj.alive
         last = alive.sum(0) - 1  # index of each env's last transition
-        final_obs = traj["next_obs"][last, np.arange(alive.shape[1])]
-        dist = domain.goal_distance(traj["next_obs"], goal)  # (T, E)
+        final_obs = traj.next_observation[last, np.arange(alive.shape[1])]
+        dist = domain.goal_distance(traj.next_observation, goal)  # (T, E)
         final = domain.goal_distance(final_obs, goal)
         results[name] = {
             "success": float((final <= domain.goal_threshold).mean()),
@@ -181,8 +309,163 @@ def evaluate_goals(
     return results
 
 
-def task_reward_fn(domain: Any, name: str) -> RewardFunction:
+def task_reward_fn(domain: Domain, name: str) -> RewardFn:
     """The batched reward function of the domain's task ``name`` (validated now, not later)."""
     if name not in domain.tasks:
         domain.reward(name, None)  # raises UnknownTaskError listing the domain's tasks
     return lambda batch: domain.reward(name, batch)
+
+
+def user_reward_function(spec: str) -> RewardFn:
+    """Import ``module:function``, a reward ``f(obs, action, next_obs) -> (N,)`` over numpy batches."""
+    try:
+        fn = import_object(spec)
+    except UserError as exc:
+        raise UserError(f"--task {spec!r}: {exc}") from None
+    if not callable(fn):
+        raise UserError(f"--task {spec!r} is not a function")
+    return reward_from_arrays(fn)
+
+
+# ---- a run directory ----------------------------------------------------------------------
+def load_scored_model(
+    run_dir: Path, domain: Domain, device: torch.device, total_steps: int
+) -> tuple[Model, ScoredModel, list[str]]:
+    """The run's final model, else its last complete checkpoint; what was loaded; notes.
+
+    A final ``model/`` that cannot be loaded (an interrupted write) falls back to the
+    checkpoint, and the notes say so; an unfinished run (no ``model/``) scores its checkpoint.
+    """
+    notes: list[str] = []
+    final, checkpoint = run_dir / FINAL_MODEL, run_dir / CHECKPOINT
+    if final.exists():
+        try:
+            model = Model.load(final, device=device)
+            step = int(model.meta.get("step", total_steps))  # type: ignore[attr-defined]
+            scored = ScoredModel("final model", str(final), step, total_steps)
+            return check_model_fits_domain(model, domain, run_dir), scored, notes
+        except CheckpointError as exc:
+            notes.append(f"the final model is incomplete or unreadable ({exc}); scored the last "
+                         "complete checkpoint instead")
+    if not checkpoint.exists():
+        problem = f" ({notes[0]})" if notes else ""
+        raise CheckpointError(
+            f"{run_dir} has no usable trained model ({FINAL_MODEL}/ or {CHECKPOINT}/){problem}; "
+            "train one with `zsrl train` or resume the run with `zsrl train --resume`"
+        )
+    model = Model.load(checkpoint, device=device)
+    progress = read_json(checkpoint / "progress.json", f"checkpoint of {run_dir}")
+    scored = ScoredModel("checkpoint", str(checkpoint), int(progress.get("step", 0)), total_steps)
+    if not notes:
+        notes.append(f"the run is unfinished (no {FINAL_MODEL}/): scored its checkpoint at step "
+                     f"{scored.step:,} of {total_steps:,}")
+    return check_model_fits_domain(model, domain, run_dir), scored, notes
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    user_tasks: Sequence[str] = (),
+    goals: Sequence[str] = (),
+    episodes: int = 10,
+    reward_samples: int | None = None,
+    seeds: Sequence[int] = (0,),
+    device: str = "auto",
+) -> Evaluation:
+    """Evaluate a run directory on domain tasks, user reward functions and goals.
+
+    ``tasks=None`` means every task of the domain, unless only user reward functions are
+    asked for; goals (``["all"]`` for every goal of the domain) are evaluated as well as the
+    tasks. A supervised (oracle) run is evaluated on the task it was trained for only.
+    The rollouts of the first seed are kept in ``Evaluation.rollouts``.
+    """
+    if episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {episodes}")
+    if not seeds:
+        raise UserError("give at least one evaluation seed")
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json", f"run {run_dir}")
+    cfg = run_config_from_dict(config)
+    run = read_json(run_dir / "run.json", f"run {run_dir}")
+    domain = make_domain(cfg.domain)
+    dev = resolve_device(device)
+    if cfg.task:  # a supervised oracle knows one task only
+        tasks, user_tasks, goals = [cfg.task], [], []
+    elif tasks is None:
+        tasks = [] if user_tasks else list(domain.tasks)
+    fns: dict[str, RewardFn] = {name: task_reward_fn(domain, name) for name in tasks}
+    fns.update({spec: user_reward_function(spec) for spec in user_tasks})
+    goals = list(domain.goals) if list(goals) == ["all"] else list(goals)
+    for g in goals:
+        domain.goal(g)  # validates the name before any work
+    model, scored, notes = load_scored_model(run_dir, domain, dev, cfg.train.steps)
+    dataset = OfflineDataset.load(run["dataset"], device=dev, domain=domain.name)
+
+    per_seed: list[dict[str, Any]] = []
+    rollouts: dict[str, Rollout] = {}
+    for seed in seeds:
+        keep = rollouts if seed == seeds[0] else None
+        try:
+            task_results = evaluate_tasks(model, domain, dataset, fns, episodes=episodes,
+                                          reward_samples=reward_samples, seed=seed, rollouts=keep)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        goal_results = evaluate_goals(model, domain, goals, episodes=episodes, seed=seed, rollouts=keep)
+        per_seed.append({"seed": seed, "tasks": task_results, "goals": goal_results})
+    return Evaluation(
+        run_dir=str(run_dir), agent=cfg.agent.name, domain=domain.name, domain_spec=cfg.domain,
+        task=cfg.task, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),
+        tasks={name: _task_over_seeds(name, per_seed) for name in fns},
+        goals={name: _goal_over_seeds(name, per_seed) for name in goals},
+        per_seed=per_seed, aggregate=_aggregate(per_seed, list(fns)), config=config,
+        versions=versions(), created=now_iso(), notes=notes, rollouts=rollouts,
+    )
+
+
+def _task_over_seeds(name: str, per_seed: list[dict[str, Any]]) -> TaskResult:
+    runs = [s["tasks"][name] for s in per_seed]
+    returns = [r for run in runs for r in run["returns"]]
+    return TaskResult(
+        mean_return=float(np.mean(returns)),
+        returns=returns,
+        per_seed_mean=[run["mean_return"] for run in runs],
+        reward_samples=runs[0]["reward_samples"],
+        label_seconds=float(np.mean([run["label_seconds"] for run in runs])),
+    )
+
+
+def _goal_over_seeds(name: str, per_seed: list[dict[str, Any]]) -> GoalResult:
+    runs = [s["goals"][name] for s in per_seed]
+    return GoalResult(**{k: float(np.mean([run[k] for run in runs]))
+                         for k in ("success", "final_distance", "min_distance", "threshold")})
+
+
+def _aggregate(per_seed: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any] | None:
+    if not tasks:
+        return None
+    scores = np.array([[s["tasks"][t]["mean_return"] for t in tasks] for s in per_seed])  # (seeds, tasks)
+    return aggregate(scores)
+
+
+# ---- oracle -------------------------------------------------------------------------------
+def pct_of_oracle(value: float, oracle: float) -> float | None:
+    """``100 · value / oracle``, or None when the oracle return is below MIN_ORACLE_RETURN."""
+    return 100.0 * value / oracle if oracle >= MIN_ORACLE_RETURN else None
+
+
+def compare_with_oracle(
+    evaluation: Evaluation, oracle_runs: Sequence[str | Path], device: str = "auto"
+) -> None:
+    """Evaluate supervised oracle runs (same episodes and seeds) and fill in "% of oracle"."""
+    for oracle_dir in oracle_runs:
+        oracle = evaluate_run(oracle_dir, episodes=evaluation.episodes, seeds=evaluation.seeds,
+                              device=device)
+        for task, r in oracle.tasks.items():
+            mine = evaluation.tasks.get(task)
+            if mine is not None:
+                mine.oracle_return = r.mean_return
+                mine.oracle = f"{oracle.agent} run {oracle_dir} (same dataset, task reward)"
+                mine.pct_of_oracle = pct_of_oracle(mine.mean_return, r.mean_return)
+    pct = [r.pct_of_oracle for r in evaluation.tasks.values() if r.pct_of_oracle is not None]
+    evaluation.pct_of_oracle_mean = float(np.mean(pct)) if pct else None

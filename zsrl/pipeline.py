@@ -11,12 +11,12 @@ FB with its CPU preset) is the project's main job; it writes::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
+from zsrl.evaluate import Evaluation, evaluate_run
 from zsrl.registry import make_domain
-from zsrl.report import evaluate_run, format_table, write_report
+from zsrl.report import format_table, write_report
 from zsrl.train import start_run
 
 
@@ -27,12 +27,13 @@ def run_pipeline(
     agent: str = "fb",
     collector: str = "sticky",
     hold: int = 100,
-    transitions: int = 200_000,
+    num_transitions: int = 200_000,
     seed: int = 0,
     overrides: list[str] | None = None,
     episodes: int = 10,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
+    """Collect (or reuse ``OUT/data``), pretrain with the CPU preset, evaluate every task and goal."""
     out = Path(out)
     dom = make_domain(domain)
     data = out / "data"
@@ -40,18 +41,16 @@ def run_pipeline(
         print(f"[1/3] reusing the dataset in {data}")
         OfflineDataset.load(data, domain=dom.name)
     else:
-        print(f"[1/3] collecting {transitions:,} reward-free transitions ({collector}) on {domain}")
-        collect_to_disk(dom, collector, transitions, data, seed=seed, hold=hold, progress=progress,
+        print(f"[1/3] collecting {num_transitions:,} reward-free transitions ({collector}) on {domain}")
+        collect_to_disk(dom, collector, num_transitions, data, seed=seed, hold=hold, progress=progress,
                         domain_spec=domain)
     print(f"[2/3] pretraining {agent} with the preset {agent}/{domain}_cpu")
     run = start_run(f"{agent}/{domain}_cpu", data, out / "run",
                     [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])],
                     overwrite=True)
     print(f"[3/3] prompting on every task{' and goal' if dom.goals else ''}, {episodes} episodes each")
-    trajectories: dict[str, Any] = {}
-    results = evaluate_run(run, goals=["all"] if dom.goals else [], tasks=list(dom.tasks),
-                           episodes=episodes, trajectories=trajectories)
-    write_report(results, out / "report", run, trajectories, video=False)
-    print(format_table(results))
+    evaluation = evaluate_run(run, goals=["all"] if dom.goals else [], episodes=episodes)
+    write_report(evaluation, out / "report", overwrite=True)  # the run itself was just replaced
+    print(format_table(evaluation))
     print(f"\nreport: {out / 'report' / 'report.md'}")
-    return results
+    return evaluation

@@ -13,7 +13,7 @@ follows the path's suffix (``.png`` by default; ``.pdf`` and ``.svg`` work too).
 * :func:`task_bars` — zero-shot return per task for one or several agents, with 95%
   bootstrap confidence intervals and optional oracle returns;
 * :func:`maze_trajectories` — rollout paths in the point-mass maze, one panel per prompt;
-* :func:`policy_video` — an mp4 (or gif) of one episode of ``π_z``;
+* :func:`policy_video` — an mp4 (or gif) of one evaluated episode, replayed from its rollout;
 * :func:`benchmark_bars` — a benchmark table, one panel per domain.
 """
 
@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,6 +34,10 @@ from matplotlib.figure import Figure
 
 from zsrl.stats import bootstrap_ci
 from zsrl.utils import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from zsrl.envs.base import Domain
+    from zsrl.evaluate import Rollout
 
 __all__ = [
     "benchmark_bars",
@@ -315,31 +319,21 @@ def task_bars(
 
 
 # ---- 3. maze trajectories --------------------------------------------------------------------
-def _paths(traj: Mapping[str, Any]) -> list[np.ndarray]:
+def _paths(traj: Rollout) -> list[np.ndarray]:
     """Each episode's xy path: alive observations then the last next observation."""
-    obs = np.asarray(traj["obs"], dtype=np.float64)
-    if obs.ndim == 2:  # a single episode (T, obs_dim)
-        obs = obs[:, None]
-    nxt = traj.get("next_obs")
-    nxt = None if nxt is None else np.asarray(nxt, dtype=np.float64).reshape(obs.shape)
-    alive = traj.get("alive")
-    alive = np.ones(obs.shape[:2], bool) if alive is None else np.asarray(alive, bool)
-    alive = alive.reshape(obs.shape[:2])
     out = []
-    for e in range(obs.shape[1]):
-        steps = np.flatnonzero(alive[:, e])
+    for e in range(traj.alive.shape[1]):
+        steps = np.flatnonzero(traj.alive[:, e])
         if steps.size == 0:
             continue
-        xy = obs[steps, e, :2]
-        if nxt is not None:
-            xy = np.concatenate([xy, nxt[steps[-1], e, None, :2]])
-        out.append(xy)
+        xy = np.asarray(traj.observation[steps, e, :2], dtype=np.float64)
+        out.append(np.concatenate([xy, traj.next_observation[steps[-1], e, None, :2]]))
     return out
 
 
-def _known_goal(domain: Any, prompt: str) -> np.ndarray | None:
+def _known_goal(domain: Domain, prompt: str) -> np.ndarray | None:
     """The xy of the goal named ``prompt`` (or its last ':'/'/' part), if the domain has it."""
-    goals = getattr(domain, "goals", None) or {}
+    goals = domain.goals
     for name in (prompt, prompt.replace(":", "/").rsplit("/", 1)[-1]):
         if name in goals:
             return np.asarray(goals[name], dtype=np.float64)[:2]
@@ -347,20 +341,19 @@ def _known_goal(domain: Any, prompt: str) -> np.ndarray | None:
 
 
 def maze_trajectories(
-    domain: Any,
-    trajectories: Mapping[str, Mapping[str, Any]],
+    domain: Domain,
+    trajectories: Mapping[str, Rollout],
     path: str | Path,
     limit: float = 0.3,
 ) -> Path:
     """xy paths of rollouts over the maze layout, one panel per prompt.
 
     Args:
-        domain: a domain with ``draw_layout(ax)`` (walls and targets in the xy plane, e.g.
-            ``point_mass_maze``) and, optionally, ``goals``.
-        trajectories: ``{prompt_name: rollout dict}`` as returned by
-            :func:`zsrl.evaluate.rollout` — ``obs`` ``(T, E, obs_dim)`` with the position
-            in ``obs[..., :2]``, ``alive`` ``(T, E)`` and optionally ``next_obs`` (which adds
-            each episode's final position). Only alive steps are drawn.
+        domain: a domain with a floor plan (``has_layout``: walls and targets in the xy
+            plane, e.g. ``point_mass_maze``) and, optionally, ``goals``.
+        trajectories: ``{prompt_name: rollout}`` as returned by :func:`zsrl.evaluate.rollout`
+            — the position is ``observation[..., :2]``; only alive steps are drawn, then each
+            episode's final ``next_observation``.
         path: output image.
         limit: the panels show ``[-limit, limit]²`` (m) plus a 2 cm margin for the walls.
 
@@ -375,7 +368,7 @@ def maze_trajectories(
     fig, axes = _figure(nrows, ncols, (3.4, 3.5))
     margin = 0.02
     for ax, (prompt, traj) in zip(axes.flat, trajectories.items()):
-        if hasattr(domain, "draw_layout"):
+        if domain.has_layout:
             domain.draw_layout(ax)
         paths = _paths(traj)
         for xy, color in zip(paths, _colors(len(paths))):
@@ -402,8 +395,7 @@ def maze_trajectories(
         _legend_marker("*", "goal", color="gold", size=12),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    name = getattr(domain, "name", "") or "maze"
-    fig.suptitle(f"Rollouts in {name}", fontsize=11)
+    fig.suptitle(f"Rollouts in {domain.name or 'the maze'}", fontsize=11)
     return _save(fig, path)
 
 
@@ -416,7 +408,7 @@ def _legend_marker(marker: str, label: str, color: str = "white", size: float = 
 
 # ---- 4. policy video ------------------------------------------------------------------
 _RENDER_HELP = (
-    "rendering failed ({exc}). Headless MuJoCo rendering needs an OpenGL backend chosen "
+    "rendering failed ({exc}). For MuJoCo domains, headless rendering needs an OpenGL backend chosen "
     "before dm_control is first imported: set MUJOCO_GL=egl (needs libEGL: apt install "
     "libegl1, a GPU driver or Mesa) or MUJOCO_GL=osmesa (apt install libosmesa6). "
     "MUJOCO_GL is currently {gl!r}."
@@ -428,7 +420,7 @@ def _render_error(exc: BaseException | str) -> RuntimeError:
 
 
 def _frame(env: Any, size: tuple[int, int], even: bool) -> np.ndarray:
-    """One rendered RGB frame resized to ``size`` ``(height, width)``."""
+    """One rendered RGB frame, scaled to fit ``size`` ``(height, width)`` keeping its aspect."""
     try:
         frame = env.render()
     except Exception as exc:  # GL backends fail with many exception types
@@ -439,7 +431,8 @@ def _frame(env: Any, size: tuple[int, int], even: bool) -> np.ndarray:
     if frame.ndim != 3 or frame.shape[-1] not in (3, 4):
         raise _render_error(f"render() returned an array of shape {frame.shape}, not an RGB image")
     frame = np.ascontiguousarray(frame[..., :3], dtype=np.uint8)
-    height, width = size
+    scale = min(size[0] / frame.shape[0], size[1] / frame.shape[1])
+    height, width = (max(1, round(n * scale)) for n in frame.shape[:2])
     if even:  # H.264 with yuv420p needs even dimensions
         height, width = height + height % 2, width + width % 2
     if frame.shape[:2] != (height, width):
@@ -450,69 +443,53 @@ def _frame(env: Any, size: tuple[int, int], even: bool) -> np.ndarray:
 
 
 def policy_video(
-    domain: Any,
-    model: Any,
-    z: Any,
+    domain: Domain,
+    rollout: Rollout,
     path: str | Path,
-    seed: int = 0,
-    max_steps: int | None = None,
+    episode: int = 0,
+    task: str | None = None,
     fps: int = 30,
     size: tuple[int, int] = (240, 320),
     frame_stride: int = 2,
-    task: str | None = None,
-    goal: Any = None,
 ) -> Path:
-    """Record one episode of ``model.act(obs, z, mean=True)`` as an mp4 (or a gif).
+    """Film one evaluated episode as an mp4 (or a gif) by replaying its actions.
 
     Args:
-        domain: builds the environment with ``domain.make_env(seed=seed,
-            render_mode="rgb_array")`` (plus ``task=task`` when given: for dm_control
-            domains the task decides e.g. where the maze's target sphere is drawn).
-        model: an inference model with ``device`` and ``act(obs, z, mean=True)``.
-        z: the policy's latent, ``(z_dim,)`` or ``(1, z_dim)`` (tensor or array). May be
-            None when ``goal`` is given: ``z = model.infer_z_from_goal(goal)``; for models
-            whose goal embedding depends on the state (``goal_z_depends_on_obs``), ``z`` is
-            re-inferred at every step as :func:`zsrl.evaluate.rollout` does.
+        domain: builds the environment with ``domain.make_render_env(seed, task, size)``.
+        rollout: the episodes of one prompt from :func:`zsrl.evaluate.rollout`; episode
+            ``e`` began at ``reset(seed=rollout.seed + e)``, and environments are
+            deterministic given that seed, so replaying ``rollout.action[:, e]`` shows the
+            very episode that was scored (no model needed, no second policy rollout).
         path: ``.gif`` writes an animated gif (Pillow, looping; Pillow merges consecutive
             identical frames into one longer frame, so a still scene keeps its play time but
             has fewer frames); anything else an H.264 mp4 through imageio's ffmpeg plugin
             (``pip install imageio-ffmpeg``, a zsrl dependency).
-        seed: environment seed (the episode's start state).
-        max_steps: episode length cap (default: the domain's ``episode_length``).
+        episode: which of the rollout's episodes.
+        task: the env's task where the domain draws one (e.g. the maze's target sphere).
         fps: playback frame rate. The environment runs at ``env.metadata["render_fps"]``
             steps per second (50 for the dm_control domains), so real time is
             ``fps = render_fps / frame_stride``.
-        size: ``(height, width)`` of the frames; frames rendered at another size are resized
-            (mp4 dimensions are rounded up to even numbers).
+        size: ``(height, width)`` of the frames; frames rendered at another size are scaled
+            to fit inside it, keeping their aspect ratio (mp4 dimensions are rounded up to
+            even numbers).
         frame_stride: render every ``frame_stride``-th step. The video holds the frame after
             ``reset`` and after every step ``t`` with ``t % frame_stride == 0`` or the last
             step, i.e. ``1 + ceil(T / frame_stride)`` frames for an episode of ``T`` steps.
 
     Raises:
-        RuntimeError: rendering is unavailable (the message says how to enable it).
+        RuntimeError: rendering is unavailable (the message says how to enable it), or the
+            replay left the recorded episode (an environment that is not deterministic).
     """
-    import torch
-
     if frame_stride < 1:
         raise ValueError(f"frame_stride must be >= 1, not {frame_stride}")
-    if z is None and goal is None:
-        raise ValueError("pass z (a policy latent) or goal (a goal observation)")
     path = Path(path)
     gif = path.suffix.lower() == ".gif"
-    device = getattr(model, "device", torch.device("cpu"))
-    horizon = int(max_steps or getattr(domain, "episode_length", 1000))
-    goal_t = None if goal is None else torch.as_tensor(
-        np.asarray(goal, np.float32), device=device).reshape(1, -1)
-    per_step_goal = goal_t is not None and bool(getattr(model, "goal_z_depends_on_obs", False))
-
+    seed = rollout.seed + episode
+    actions = rollout.action[: rollout.episode_length(episode), episode]
     try:
-        env = domain.make_env(seed=seed, render_mode="rgb_array",
-                              **({"task": task} if task is not None else {}))
+        env = domain.make_render_env(seed=seed, task=task, size=size)
     except (ImportError, OSError) as exc:  # a GL library that cannot be loaded
         raise _render_error(f"{type(exc).__name__}: {exc}") from exc
-    inner = getattr(env, "unwrapped", env)
-    if hasattr(inner, "render_size"):  # DMCEnv renders at this (height, width)
-        inner.render_size = (int(size[0]), int(size[1]))
 
     with tempfile.TemporaryDirectory(prefix="zsrl-video-") as tmp:
         tmp_path = Path(tmp) / ("video.gif" if gif else "video.mp4")
@@ -520,34 +497,23 @@ def policy_video(
         writer = None
         try:
             obs, _ = env.reset(seed=seed)
+            _check_replay(obs, rollout.observation[0, episode], 0)
             first = _frame(env, size, even=not gif)  # fail early, before opening a writer
             if gif:
                 frames.append(first)
             else:
                 writer = _mp4_writer(tmp_path, fps)
                 writer.append_data(first)
-            with torch.no_grad():
-                if z is not None:
-                    z_t = torch.as_tensor(z, device=device, dtype=torch.float32).reshape(1, -1)
-                else:
-                    z_t = model.infer_z_from_goal(goal_t).reshape(1, -1)
-                for t in range(1, horizon + 1):
-                    obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device)
-                    obs_t = obs_t.reshape(1, -1)
-                    zz = model.infer_z_from_goal(goal_t, obs_t) if per_step_goal else z_t
-                    action = model.act(obs_t, zz, mean=True)
-                    action = np.asarray(action.detach().cpu().numpy()
-                                        if torch.is_tensor(action) else action)[0]
-                    obs, _, terminated, truncated, _ = env.step(action)
-                    last = bool(terminated or truncated) or t == horizon
-                    if t % frame_stride == 0 or last:
-                        frame = _frame(env, size, even=not gif)
-                        if gif:
-                            frames.append(frame)
-                        else:
-                            writer.append_data(frame)
-                    if last:
-                        break
+            for t, action in enumerate(actions, start=1):
+                obs, *_ = env.step(action)
+                if t < len(actions):
+                    _check_replay(obs, rollout.observation[t, episode], t)
+                if t % frame_stride == 0 or t == len(actions):
+                    frame = _frame(env, size, even=not gif)
+                    if gif:
+                        frames.append(frame)
+                    else:
+                        writer.append_data(frame)
         finally:
             if writer is not None:
                 writer.close()
@@ -559,6 +525,14 @@ def policy_video(
                         duration=1000.0 / fps, loop=0)
         atomic_write_bytes(path, tmp_path.read_bytes())
     return path
+
+
+def _check_replay(obs: np.ndarray, recorded: np.ndarray, step: int) -> None:
+    if not np.allclose(obs, recorded, rtol=1e-4, atol=1e-4):
+        raise RuntimeError(
+            f"the replayed episode left the evaluated one at step {step}: the environment is "
+            "not deterministic given its seed, so a video of it would show another episode"
+        )
 
 
 def _mp4_writer(path: Path, fps: int) -> Any:

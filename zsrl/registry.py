@@ -16,9 +16,12 @@ import importlib
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zsrl.utils import UserError
+
+if TYPE_CHECKING:
+    from zsrl.envs.base import Domain
 
 _BUILTIN_AGENTS = {
     "fb": "zsrl.agents.fb:FBAgent",
@@ -97,11 +100,18 @@ def agent_class(name: str) -> Any:
     return _resolve("zsrl.agents", _BUILTIN_AGENTS, name)
 
 
-def make_domain(name: str) -> Any:
+def make_domain(name: str) -> Domain:
     """Instantiate the domain called ``name`` (see the module docstring for lookup order)."""
+    from zsrl.envs.base import Domain
+
     factory = _resolve("zsrl.domains", _BUILTIN_DOMAINS, name)
-    domain = factory()
-    if not getattr(domain, "name", None):
+    domain = factory() if callable(factory) else factory
+    if not isinstance(domain, Domain):
+        raise RegistryError(
+            f"domain {name!r} gives a {type(domain).__name__}, not a zsrl Domain: subclass "
+            "zsrl.envs.Domain (or zsrl.envs.GymDomain for a gymnasium env)"
+        )
+    if not domain.name:
         domain.name = name
     return domain
 
