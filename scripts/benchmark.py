@@ -1,26 +1,38 @@
-"""The CPU benchmark protocol: collect → train → evaluate, agents × domains, fixed seeds.
+"""The benchmark protocol: collect → train → evaluate, agents × domains × training seeds.
 
     python scripts/benchmark.py --agents fb fre --domains point_mass_maze walker \\
-        --out bench [--steps 20000] [--oracle] [--episodes 5] [--seeds 0]
+        --seeds 0,1,2 --out bench [--steps 20000] [--oracle] [--episodes 5]
+    python scripts/benchmark.py --gpu --agents fb --domains walker cheetah quadruped \\
+        point_mass_maze --seeds 0,1,2 --oracle --jobs 4 --out bench_gpu
 
 For each domain a reward-free dataset is collected once (``--collector``: sticky random
 actions held 100 steps for the maze, RND elsewhere; ``--transitions``) and cached under
-``OUT/data``. Each agent trains its CPU preset ``configs/<agent>/<domain>_cpu.yaml`` on it
-(``--steps`` overrides the preset's budget), then is prompted with ``--reward-samples``
-labelled dataset states per task and rolled out for ``--episodes`` episodes per seed.
-With ``--oracle``, an offline TD3 (``configs/td3/<domain>_cpu.yaml``) is trained per task on
-the same dataset with the task reward and the same update budget; "% of oracle" divides by
-its mean return (tasks where the oracle scores below ``MIN_ORACLE_RETURN`` are left out of
-the ratio). Prints one table per domain and writes ``OUT/benchmark.json`` and
-``OUT/benchmark.png``.
+``OUT/data``. Each agent trains one run per training seed (``--seeds``) of its preset —
+``configs/<agent>/<domain>_cpu.yaml`` by default, the published size
+``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
+``--reward-samples`` labelled dataset states per task (and with every goal of the domain),
+and is rolled out for ``--episodes`` episodes. With ``--oracle`` an offline TD3 is trained
+per task and seed on the same dataset with the task reward and the same update budget;
+"% of oracle" divides by its mean return (tasks where the oracle scores below
+``MIN_ORACLE_RETURN`` are left out). ``--jobs N`` trains N runs at once (they share the
+machine, or the GPU).
+
+Per task: the mean over training seeds of each run's mean return, with a 95% percentile
+bootstrap CI over seeds; per agent: IQM over (seed, task) scores with a stratified
+bootstrap CI (Agarwal et al. 2021, :mod:`zsrl.stats`). ``OUT/benchmark.json`` records every
+seed's returns and goal successes; ``OUT/benchmark.png`` draws the means.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,35 +40,98 @@ from zsrl import plots
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
 from zsrl.evaluate import evaluate_run, pct_of_oracle
+from zsrl.explore import RNDConfig
 from zsrl.registry import make_domain
+from zsrl.stats import aggregate, bootstrap_ci
 from zsrl.train import start_run
 from zsrl.utils import atomic_write_json, versions
 
 DEFAULT_COLLECTOR = {"point_mass_maze": "sticky"}
+#: ``--gpu``: the published presets on CUDA, for this many updates unless ``--steps`` says
+GPU_STEPS = 300_000
+
+
+@dataclass
+class Job:
+    """One training run and its evaluation (picklable: runs in a worker process)."""
+
+    preset: str
+    data: str
+    run_dir: str
+    overrides: list[str]
+    episodes: int
+    reward_samples: int | None
+    goals: bool
+    progress: bool
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def run_job(job: Job) -> Job:
+    t0 = time.perf_counter()
+    start_run(job.preset, job.data, job.run_dir,
+              [*job.overrides, f"train.progress={str(job.progress).lower()}"], overwrite=True)
+    wall = time.perf_counter() - t0
+    with (Path(job.run_dir) / "metrics.csv").open() as f:
+        ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
+    seed = int(next(o for o in job.overrides if o.startswith("train.seed=")).split("=")[1])
+    ev = evaluate_run(job.run_dir, episodes=job.episodes, seeds=[seed], reward_samples=job.reward_samples,
+                      goals=["all"] if job.goals else [])
+    job.results = {
+        "tasks": {t: r.mean_return for t, r in ev.tasks.items()},
+        "goals": {g: r.success for g, r in ev.goals.items()},
+        "reward_samples": next(iter(ev.tasks.values())).reward_samples if ev.tasks else None,
+        "train_seconds": wall, "updates_per_s": float(np.median(ups)),
+    }
+    return job
+
+
+def run_jobs(jobs: list[Job], workers: int) -> list[Job]:
+    if workers <= 1:
+        return [run_job(j) for j in jobs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_job, jobs))
+
+
+def make_job(args: argparse.Namespace, data: Path, run_dir: Path, preset: str, seed: int,
+             extra: list[str], goals: bool) -> Job:
+    overrides = [f"train.seed={seed}", f"train.device={args.device}", *extra]
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    return Job(preset, str(data), str(run_dir), overrides, args.episodes, args.reward_samples, goals,
+               not args.quiet)
 
 
 def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     collector = args.collector or DEFAULT_COLLECTOR.get(domain_name, "rnd")
-    path = args.out / "data" / f"{domain_name}_{collector}_{args.num_transitions}_s{args.seed}"
+    path = args.out / "data" / f"{domain_name}_{collector}_{args.num_transitions}_s{args.data_seed}"
     if not path.exists():
-        collect_to_disk(make_domain(domain_name), collector, args.num_transitions, path, seed=args.seed,
-                        num_envs=8, hold=100, progress=not args.quiet)
+        collect_to_disk(make_domain(domain_name), collector, args.num_transitions, path, seed=args.data_seed,
+                        num_envs=8, hold=100, progress=not args.quiet, rnd=RNDConfig(device=args.device))
     else:
         OfflineDataset.load(path, domain=domain_name)  # validate the cache
     return path
 
 
-def train_and_eval(preset: str, data: Path, run_dir: Path, args: argparse.Namespace, extra: list[str]) -> dict:
-    overrides = [f"train.seed={args.seed}", f"train.progress={str(not args.quiet).lower()}", *extra]
-    if args.steps:
-        overrides.append(f"train.steps={args.steps}")
-    t0 = time.perf_counter()
-    start_run(preset, data, run_dir, overrides, overwrite=True)
-    wall = time.perf_counter() - t0
-    with (run_dir / "metrics.csv").open() as f:
-        ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
-    evaluation = evaluate_run(run_dir, episodes=args.episodes, seeds=args.seeds, reward_samples=args.reward_samples)
-    return {"evaluation": evaluation, "train_seconds": wall, "updates_per_s": float(np.median(ups))}
+def summarise(jobs: list[Job], tasks: list[str]) -> dict[str, Any]:
+    """Per-task means and CIs over training seeds, IQM over (seed, task), goal successes."""
+    scores = np.array([[j.results["tasks"][t] for t in tasks] for j in jobs])  # (seeds, tasks)
+    per_task = {}
+    for i, t in enumerate(tasks):
+        col = scores[:, [i]]
+        per_task[t] = {"mean": float(col.mean()), "per_seed": col[:, 0].tolist(),
+                       "ci": bootstrap_ci(col, np.mean) if len(jobs) > 1 else None}
+    goals = {}
+    for g in jobs[0].results["goals"]:
+        s = np.array([[j.results["goals"][g]] for j in jobs])
+        goals[g] = {"success": float(s.mean()), "per_seed": s[:, 0].tolist(),
+                    "ci": bootstrap_ci(s, np.mean) if len(jobs) > 1 else None}
+    return {
+        "tasks": per_task, "goals": goals, "aggregate": aggregate(scores),
+        "seeds": [int(o.split("=")[1]) for j in jobs for o in j.overrides if o.startswith("train.seed=")],
+        "reward_samples": jobs[0].results["reward_samples"],
+        "train_seconds": float(np.mean([j.results["train_seconds"] for j in jobs])),
+        "updates_per_s": float(np.median([j.results["updates_per_s"] for j in jobs])),
+    }
 
 
 def main() -> None:
@@ -64,72 +139,107 @@ def main() -> None:
     p.add_argument("--agents", nargs="+", default=["fb"])
     p.add_argument("--domains", nargs="+", default=["point_mass_maze", "walker"])
     p.add_argument("--collector", help="override the per-domain default collector")
-    p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
-    p.add_argument("--steps", type=int, help="override every preset's train.steps")
+    p.add_argument("--transitions", dest="num_transitions", type=int, help="default: 200000, 100000 with --gpu")
+    p.add_argument("--steps", type=int, help=f"override every preset's train.steps (--gpu: {GPU_STEPS})")
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--reward-samples", type=int, default=None, help="default: each agent's inference_samples")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds")
-    p.add_argument("--seed", type=int, default=0, help="collection and training seed")
-    p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task for '%% of oracle'")
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated (each run is evaluated with its seed)")
+    p.add_argument("--data-seed", type=int, default=0, help="collection seed")
+    p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task and seed for '%% of oracle'")
+    p.add_argument("--gpu", action="store_true", help=f"published-size presets on CUDA (default budget {GPU_STEPS} updates)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--set", action="append", default=[], metavar="AGENT:KEY=VALUE",
                    help="a config override for one agent, e.g. fre:agent.encoder_steps=2000 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("bench"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers such as 0,1,2; got {args.seeds!r}")
+    args.num_transitions = args.num_transitions or (100_000 if args.gpu else 200_000)
+    args.steps = args.steps or (GPU_STEPS if args.gpu else None)
+    args.device = "cuda" if args.gpu else "cpu"
+    size = "" if args.gpu else "_cpu"
 
-    report: dict = {"protocol": vars(args) | {"out": str(args.out)}, "domains": {}, "versions": versions()}
+    report: dict = {"protocol": vars(args) | {"out": str(args.out), "seeds": seeds}, "domains": {},
+                    "versions": versions()}
     for domain_name in args.domains:
         data = dataset_for(domain_name, args)
-        tasks = list(make_domain(domain_name).tasks)
+        domain = make_domain(domain_name)
+        tasks = list(domain.tasks)
+        runs = args.out / "runs" / domain_name
+
+        jobs = [make_job(args, data, runs / f"{a}_s{s}", f"{a}/{domain_name}{size}", s,
+                         [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == a], bool(domain.goals))
+                for a in args.agents for s in seeds]
+        if args.oracle:
+            jobs += [make_job(args, data, runs / f"td3_{t}_s{s}", f"td3/{domain_name}{size}", s, [f"task={t}"], False)
+                     for t in tasks for s in seeds]
+        done = run_jobs(jobs, args.jobs)
+
         entry: dict = {"dataset": str(data), "tasks": tasks, "agents": {}}
         oracle: dict[str, float] = {}
         if args.oracle:
-            for task in tasks:
-                r = train_and_eval(f"td3/{domain_name}_cpu", data, args.out / "runs" / domain_name / f"td3_{task}",
-                                   args, [f"task={task}"])
-                oracle[task] = r["evaluation"].tasks[task].mean_return
-                entry["agents"].setdefault("td3 (oracle)", {"tasks": {}, "train_seconds": 0.0,
-                                                             "updates_per_s": r["updates_per_s"]})
-                entry["agents"]["td3 (oracle)"]["tasks"][task] = oracle[task]
-                entry["agents"]["td3 (oracle)"]["train_seconds"] += r["train_seconds"]
+            oracle = {t: float(np.mean([j.results["tasks"][t] for j in done if j.preset.startswith("td3/")
+                                        and f"task={t}" in j.overrides])) for t in tasks}
             entry["oracle"] = {"agent": "td3", "returns": oracle}
-        for agent in args.agents:
-            extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == agent]
-            r = train_and_eval(f"{agent}/{domain_name}_cpu", data, args.out / "runs" / domain_name / agent, args, extra)
-            res = r["evaluation"]
-            returns = {t: res.tasks[t].mean_return for t in tasks}
-            pct = [p for t in tasks if t in oracle and (p := pct_of_oracle(returns[t], oracle[t])) is not None]
-            entry["agents"][agent] = {
-                "tasks": returns, "aggregate": res.aggregate, "scored": str(res.scored),
-                "reward_samples": res.tasks[tasks[0]].reward_samples,
-                "pct_of_oracle": float(np.mean(pct)) if pct else None,
-                "train_seconds": r["train_seconds"], "updates_per_s": r["updates_per_s"],
-            }
+        for a in args.agents:
+            summary = summarise([j for j in done if j.preset.split("/")[0] == a], tasks)
+            pct = [q for t in tasks if t in oracle
+                   and (q := pct_of_oracle(summary["tasks"][t]["mean"], oracle[t])) is not None]
+            summary["pct_of_oracle"] = float(np.mean(pct)) if pct else None
+            entry["agents"][a] = summary
+        if oracle:
+            entry["agents"]["td3 (oracle)"] = {"tasks": {t: {"mean": oracle[t], "ci": None} for t in tasks},
+                                               "goals": {}, "aggregate": None}
         report["domains"][domain_name] = entry
         print_table(domain_name, entry)
         atomic_write_json(args.out / "benchmark.json", report)
-    table = {d: {a: v["tasks"] for a, v in e["agents"].items()} for d, e in report["domains"].items()}
+    table = {d: {a: {t: v["mean"] for t, v in r["tasks"].items()} for a, r in e["agents"].items()}
+             for d, e in report["domains"].items()}
     plots.benchmark_bars(table, args.out / "benchmark.png")
     print(f"\nwrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
 
 
+def _cell(v: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
+    mean = f"{scale * v['mean' if 'mean' in v else 'success']:.{digits}f}"
+    if not v.get("ci"):
+        return mean
+    lo, hi = v["ci"]
+    return f"{mean} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
 def print_table(domain: str, entry: dict) -> None:
+    """Markdown tables: returns per task (mean over seeds [95% CI]) and goal success (%)."""
     tasks = entry["tasks"]
-    head = ["agent", *tasks, "mean", "% oracle", "IQM [95% CI]", "upd/s", "train s"]
+    head = ["agent", *tasks, "mean", "IQM [95% CI]", "% oracle", "upd/s", "train s"]
     rows = []
     for agent, r in entry["agents"].items():
-        returns = [r["tasks"].get(t, float("nan")) for t in tasks]
         agg = r.get("aggregate")
         rows.append([
-            agent, *[f"{x:.1f}" for x in returns], f"{np.nanmean(returns):.1f}",
-            "-" if r.get("pct_of_oracle") is None else f"{r['pct_of_oracle']:.0f}%",
+            agent, *[_cell(r["tasks"][t]) for t in tasks],
+            f"{np.mean([r['tasks'][t]['mean'] for t in tasks]):.1f}",
             "-" if agg is None else f"{agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}]",
-            f"{r['updates_per_s']:.0f}", f"{r['train_seconds']:.0f}",
+            "-" if r.get("pct_of_oracle") is None else f"{r['pct_of_oracle']:.0f}%",
+            "-" if "updates_per_s" not in r else f"{r['updates_per_s']:.0f}",
+            "-" if "train_seconds" not in r else f"{r['train_seconds']:.0f}",
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    print(f"\n## {domain} (dataset {entry['dataset']})")
-    for row in [head, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+    print(f"\n## {domain} (dataset {entry['dataset']})\n")
+    _markdown(head, rows)
+    goals = [g for r in entry["agents"].values() for g in r["goals"]]
+    if goals:
+        goals = list(dict.fromkeys(goals))
+        print(f"\ngoal success (%) on {domain}:\n")
+        _markdown(["agent", *goals], [[a, *[_cell(r["goals"][g], 100, 0) for g in goals]]
+                                      for a, r in entry["agents"].items() if r["goals"]])
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
