@@ -14,6 +14,7 @@ paragraph without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import textwrap
@@ -55,7 +56,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", help="sb3 collector: a stable-baselines3 model .zip")
     p.add_argument("--action-noise", type=float, default=0.0, help="sb3 collector: Gaussian action noise std")
     p.add_argument("--device", default="cpu", help="device of the RND explorer's networks (default: cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dataset directory")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -75,10 +76,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "agent.z_dim=50 train.steps=20000 train.device=cuda.",
     )
     p.add_argument("--config", help="preset name (see `zsrl presets`) or a YAML file")
-    p.add_argument("--dataset", help="dataset directory from `zsrl collect`")
+    p.add_argument("--dataset", help="dataset directory from `zsrl collect` (with --resume: the run's "
+                   "dataset at a new place)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a run directory")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 
@@ -220,9 +222,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from zsrl.train import resume_run, start_run
 
     if args.resume:
-        if args.config or args.dataset or args.overrides:
-            raise UserError("--resume RUN_DIR takes no --config, --dataset or overrides: the run's own config is used")
-        resume_run(args.resume)
+        if args.config or args.out or args.overrides or args.overwrite:
+            raise UserError(
+                "--resume RUN_DIR takes no --config, --out, --overwrite or overrides: the run's own config "
+                "is used (only --dataset, to point at its dataset where it moved)"
+            )
+        resume_run(args.resume, dataset=args.dataset)
         return
     missing = [f"--{k}" for k in ("config", "dataset", "out") if not getattr(args, k)]
     if missing:
@@ -255,13 +260,29 @@ COMMANDS = {
 }
 
 
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _print_error(command: str, message: str) -> None:
+    print(textwrap.fill(f"zsrl {command}: error: {message}", width=100, break_long_words=False,
+                        break_on_hyphens=False), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except UserError as exc:
-        print(textwrap.fill(f"zsrl {args.command}: error: {exc}", width=100, break_long_words=False,
-                            break_on_hyphens=False), file=sys.stderr)
+        _print_error(args.command, str(exc))
+        return int(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a storage failure that no caller put in words
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        from zsrl.utils import describe_os_error
+
+        where = f" ({exc.filename})" if exc.filename else ""
+        _print_error(args.command, f"{describe_os_error(exc)}{where}; nothing partial was left in place of "
+                     "a complete file. Fix the storage and run the command again.")
         return 2
     except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`
         sys.stderr.close()

@@ -100,7 +100,17 @@ def agent_class(name: str) -> Any:
 def make_domain(name: str) -> Any:
     """Instantiate the domain called ``name`` (see the module docstring for lookup order)."""
     factory = _resolve("zsrl.domains", _BUILTIN_DOMAINS, name)
-    domain = factory()
+    try:
+        domain = factory()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — a plug-in's own failure, told in one paragraph
+        raise RegistryError(f"domain {name!r} could not be created: {type(exc).__name__}: {exc}") from None
+    if not all(hasattr(domain, attr) for attr in ("make_env", "tasks")):
+        raise RegistryError(
+            f"{name!r} gives a {type(domain).__name__}, which is not a zsrl Domain (it lacks make_env "
+            "or tasks); subclass zsrl.envs.Domain, or zsrl.envs.GymDomain for a gymnasium env"
+        )
     if not getattr(domain, "name", None):
         domain.name = name
     return domain
