@@ -48,6 +48,7 @@ from zsrl.utils import (
     now_iso,
     old_copy,
     read_json_object,
+    sha256_file,
     storage_errors,
     versions,
 )
@@ -174,6 +175,7 @@ class OfflineDataset:
             }
             meta.setdefault("created", now_iso())
             meta.setdefault("versions", versions())
+            meta["sha256"] = _tensor_checksums(tmp / "tensors")
             atomic_write_json(tmp / "meta.json", meta)
         self.meta = meta
         return path
@@ -221,6 +223,7 @@ class OfflineDataset:
                 f"`zsrl collect --domain {domain}`) or set domain={meta.get('domain')}."
             )
         _check_leaf_files(path / "tensors")
+        _verify_checksums(path, meta.get("sha256"))
         try:
             stored = TensorDict.load_memmap(path / "tensors")
         except PermissionError as exc:
@@ -361,6 +364,29 @@ def check_fits_domain(data: OfflineDataset, domain: Any, where: str) -> None:
             f"{data.action_dim}, but domain {domain.name!r} has {obs_dim} and {act_dim}; it was "
             f"collected with another version or variant of the domain. Re-collect it with `zsrl collect`."
         )
+
+
+def _tensor_checksums(root: Path) -> dict[str, str]:
+    return {f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def _verify_checksums(path: Path, expected: Any) -> None:
+    """Compare the tensor files with the checksums meta.json recorded (datasets since v0.2)."""
+    if expected is None:
+        return
+    if not isinstance(expected, dict):
+        raise DatasetError(f"dataset {path}: meta.json is corrupt (bad checksum table); re-collect it.")
+    with storage_errors(f"read the dataset {path}"):
+        for rel, digest in expected.items():
+            file = path / "tensors" / rel
+            if not file.is_file():
+                raise DatasetError(f"{file} is missing; the dataset is incomplete, re-collect it.")
+            if sha256_file(file) != digest:
+                raise DatasetError(
+                    f"{file} is corrupt: its sha256 differs from the one recorded when the dataset "
+                    "was written (a damaged disk or copy, or an edit). Re-collect the dataset or "
+                    "copy it again."
+                )
 
 
 def _check_free_space(directory: Path, needed: int) -> None:
