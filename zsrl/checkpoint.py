@@ -66,8 +66,15 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def is_complete(directory: Path) -> bool:
-    """Whether ``directory`` is a finished checkpoint or model write."""
+    """Whether ``directory`` is a finished checkpoint or model write (by its manifest)."""
     return (directory / MANIFEST).is_file() or (directory / _LEGACY_MANIFEST).is_file()
+
+
+def _is_model(directory: Path) -> bool:
+    """A finished model folder, or one an older zsrl (without manifests) wrote."""
+    return is_complete(directory) or (
+        (directory / "model.safetensors").is_file() and (directory / "config.json").is_file()
+    )
 
 
 def verify(directory: Path) -> dict[str, Any]:
@@ -106,7 +113,7 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
 
 def find_final_model(run_dir: str | Path) -> Path | None:
     """The complete final model of ``run_dir``, if training finished writing it."""
-    return complete_copy(Path(run_dir) / FINAL_MODEL, is_complete)
+    return complete_copy(Path(run_dir) / FINAL_MODEL, _is_model)
 
 
 def checkpoint_step(run_dir: str | Path) -> int | None:

@@ -80,8 +80,9 @@ _fault_hits: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    """Test hook: ``ZSRL_FAULT_POINT=name[@k]`` kills this process (SIGKILL) at the k-th
-    (default first) time it passes the point ``name``. A no-op otherwise."""
+    """Test hook: ``ZSRL_FAULT_POINT=name[@k]`` sends this process SIGKILL (or the signal
+    named by ``ZSRL_FAULT_SIGNAL``, e.g. ``TERM``) the k-th time (default: first) it passes
+    the point ``name``. A no-op when the variable is unset."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -89,8 +90,8 @@ def fault_point(name: str) -> None:
     if target != name:
         return
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _fault_hits[name] == int(nth or 1):
+        os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('ZSRL_FAULT_SIGNAL', 'KILL')}"))
 
 
 # ---- storage errors --------------------------------------------------------------------
