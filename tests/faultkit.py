@@ -23,7 +23,10 @@ import torch
 torch.set_num_threads(1)
 import zsrl.cli, zsrl.train, zsrl.collect, zsrl.evaluate, zsrl.lock, zsrl.agents.fb
 from zsrl.registry import make_domain
-make_domain("point_mass_maze")
+make_domain("point_mass_maze").make_env(seed=0).close()
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
 print("ready", flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -85,6 +88,7 @@ class ForkServer:
 
     def close(self) -> None:
         self.proc.stdin.close()
+        self.proc.kill()
         self.proc.wait(timeout=30)
 
 

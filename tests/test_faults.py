@@ -36,8 +36,8 @@ TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent
 PRESET = "fb/point_mass_maze_cpu"
 
 
-def _dataset(path: Path, obs_dim: int = 4) -> Path:
-    arrays = make_arrays(n=256, obs_dim=obs_dim, act_dim=2, episode_len=64)
+def _dataset(path: Path, obs_dim: int = 4, seed: int = 0) -> Path:
+    arrays = make_arrays(n=256, obs_dim=obs_dim, act_dim=2, episode_len=64, seed=seed)
     arrays["observation"] *= 0.1
     arrays["next_observation"] *= 0.1
     return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(path)
@@ -111,7 +111,7 @@ def test_kill_at_random_moments_then_resume_is_exact(lab):
     root, server = lab
     rng = random.Random(12)
     killed = 0
-    for i in range(3):
+    for i in range(2):
         run = f"random_kill_{i}"
         pid = server.start(_train_argv(run), root)
         time.sleep(rng.uniform(0.2, 0.9) * server.duration)
@@ -161,7 +161,7 @@ def test_damaged_metric_rows_past_the_checkpoint(lab):
 
 
 # ---- kills during collection -----------------------------------------------------------
-COLLECT = ["collect", "--domain", "point_mass_maze", "--collector", "random", "--transitions", "200",
+COLLECT = ["collect", "--domain", "point_mass_maze", "--collector", "random", "--transitions", "100",
            "--num-envs", "2", "--no-progress", "--out"]
 
 
@@ -176,7 +176,7 @@ def test_killed_collect_leaves_nothing_that_loads_and_is_cleaned_up(lab):
     assert list(root.glob(".coll.*.partial"))  # the debris of the second kill ...
     code, out = server.run([*COLLECT, "coll"], root)  # ... is removed by the next writer
     assert code == 0, out
-    assert not list(root.glob(".coll.*")) and len(OfflineDataset.load(root / "coll")) == 200
+    assert not list(root.glob(".coll.*")) and len(OfflineDataset.load(root / "coll")) == 100
 
 
 def test_collect_overwrite_killed_between_renames_keeps_a_complete_copy(lab):
@@ -464,7 +464,7 @@ def test_resume_checks_the_dataset_and_accepts_a_moved_one(lab, tmp_path, capsys
     ds.rename(moved)
     assert main(["train", "--resume", str(run)]) == 2
     assert "--dataset NEW_PLACE" in " ".join(capsys.readouterr().err.split())
-    _dataset(ds)  # a different dataset (another creation time) at the old place
+    _dataset(ds, seed=1)  # a different dataset at the old place
     with pytest.raises(DatasetError, match="is not the one run .* started on"):
         resume_run(run)
     with pytest.raises(DatasetError, match="is not the one"):
@@ -493,3 +493,39 @@ def test_files_follow_the_umask(lab):
     for path in (root / "ref" / "checkpoint", root / "ref" / "model", root / "ds", root / "ds" / "tensors"):
         assert path.stat().st_mode & 0o777 == mode, path
     assert (root / "ref" / "checkpoint" / "training_state.pt").stat().st_mode & 0o777 == mode & 0o666
+
+
+# ---- plug-ins and collection arguments that used to end in tracebacks ------------------------
+PLUGIN = '''
+from zsrl.envs.gym_domain import GymDomain
+
+
+class NotADomain:
+    pass
+
+
+class UnknownEnv(GymDomain):
+    env_id = "NoSuchEnv-v9"
+
+
+class DiscreteActions(GymDomain):
+    env_id = "CartPole-v1"
+'''
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--domain", "faulty_plugin:NotADomain"], "gives a NotADomain, which is not a zsrl Domain"),
+    (["--domain", "faulty_plugin:UnknownEnv"], "could not be created: NameNotFound"),
+    (["--domain", "faulty_plugin:DiscreteActions"], "cannot make its environment: TypeError: zsrl needs a bounded Box"),
+    (["--domain", "point_mass_maze", "--num-envs", "0"], "--num-envs must be a positive integer, got 0"),
+    (["--domain", "point_mass_maze", "--transitions", "0"], "--transitions must be a positive integer, got 0"),
+])
+def test_bad_collect_input_is_one_paragraph(tmp_path, monkeypatch, capsys, args, message):
+    (tmp_path / "faulty_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    argv = ["collect", "--collector", "random", "--transitions", "10", "--out", "ds", "--no-progress", *args]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["faulty_plugin.py"]
