@@ -114,7 +114,7 @@ def test_kill_at_random_moments_then_resume_is_exact(lab):
     for i in range(2):
         run = f"random_kill_{i}"
         pid = server.start(_train_argv(run), root)
-        time.sleep(rng.uniform(0.2, 0.9) * server.duration)
+        time.sleep(rng.uniform(0.05, 0.9) * server.duration)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:  # it finished first: resuming a complete run must be exact too

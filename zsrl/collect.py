@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from zsrl.data import OfflineDataset, env_dims, from_numpy
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
 from zsrl.lock import writer_lock
-from zsrl.owned import check_replaceable
+from zsrl.owned import check_out
 from zsrl.utils import UserError, fault_point, now_iso, versions
 
 COLLECTORS = ("random", "sticky", "rnd", "sb3")
@@ -236,10 +236,7 @@ def collect_to_disk(
     _check_counts(transitions=transitions, num_envs=num_envs, hold=hold)
     if not action_noise >= 0:
         raise UserError(f"--action-noise must be >= 0, got {action_noise!r}")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    if out.exists():
-        check_replaceable(out, "dataset")
+    check_out(out, "dataset", overwrite)  # fail before collecting
     obs_dim, action_dim = env_dims(domain, seed)
     explorer = make_explorer(collector, obs_dim, action_dim, transitions, seed, policy, action_noise, rnd, hold)
     with writer_lock(out, "dataset"):

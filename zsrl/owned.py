@@ -8,11 +8,12 @@ removed; the error says what was found and what to do.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from zsrl.utils import UserError
+from zsrl.utils import UserError, atomic_write_json, make_temp_dir, remove_stale_partials
 
 Kind = Literal["run", "dataset"]
 
@@ -72,21 +73,49 @@ def check_replaceable(path: str | Path, kind: Kind, protect: tuple[Path, ...] = 
     )
 
 
-def prepare_dir(path: str | Path, kind: Kind, overwrite: bool, protect: tuple[Path, ...] = ()) -> Path:
-    """Make ``path`` an empty directory to write a ``kind`` into (call under its writer lock).
+def check_out(path: str | Path, kind: Kind, overwrite: bool, protect: tuple[Path, ...] = ()) -> bool:
+    """Raise unless a ``kind`` may be written at ``path``; True when an old one must go first.
 
     An empty or missing directory is used as is; an existing non-empty one only with
     ``overwrite`` and when :func:`check_replaceable` accepts it.
     """
     path = Path(path)
     check_target(path, kind, protect)
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            hint = f"resume it with `zsrl train --resume {path}`, " if kind == "run" and is_run_dir(path) else ""
-            raise UserError(f"{kind} directory {path} already exists; {hint}choose another --out or pass --overwrite")
-        check_replaceable(path, kind, protect)
-        shutil.rmtree(path)
-    elif path.exists() and not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a directory; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
+    if not (path.is_dir() and any(path.iterdir())):
+        return False
+    if not overwrite:
+        hint = f"resume it with `zsrl train --resume {path}`, " if kind == "run" and is_run_dir(path) else ""
+        raise UserError(f"{kind} directory {path} already exists; {hint}choose another --out or pass --overwrite")
+    check_replaceable(path, kind, protect)
+    return True
+
+
+def create_dir(path: str | Path, kind: Kind, overwrite: bool, files: dict[str, Any],
+               protect: tuple[Path, ...] = ()) -> Path:
+    """Create the ``kind`` directory ``path`` holding the JSON ``files`` (the marker last).
+
+    Call it under ``path``'s writer lock. The files are written into a temporary folder that
+    is renamed to ``path`` (after removing an old ``kind`` there, see :func:`check_out`), so
+    a kill never leaves a half-created directory that looks like a ``kind``.
+    """
+    path = Path(path)
+    remove_stale_partials(path)  # debris of killed writers (we hold the lock)
+    if check_out(path, kind, overwrite, protect):
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(path)
+    try:
+        for name, obj in files.items():
+            atomic_write_json(tmp / name, obj)
+        if path.is_dir():  # an empty directory (perhaps the working one): fill it, marker last
+            for name in files:
+                os.replace(tmp / name, path / name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path

@@ -56,7 +56,7 @@ from zsrl.data import DatasetError, OfflineDataset, check_fits_domain, fingerpri
 from zsrl.guard import MetricAccumulator, diverged, nonfinite_parameter
 from zsrl.interrupt import Interrupted, StopRequests
 from zsrl.lock import writer_lock
-from zsrl.owned import check_target, is_run_dir, prepare_dir
+from zsrl.owned import check_out, create_dir, is_run_dir
 from zsrl.registry import agent_class, make_domain
 from zsrl.utils import (
     UserError,
@@ -192,25 +192,21 @@ def start_run(
     cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
     validate(cfg)
     out, dataset = Path(out), Path(dataset)
-    check_target(out, "run", protect=(dataset,))
+    check_out(out, "run", overwrite, protect=(dataset,))  # fail fast; checked again under the lock
     domain, data, agent = _prepare(cfg, dataset)
-    with writer_lock(out, "run"), storage_errors(f"create the run directory {out}"):
-        prepare_dir(out, "run", overwrite, protect=(dataset,))
-        atomic_write_json(
-            out / "run.json",
-            {
-                "dataset": str(dataset.resolve()),
-                "dataset_fingerprint": fingerprint(dataset),
-                "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions",
-                                                               "created")},
-                "seed": cfg.train.seed,
-                "device": str(agent.device),
-                "started": now_iso(),
-                "command": " ".join(sys.argv),
-                "versions": versions(),
-            },
-        )
-        atomic_write_json(out / "config.json", asdict(cfg))
+    run_info = {
+        "dataset": str(dataset.resolve()),
+        "dataset_fingerprint": fingerprint(dataset),
+        "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
+        "seed": cfg.train.seed,
+        "device": str(agent.device),
+        "started": now_iso(),
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+    }
+    with writer_lock(out, "run"):
+        with storage_errors(f"create the run directory {out}"):
+            create_dir(out, "run", overwrite, {"config.json": asdict(cfg), "run.json": run_info}, protect=(dataset,))
         _train(cfg, data, domain, out, agent, start=0, loop={}, resumed=False)
     return out
 
