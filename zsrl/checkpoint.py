@@ -229,15 +229,29 @@ def load_model_dir(directory: Path, device: str | torch.device = "cpu") -> Model
     return Model.load(directory, device=device)
 
 
+def _load_latest(run_dir: Path, device: str | torch.device, attempts: int = 3) -> Model:
+    """The final model, else the checkpoint; retried when a training process swapped the
+    checkpoint while it was being read (its files then mix two steps)."""
+    for attempt in range(attempts):
+        found = find_final_model(run_dir) or find_checkpoint(run_dir)
+        if found is None:
+            raise CheckpointError(
+                f"{run_dir} has no trained model ({FINAL_MODEL}/ or {CHECKPOINT}/); train one with `zsrl train`"
+            )
+        step = read_manifest(found).get("step") if is_complete(found) else None
+        try:
+            return load_model_dir(found, device=device)
+        except CheckpointError:
+            swapped = is_complete(found) and read_manifest(found).get("step") != step
+            if not swapped or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def load_run_model(run_dir: str | Path, domain: Any | None = None, device: str | torch.device = "cpu") -> Model:
     """The final model of a run (or its latest checkpoint), checked against ``domain``."""
     run_dir = Path(run_dir)
-    found = find_final_model(run_dir) or find_checkpoint(run_dir)
-    if found is None:
-        raise CheckpointError(
-            f"{run_dir} has no trained model ({FINAL_MODEL}/ or {CHECKPOINT}/); train one with `zsrl train`"
-        )
-    model = load_model_dir(found, device=device)
+    model = _load_latest(run_dir, device)
     if domain is not None:
         trained_on = model.meta.get("domain")  # type: ignore[attr-defined]
         if trained_on is not None and trained_on != domain.name:

@@ -281,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zsrl.utils import describe_os_error
 
         where = f" ({exc.filename})" if exc.filename else ""
-        _print_error(args.command, f"{describe_os_error(exc)}{where}; nothing partial was left in place of "
-                     "a complete file. Fix the storage and run the command again.")
+        _print_error(args.command, f"{describe_os_error(exc)}{where}. Fix the storage (free space, permissions) "
+                     "and run the command again.")
         return 2
     except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`
         sys.stderr.close()

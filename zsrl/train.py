@@ -98,7 +98,8 @@ class MetricsLog:
         """
         text = self.path.read_text(errors="replace")
         lines = text.splitlines(keepends=True)
-        if not lines:
+        if not lines or not lines[0].endswith("\n"):  # empty, or killed while writing the header
+            self.path.unlink()
             return
         header = next(csv.reader([lines[0]]))
         if not header or header[0] != "step":
