@@ -12,7 +12,6 @@ process (collect holds the dataset's lock while ``OfflineDataset.save`` takes it
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -21,6 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from zsrl.utils import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the lock file is still written, but not enforced
+    fcntl = None  # type: ignore[assignment]
 
 _held: dict[Path, int] = {}  # lock file → nesting depth, for this process
 
@@ -47,6 +51,8 @@ def _try_lock(lock: Path) -> int | None:
     """An fd holding ``flock(lock)``, or None if a live process holds it."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is None:
+            return fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
