@@ -62,7 +62,7 @@ def write_manifest(directory: Path, **info: Any) -> None:
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest of a checkpoint or model directory (a legacy ``progress.json`` too)."""
     name = MANIFEST if (directory / MANIFEST).is_file() else _LEGACY_MANIFEST
-    return read_json_object(directory / name, f"checkpoint {directory}")
+    return read_json_object(directory / name, f"the manifest of {directory}")
 
 
 def is_complete(directory: Path) -> bool:
