@@ -529,3 +529,20 @@ def test_bad_collect_input_is_one_paragraph(tmp_path, monkeypatch, capsys, args,
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["faulty_plugin.py"]
+
+
+def test_unreadable_checkpoint_file(lab, tmp_path, monkeypatch):
+    import zsrl.checkpoint
+
+    root, _ = lab
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    real = zsrl.checkpoint.sha256_file
+
+    def denied(path):
+        if Path(path).name == "training_state.pt":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(zsrl.checkpoint, "sha256_file", denied)
+    with pytest.raises(StorageError, match="cannot read .*training_state.pt: permission denied"):
+        resume_run(run)

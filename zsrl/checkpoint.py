@@ -39,6 +39,7 @@ from zsrl.utils import (
     old_copy,
     read_json_object,
     sha256_file,
+    storage_errors,
     swap_in,
 )
 
@@ -87,7 +88,9 @@ def verify(directory: Path) -> dict[str, Any]:
         file = directory / name
         if not file.is_file():
             raise CheckpointError(f"{file} is missing; {directory} is incomplete")
-        if sha256_file(file) != expected:
+        with storage_errors(f"read {file}"):
+            actual = sha256_file(file)
+        if actual != expected:
             raise CheckpointError(
                 f"{file} is corrupt: its sha256 differs from the one recorded when it was written "
                 f"(a damaged disk or copy, or an edit).{_older_copy_hint(directory)}"
