@@ -28,6 +28,9 @@ def is_dataset_dir(path: Path) -> bool:
     return (path / "meta.json").is_file() and (path / "tensors").is_dir()
 
 
+_RECOGNISE = {"run": is_run_dir, "dataset": is_dataset_dir}
+
+
 def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -61,11 +64,10 @@ def check_replaceable(path: str | Path, kind: Kind, protect: tuple[Path, ...] = 
         )
     if target == Path.home().resolve() or target == Path(target.anchor) or Path(path).is_symlink():
         raise UserError(f"--overwrite will not remove {path}; choose another --out")
-    if is_run_dir(target) if kind == "run" else is_dataset_dir(target):
+    if _RECOGNISE[kind](target):
         return
     other: Kind = "dataset" if kind == "run" else "run"
-    found = f"a zsrl {other}" if (is_dataset_dir(target) if other == "dataset" else is_run_dir(target)) \
-        else "not something zsrl wrote"
+    found = f"a zsrl {other}" if _RECOGNISE[other](target) else "not something zsrl wrote"
     marker = "run.json" if kind == "run" else "meta.json and tensors/"
     raise UserError(
         f"--overwrite will not remove {path}: it is {found} (a {kind} directory has {marker}). "
