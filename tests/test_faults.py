@@ -200,17 +200,19 @@ def test_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(lab):
     before = snapshot(root / "busy")
     pid = server.start([], root, hold_lock=str(root / "busy"))
     lock = root / ".busy.lock"
-    for _ in range(200):
-        if lock.is_file() and lock.read_text():
-            break
-        time.sleep(0.05)
-    with pytest.raises(LockedError, match=f"being written by process {pid}"):
-        start_run(PRESET, root / "ds", root / "busy", TINY, overwrite=True)
-    with pytest.raises(LockedError):
-        resume_run(root / "busy")
-    assert snapshot(root / "busy") == before
-    os.kill(pid, signal.SIGKILL)
-    server.wait()
+    try:
+        for _ in range(200):
+            if lock.is_file() and lock.read_text():
+                break
+            time.sleep(0.05)
+        with pytest.raises(LockedError, match=f"being written by process {pid}"):
+            start_run(PRESET, root / "ds", root / "busy", TINY, overwrite=True)
+        with pytest.raises(LockedError):
+            resume_run(root / "busy")
+        assert snapshot(root / "busy") == before
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        server.wait()
     assert lock.exists()  # the dead writer's lock file is still there, and stale
     resume_run(root / "busy")  # "already complete": the lock was taken over
     assert not lock.exists()
@@ -546,3 +548,11 @@ def test_unreadable_checkpoint_file(lab, tmp_path, monkeypatch):
     monkeypatch.setattr(zsrl.checkpoint, "sha256_file", denied)
     with pytest.raises(StorageError, match="cannot read .*training_state.pt: permission denied"):
         resume_run(run)
+
+
+def test_debris_cleanup_spares_the_partial_of_a_similarly_named_directory(tmp_path):
+    from zsrl.utils import make_temp_dir, remove_stale_partials
+
+    mine, other = make_temp_dir(tmp_path / "maze"), make_temp_dir(tmp_path / "maze.v2")
+    assert remove_stale_partials(tmp_path / "maze") == [mine]
+    assert other.is_dir() and not mine.exists()

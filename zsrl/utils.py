@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -184,15 +185,12 @@ def remove_stale_partials(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    stale = sorted(path.parent.glob(f".{glob_escape(path.name)}.*.partial"))
+    # exactly mkdtemp's names for this path (not those of "NAME.v2", whose writer may be alive)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.partial")
+    stale = sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob wildcards escaped."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def swap_in(tmp: Path, path: Path, keep_old: bool = False) -> None:
