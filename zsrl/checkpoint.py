@@ -20,10 +20,12 @@ with ``torch.load(weights_only=True)`` after its checksum matched.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def _swapped_dir(path: Path, step: int, keep_old: bool) -> Iterator[Path]:
+    """A temporary folder to fill; its manifest is written and it is swapped in at ``path``."""
+    tmp = make_temp_dir(path)
+    try:
+        yield tmp
+        write_manifest(tmp, step=step, format_version=TRAINING_FORMAT_VERSION)
+        fault_point(f"{path.name}:written")
+        swap_in(tmp, path, keep_old=keep_old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_checkpoint(
     run_dir: Path, agent: Any, step: int, extra_model_meta: dict[str, Any], loop: dict[str, Any] | None = None
 ) -> Path:
@@ -146,35 +162,19 @@ def save_checkpoint(
     ``loop`` is the training loop's own state (the metrics accumulated since the last log
     row), saved so that a resumed run writes the same metric rows.
     """
-    path = run_dir / CHECKPOINT
-    tmp = make_temp_dir(path)
-    try:
+    with _swapped_dir(run_dir / CHECKPOINT, step, keep_old=True) as tmp:
         agent.model.save(tmp, extra=extra_model_meta)
         buf = io.BytesIO()
         torch.save({"agent": agent.state_dict(), "rng": rng_state(), "step": step, "loop": loop or {}}, buf)
         atomic_write_bytes(tmp / TRAINING_STATE, buf.getvalue())
-        write_manifest(tmp, step=step, format_version=TRAINING_FORMAT_VERSION)
-        fault_point("checkpoint:written")
-        swap_in(tmp, path, keep_old=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return run_dir / CHECKPOINT
 
 
 def save_final_model(run_dir: Path, model: Model, step: int, extra_model_meta: dict[str, Any]) -> Path:
     """Write ``run_dir/model`` (the inference model after ``step`` updates) by a swap."""
-    path = run_dir / FINAL_MODEL
-    tmp = make_temp_dir(path)
-    try:
+    with _swapped_dir(run_dir / FINAL_MODEL, step, keep_old=False) as tmp:
         model.save(tmp, extra=extra_model_meta)
-        write_manifest(tmp, step=step, format_version=TRAINING_FORMAT_VERSION)
-        fault_point("model:written")
-        swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return run_dir / FINAL_MODEL
 
 
 def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]:
