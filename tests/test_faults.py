@@ -447,6 +447,12 @@ def test_bad_values_name_the_key_before_any_folder_exists(tmp_path, capsys, over
     assert not (tmp_path / "runs").exists()
 
 
+def test_unknown_training_device_is_refused_before_any_folder_exists(tmp_path):
+    with pytest.raises(UserError, match="device 'gpu0' is not a device name torch knows"):
+        start_run(PRESET, _dataset(tmp_path / "ds"), tmp_path / "run", [*TINY, "train.device=gpu0"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_dataset_of_the_wrong_observation_size_is_refused(tmp_path):
     ds = _dataset(tmp_path / "ds", obs_dim=5)
     with pytest.raises(DatasetError, match="observations of size 5 .* domain 'point_mass_maze' has 4"):
@@ -521,6 +527,8 @@ class DiscreteActions(GymDomain):
     (["--domain", "faulty_plugin:DiscreteActions"], "cannot make its environment: TypeError: zsrl needs a bounded Box"),
     (["--domain", "point_mass_maze", "--num-envs", "0"], "--num-envs must be a positive integer, got 0"),
     (["--domain", "point_mass_maze", "--transitions", "0"], "--transitions must be a positive integer, got 0"),
+    (["--domain", "point_mass_maze", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--domain", "point_mass_maze", "--collector", "rnd", "--device", "gpu0"], "device 'gpu0' is not a device name"),
 ])
 def test_bad_collect_input_is_one_paragraph(tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "faulty_plugin.py").write_text(PLUGIN)

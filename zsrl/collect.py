@@ -24,7 +24,7 @@ from zsrl.data import OfflineDataset, env_dims, from_numpy
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
 from zsrl.lock import writer_lock
 from zsrl.owned import check_out
-from zsrl.utils import UserError, fault_point, now_iso, versions
+from zsrl.utils import UserError, fault_point, now_iso, resolve_device, versions
 
 COLLECTORS = ("random", "sticky", "rnd", "sb3")
 
@@ -234,6 +234,10 @@ def collect_to_disk(
     """
     out = Path(out)
     _check_counts(transitions=transitions, num_envs=num_envs, hold=hold)
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    if collector == "rnd" and rnd is not None:
+        resolve_device(rnd.device)  # a clear error for --device gpu0
     if not action_noise >= 0:
         raise UserError(f"--action-noise must be >= 0, got {action_noise!r}")
     check_out(out, "dataset", overwrite)  # fail before collecting
