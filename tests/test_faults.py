@@ -179,6 +179,13 @@ def test_killed_collect_leaves_nothing_that_loads_and_is_cleaned_up(lab):
     assert not list(root.glob(".coll.*")) and len(OfflineDataset.load(root / "coll")) == 100
 
 
+def test_sigterm_during_collect_leaves_no_debris(lab):
+    root, server = lab
+    code, out = server.run([*COLLECT, "term"], root, {"ZSRL_FAULT_POINT": "written:term", "ZSRL_FAULT_SIGNAL": "TERM"})
+    assert code == 143 and "terminated; nothing partial was left behind" in out, out
+    assert not list(root.glob("*term*")) and not list(root.glob(".term*"))
+
+
 def test_collect_overwrite_killed_between_renames_keeps_a_complete_copy(lab):
     root, server = lab
     code, out = server.run([*COLLECT, "over", "--seed", "1"], root)

@@ -270,8 +270,12 @@ def _print_error(command: str, message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from zsrl.interrupt import TerminateAsInterrupt
+
+    term = TerminateAsInterrupt()
     try:
-        COMMANDS[args.command](args)
+        with term:
+            COMMANDS[args.command](args)
     except UserError as exc:
         _print_error(args.command, str(exc))
         return int(getattr(exc, "exit_code", 2))
@@ -288,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"zsrl {args.command}: interrupted; nothing partial was left behind.", file=sys.stderr)
-        return 130
+        print(f"zsrl {args.command}: {'terminated' if term.terminated else 'interrupted'}; nothing partial "
+              "was left behind.", file=sys.stderr)
+        return 143 if term.terminated else 130
     return 0
 
 

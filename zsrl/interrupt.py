@@ -48,3 +48,26 @@ class StopRequests:
                  tb: TracebackType | None) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+class TerminateAsInterrupt:
+    """Context manager for commands: SIGTERM raises :class:`KeyboardInterrupt` like Ctrl-C, so
+    temporary folders are removed on the way out; :attr:`terminated` tells the two apart."""
+
+    def __init__(self) -> None:
+        self.terminated = False
+        self._previous: object = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.terminated = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]
