@@ -80,6 +80,7 @@ def _assert_exact(root: Path, run: str) -> None:
 # ---- kills during training -------------------------------------------------------------
 KILL_POINTS = [
     # (fault point, what must hold right after the kill)
+    ("metrics:row@1", "before the first checkpoint"),  # step 7: a metric row, no checkpoint yet
     ("metrics:row@4", "rows past the checkpoint"),      # step 28: checkpoint 20, rows 21 and 28 after it
     ("checkpoint:written@2", "complete copy unswapped"),  # step 20 written, not swapped in
     ("swap:checkpoint@2", "between the two renames"),     # checkpoint/ gone, .checkpoint.old is step 10
@@ -95,8 +96,11 @@ def test_kill_at_named_point_then_resume_is_exact(lab, point, _why):
     code, out = server.run(_train_argv(run), root, {"ZSRL_FAULT_POINT": point})
     assert code == -signal.SIGKILL, out
     step = checkpoint_step(root / run)
-    assert step is not None and find_checkpoint(root / run) is not None  # a reader finds a complete one
-    if point.startswith("metrics"):
+    if point == "metrics:row@1":  # nothing checkpointed yet: the resume starts again from step 0
+        assert step is None and metric_rows(root / run)[-1][0] == "7"
+    else:
+        assert step is not None and find_checkpoint(root / run) is not None  # a reader finds a complete one
+    if point == "metrics:row@4":
         assert step == 20 and metric_rows(root / run)[-1][0] == "28"
     if point.startswith("swap"):
         assert not (root / run / "checkpoint").exists() and step == 10

@@ -233,13 +233,21 @@ def _dataset_of(run_dir: Path, run: dict[str, Any], dataset: str | Path | None) 
     return path
 
 
-def _trained_before(run_dir: Path) -> str | None:
-    """Evidence that ``run_dir`` made progress (so that a missing checkpoint is a loss)."""
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file() and len(metrics.read_bytes().splitlines()) > 1:
-        return f"{metrics} has metric rows"
+def _checkpointed_before(run_dir: Path, cfg: RunConfig) -> str | None:
+    """Evidence that ``run_dir`` once had a complete checkpoint (so that its absence is a loss).
+
+    The first periodic checkpoint is written before any later step runs, so a metric row past
+    it proves one existed; a run killed before it simply starts again from step 0.
+    """
     if (run_dir / FINAL_MODEL).exists():
         return f"it has a {FINAL_MODEL}/ folder"
+    first = min(cfg.train.checkpoint_every, cfg.train.steps)
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        steps = [int(f) for f in (line.split(",", 1)[0] for line in metrics.read_text(errors="replace").splitlines())
+                 if f.isdigit()]
+        if steps and max(steps) > first:
+            return f"{metrics} has rows up to step {max(steps)}, past the first checkpoint at step {first}"
     return None
 
 
@@ -261,7 +269,7 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None) -> Path:
         start, loop = 0, {}
         if find_checkpoint(run_dir) is not None:
             start, loop = load_training_state(run_dir, agent)
-        elif (why := _trained_before(run_dir)) is not None:
+        elif (why := _checkpointed_before(run_dir, cfg)) is not None:
             raise UserError(
                 f"run {run_dir} has no complete checkpoint but trained before ({why}): its checkpoint "
                 "was removed or damaged. Resuming would restart at step 0 and overwrite its history; "
