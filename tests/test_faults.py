@@ -111,6 +111,28 @@ def test_kill_at_named_point_then_resume_is_exact(lab, point, _why):
     assert snapshot(root, skip=(root / run, root / "ref")) == before  # nothing else touched
 
 
+FRE_TINY = ["agent.z_dim=8", "agent.context_size=4", "agent.trajectory_context=2", "agent.decoder_queries=2",
+            "agent.emb_dim=8", "agent.mlp_dim=16", "agent.num_layers=1", "agent.hidden_dim=16",
+            "agent.hidden_layers=1", "agent.num_random_nets=8", "agent.encoder_steps=15",
+            "agent.prompt_bank_size=16", "train.batch_size=16", "train.log_every=7", "train.checkpoint_every=10",
+            "train.progress=false", "train.steps=40"]
+
+
+def test_fre_across_its_phase_switch_resumes_exactly_after_a_kill(lab):
+    """FRE switches from its encoder phase to its policy phase at step 15: killed at step 14, it
+    resumes from its step-10 checkpoint and must switch at the same step."""
+    root, server = lab
+    argv = ["train", "--config", "fre/point_mass_maze_cpu", "--dataset", "ds", *FRE_TINY, "--out"]
+    code, out = server.run([*argv, "fre_ref"], root)
+    assert code == 0, out
+    code, out = server.run([*argv, "fre_kill"], root, {"ZSRL_FAULT_POINT": "metrics:row@2"})  # step 14
+    assert code == -signal.SIGKILL and checkpoint_step(root / "fre_kill") == 10  # resumes across the switch
+    code, out = server.run(["train", "--resume", "fre_kill"], root)
+    assert code == 0, out
+    assert _same_params(root / "fre_ref", root / "fre_kill")
+    assert metric_rows(root / "fre_kill") == metric_rows(root / "fre_ref")
+
+
 def test_kill_at_random_moments_then_resume_is_exact(lab):
     root, server = lab
     rng = random.Random(12)
