@@ -50,7 +50,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Agent, Model
-from zsrl.config import AgentConfig
+from zsrl.config import AgentConfig, param
 from zsrl.nn import clipped_noise_action, mlp, project_to_sphere, soft_update
 
 
@@ -59,32 +59,32 @@ class FBConfig(AgentConfig):
     """FB hyper-parameters (defaults: metamotivo's DMC settings)."""
 
     name: str = "fb"
-    z_dim: int = 50
+    z_dim: int = param(50, ge=1)
     #: width of the F and actor embeddings' first layer and of their trunks
-    hidden_dim: int = 1024
+    hidden_dim: int = param(1024, ge=1)
     #: output width of each of the two embeddings (s,a) and (s,z) of F and the actor
-    embedding_dim: int = 512
+    embedding_dim: int = param(512, ge=1)
     #: hidden layers of the F / actor trunk after the concatenated embeddings
-    trunk_layers: int = 1
-    backward_hidden_dim: int = 256
-    backward_layers: int = 2
-    num_heads: int = 2
-    lr_f: float = 1e-4
-    lr_b: float = 1e-4
-    lr_actor: float = 1e-4
-    weight_decay: float = 0.0
-    discount: float = 0.98
-    tau: float = 0.01
-    ortho_coef: float = 1.0
-    mix_ratio: float = 0.5
-    actor_std: float = 0.2
-    std_clip: float = 0.3
+    trunk_layers: int = param(1, ge=0)
+    backward_hidden_dim: int = param(256, ge=1)
+    backward_layers: int = param(2, ge=1)
+    num_heads: int = param(2, ge=1)
+    lr_f: float = param(1e-4, gt=0)
+    lr_b: float = param(1e-4, gt=0)
+    lr_actor: float = param(1e-4, gt=0)
+    weight_decay: float = param(0.0, ge=0)
+    discount: float = param(0.98, ge=0, lt=1)
+    tau: float = param(0.01, gt=0, le=1)
+    ortho_coef: float = param(1.0, ge=0)
+    mix_ratio: float = param(0.5, ge=0, le=1)
+    actor_std: float = param(0.2, ge=0)
+    std_clip: float = param(0.3, ge=0)
     #: how the target measure combines ensemble heads
     target_reduction: Literal["mean", "min"] = "mean"
     #: gradient-norm clipping for all networks (0 = off)
-    clip_grad_norm: float = 0.0
+    clip_grad_norm: float = param(0.0, ge=0)
     #: reward samples used by default to infer z at evaluation
-    inference_samples: int = 10_000
+    inference_samples: int = param(10_000, ge=1)
     #: the goal space: observation coordinates that ``B`` reads (``None``: all of them).
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).

@@ -89,7 +89,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Agent, Model
-from zsrl.config import AgentConfig
+from zsrl.config import AgentConfig, param
 from zsrl.nn import mlp, soft_update
 from zsrl.utils import UserError
 
@@ -100,61 +100,61 @@ class FREConfig(AgentConfig):
 
     name: str = "fre"
     #: dimension of the reward encoding ``w`` (the task embedding z)
-    z_dim: int = 128
+    z_dim: int = param(128, ge=1)
     # ---- encoder / decoder ----------------------------------------------------------
     #: K, (state, reward) pairs per encoder context
-    context_size: int = 32
+    context_size: int = param(32, ge=2)
     #: of the K, states from the row's own trajectory (the reached state first)
-    trajectory_context: int = 8
+    trajectory_context: int = param(8, ge=1)
     #: geometric discount of the offsets of those trajectory states
-    trajectory_discount: float = 0.99
+    trajectory_discount: float = param(0.99, gt=0, lt=1)
     #: decoder query states per row
-    decoder_queries: int = 8
+    decoder_queries: int = param(8, ge=1)
     #: reward bins over [-1, 1]
-    reward_bins: int = 32
+    reward_bins: int = param(32, ge=2)
     #: transformer width (half state embedding, half reward embedding)
-    emb_dim: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    mlp_dim: int = 256
-    kl_weight: float = 0.01
+    emb_dim: int = param(128, ge=2)
+    num_layers: int = param(2, ge=1)
+    num_heads: int = param(2, ge=1)
+    mlp_dim: int = param(256, ge=1)
+    kl_weight: float = param(0.01, ge=0)
     # ---- prior over reward functions ------------------------------------------------
-    prior_goal: float = 1 / 3
-    prior_linear: float = 1 / 3
-    prior_mlp: float = 1 / 3
+    prior_goal: float = param(1 / 3, ge=0)
+    prior_linear: float = param(1 / 3, ge=0)
+    prior_mlp: float = param(1 / 3, ge=0)
     #: fixed random reward nets (published 10000)
-    num_random_nets: int = 10_000
-    random_net_hidden: int = 32
+    num_random_nets: int = param(10_000, ge=1)
+    random_net_hidden: int = param(32, ge=1)
     #: probability that a linear-reward weight is kept (not zeroed)
-    linear_keep_prob: float = 0.1
+    linear_keep_prob: float = param(0.1, ge=0, le=1)
     #: goal reached when the RMS standardised distance over ``goal_dims`` is below this
-    goal_threshold: float = 0.2
+    goal_threshold: float = param(0.2, gt=0)
     #: observation dimensions the goal distance uses (empty: all)
     goal_dims: list[int] = field(default_factory=list)
     #: where goals come from: the reached state / its trajectory / (rest) random states
-    goal_from_current: float = 0.2
-    goal_from_trajectory: float = 0.5
+    goal_from_current: float = param(0.2, ge=0, le=1)
+    goal_from_trajectory: float = param(0.5, ge=0, le=1)
     #: seed of the random-MLP bank
-    prior_seed: int = 0
+    prior_seed: int = param(0, ge=0)
     # ---- IQL policy -----------------------------------------------------------------
-    hidden_dim: int = 512
-    hidden_layers: int = 3
-    lr: float = 1e-4
-    discount: float = 0.99
-    expectile: float = 0.8
-    temperature: float = 3.0
-    max_weight: float = 100.0
-    tau: float = 0.001
+    hidden_dim: int = param(512, ge=1)
+    hidden_layers: int = param(3, ge=1)
+    lr: float = param(1e-4, gt=0)
+    discount: float = param(0.99, ge=0, lt=1)
+    expectile: float = param(0.8, gt=0, lt=1)
+    temperature: float = param(3.0, ge=0)
+    max_weight: float = param(100.0, gt=0)
+    tau: float = param(0.001, gt=0, le=1)
     #: gradient-norm clipping (0 = off)
-    clip_grad_norm: float = 0.0
+    clip_grad_norm: float = param(0.0, ge=0)
     #: updates of the first phase (encoder + decoder only); the policy trains afterwards
-    encoder_steps: int = 1_000_000
+    encoder_steps: int = param(1_000_000, ge=0)
     # ---- observations and prompting -----------------------------------------------------
     normalize_obs: bool = True
     #: dataset states kept in the model for goal prompting and sample_z
-    prompt_bank_size: int = 1024
+    prompt_bank_size: int = param(1024, ge=1)
     #: reward samples used by default to infer z at evaluation (K: one context, as published)
-    inference_samples: int = 32
+    inference_samples: int = param(32, ge=1)
 
 
 def validate_config(cfg: FREConfig, obs_dim: int) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 
 from zsrl.agents.base import Agent, Model
-from zsrl.config import AgentConfig
+from zsrl.config import AgentConfig, param
 from zsrl.data import as_transitions
 from zsrl.nn import clipped_noise_action, mlp, soft_update
 
@@ -39,19 +39,19 @@ class TD3Config(AgentConfig):
     """Offline TD3 (ExORL's supervised baseline: width 1024, lr 1e-4, γ 0.99)."""
 
     name: str = "td3"
-    z_dim: int = 1
-    hidden_dim: int = 1024
-    hidden_layers: int = 2
-    lr: float = 1e-4
-    discount: float = 0.99
-    tau: float = 0.01
-    policy_noise: float = 0.2
-    noise_clip: float = 0.3
+    z_dim: int = param(1, ge=1)
+    hidden_dim: int = param(1024, ge=1)
+    hidden_layers: int = param(2, ge=1)
+    lr: float = param(1e-4, gt=0)
+    discount: float = param(0.99, ge=0, lt=1)
+    tau: float = param(0.01, gt=0, le=1)
+    policy_noise: float = param(0.2, ge=0)
+    noise_clip: float = param(0.3, ge=0)
     #: β of the behaviour-cloning term (0 = plain offline TD3)
-    bc_weight: float = 0.0
+    bc_weight: float = param(0.0, ge=0)
     #: relabelling chunk size (transitions per call of the domain's reward function)
-    relabel_chunk: int = 50_000
-    inference_samples: int = 1
+    relabel_chunk: int = param(50_000, ge=1)
+    inference_samples: int = param(1, ge=1)
 
 
 class TD3Model(Model):

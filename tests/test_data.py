@@ -48,13 +48,13 @@ def test_nan_is_reported_with_key_and_row(tmp_path):
     arrays["next_observation"][5, 1] = np.nan
     with pytest.raises(DatasetError, match="next/observation has non-finite values .* first at row 5"):
         from_numpy(arrays, {"domain": "x"})
-    # a file corrupted on disk is caught on load too
+    # a file corrupted on disk is caught on load too (by its checksum)
     path = _save(tmp_path)
     leaf = next((path / "tensors").rglob("observation.memmap"))
     data = np.memmap(leaf, dtype=np.float32, mode="r+")
     data[3] = np.nan
     data.flush()
-    with pytest.raises(DatasetError, match="non-finite"):
+    with pytest.raises(DatasetError, match="observation.memmap is corrupt: its sha256 differs"):
         OfflineDataset.load(path)
 
 

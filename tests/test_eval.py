@@ -154,7 +154,7 @@ def test_bad_eval_options_are_one_paragraph_errors(run, tmp_path, capsys, args, 
 def test_collect_refuses_zero_envs(tmp_path, capsys):
     assert main(["collect", "--domain", "point_mass_maze", "--num-envs", "0", "--transitions", "10",
                  "--out", str(tmp_path / "d")]) == 2
-    assert "--num-envs must be at least 1, got 0" in capsys.readouterr().err
+    assert "--num-envs must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_nan_rewards_on_the_rollouts_are_refused(run, tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ paragraph without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import textwrap
@@ -62,7 +63,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", help="sb3 collector: a stable-baselines3 model .zip")
     p.add_argument("--action-noise", type=float, default=0.0, help="sb3 collector: Gaussian action noise std")
     p.add_argument("--device", default="cpu", help="device of the RND explorer's networks (default: cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dataset directory")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -84,10 +85,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="preset name (see `zsrl presets`) or a YAML file")
     p.add_argument("--agent", help="instead of --config: the agent's generic preset (GPU size when "
                    "CUDA is available, else CPU size) on the dataset's own domain, e.g. --agent fb")
-    p.add_argument("--dataset", help="dataset directory from `zsrl collect`")
+    p.add_argument("--dataset", help="dataset directory from `zsrl collect` (with --resume: the run's "
+                   "dataset at a new place)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a run directory")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 
@@ -185,7 +187,6 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     from zsrl.explore import RNDConfig
     from zsrl.registry import make_domain
 
-    _at_least_one("--num-envs", args.num_envs)
     domain = make_domain(args.domain)
     ds = collect_to_disk(
         domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
@@ -235,10 +236,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from zsrl.train import resume_run, start_run
 
     if args.resume:
-        if args.config or args.agent or args.dataset or args.overrides:
-            raise UserError("--resume RUN_DIR takes no --config, --agent, --dataset or overrides: "
-                            "the run's own config is used")
-        resume_run(args.resume)
+        if args.config or args.agent or args.out or args.overrides or args.overwrite:
+            raise UserError(
+                "--resume RUN_DIR takes no --config, --agent, --out, --overwrite or overrides: the run's "
+                "own config is used (only --dataset, to point at its dataset where it moved)"
+            )
+        resume_run(args.resume, dataset=args.dataset)
         return
     if args.config and args.agent:
         raise UserError("give --config PRESET or --agent AGENT, not both")
@@ -337,20 +340,41 @@ COMMANDS = {
 }
 
 
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _print_error(command: str, message: str) -> None:
+    print(textwrap.fill(f"zsrl {command}: error: {message}", width=100, break_long_words=False,
+                        break_on_hyphens=False), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from zsrl.interrupt import TerminateAsInterrupt
+
+    term = TerminateAsInterrupt()
     try:
-        COMMANDS[args.command](args)
+        with term:
+            COMMANDS[args.command](args)
     except UserError as exc:
-        print(textwrap.fill(f"zsrl {args.command}: error: {exc}", width=100, break_long_words=False,
-                            break_on_hyphens=False), file=sys.stderr)
+        _print_error(args.command, str(exc))
+        return int(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a storage failure that no caller put in words
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        from zsrl.utils import describe_os_error
+
+        where = f" ({exc.filename})" if exc.filename else ""
+        _print_error(args.command, f"{describe_os_error(exc)}{where}. Fix the storage (free space, permissions) "
+                     "and run the command again.")
         return 2
     except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"zsrl {args.command}: interrupted; nothing partial was left behind.", file=sys.stderr)
-        return 130
+        print(f"zsrl {args.command}: {'terminated' if term.terminated else 'interrupted'}; nothing partial "
+              "was left behind.", file=sys.stderr)
+        return 143 if term.terminated else 130
     return 0
 
 

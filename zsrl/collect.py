@@ -20,9 +20,11 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from zsrl.data import OfflineDataset, from_numpy
+from zsrl.data import OfflineDataset, env_dims, from_numpy
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
-from zsrl.utils import UserError, now_iso, versions
+from zsrl.lock import writer_lock
+from zsrl.owned import check_out
+from zsrl.utils import UserError, fault_point, now_iso, resolve_device, versions
 
 COLLECTORS = ("random", "sticky", "rnd", "sb3")
 
@@ -97,6 +99,12 @@ def make_explorer(
     raise UserError(f"unknown collector {collector!r}; choose one of {', '.join(COLLECTORS)}")
 
 
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
 def collect(
     domain: Any,
     explorer: Any,
@@ -113,8 +121,7 @@ def collect(
     Returns an in-memory :class:`OfflineDataset` whose metadata records the domain,
     collector, seed, throughput and package versions.
     """
-    if num_transitions <= 0:
-        raise UserError("--transitions must be positive")
+    _check_counts(transitions=num_transitions, num_envs=num_envs)
     envs = make_vector_env(domain, num_envs, seed, asynchronous)
     store_physics = domain.has_physics
     episodes: list[_Episode] = []
@@ -221,19 +228,28 @@ def collect_to_disk(
     progress: bool = True,
     domain_spec: str | None = None,
 ) -> OfflineDataset:
-    """Collect and save atomically to ``out`` (with ``coverage.png`` where the domain draws)."""
+    """Collect and save atomically to ``out`` (with ``coverage.png`` where the domain draws).
+
+    Everything that can be checked is checked before collecting; ``overwrite`` replaces only
+    a dataset directory, and one process at a time writes ``out``.
+    """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    env = domain.make_env(seed=seed)
-    obs_dim = int(np.prod(env.observation_space.shape))
-    action_dim = int(np.prod(env.action_space.shape))
-    env.close()
+    _check_counts(transitions=num_transitions, num_envs=num_envs, hold=hold)
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    if collector == "rnd" and rnd is not None:
+        resolve_device(rnd.device)  # a clear error for --device gpu0
+    if not action_noise >= 0:
+        raise UserError(f"--action-noise must be >= 0, got {action_noise!r}")
+    check_out(out, "dataset", overwrite)  # fail before collecting
+    obs_dim, action_dim = env_dims(domain, seed)
     explorer = make_explorer(collector, obs_dim, action_dim, num_transitions, seed, policy, action_noise, rnd, hold)
-    dataset = collect(
-        domain, explorer, num_transitions, num_envs=num_envs, seed=seed,
-        asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
-    )
-    png = coverage_png(domain, dataset)
-    dataset.save(out, overwrite=overwrite, extra_files={"coverage.png": png} if png else None)
+    with writer_lock(out, "dataset"):
+        dataset = collect(
+            domain, explorer, num_transitions, num_envs=num_envs, seed=seed,
+            asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
+        )
+        fault_point("collect:collected")
+        png = coverage_png(domain, dataset)
+        dataset.save(out, overwrite=overwrite, extra_files={"coverage.png": png} if png else None)
     return dataset

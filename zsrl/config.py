@@ -12,11 +12,17 @@ some of its keys; the chain ends at a preset without ``base:``, whose unstated k
 dataclass defaults. ``configs/<agent>/generic.yaml`` (published size, for a GPU) and
 ``generic_cpu.yaml`` (sized for a laptop CPU) are the roots; they carry no domain, which
 ``zsrl train --agent AGENT`` takes from the dataset.
+
+Values are checked where they are declared: a field made with :func:`param` carries its
+bounds (``lr: float = param(1e-4, gt=0)``), and a dataclass may define ``check(self)`` for
+relations between its fields. :func:`from_dict` enforces both, so a bad value stops a
+command before it creates any folder, with an error that names the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -31,23 +37,72 @@ from zsrl.utils import UserError
 
 T = TypeVar("T")
 
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    why: str = "",
+) -> Any:
+    """A dataclass field with bounds, enforced by :func:`from_dict` (``why`` joins the error)."""
+    bounds = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    return field(default=default, default_factory=default_factory,
+                 metadata={"bounds": bounds, "why": why})
+
+
+def _in_bounds(value: float, op: str, bound: float) -> bool:
+    return {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[op]
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check every bounded field of dataclass ``cfg`` (recursively) and its ``check()`` relations.
+
+    Raises :class:`UserError` naming the first offending key.
+    """
+    for f in fields(cfg):
+        bounds = f.metadata.get("bounds")
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            validate(value, f"{prefix}.{f.name}" if prefix else f.name)
+            continue
+        if not bounds or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        failed = [op for op, bound in bounds.items() if not (math.isfinite(value) and _in_bounds(value, op, bound))]
+        if failed:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            need = " and ".join(f"{_BOUND_TEXT[op]} {bounds[op]:g}" for op in bounds)
+            why = f" ({f.metadata['why']})" if f.metadata.get("why") else ""
+            raise UserError(f"{key} = {value!r} is out of range: it must be {need}{why}")
+    check = getattr(cfg, "check", None)
+    if callable(check):
+        try:
+            check()
+        except UserError as exc:
+            raise UserError(f"{prefix + ': ' if prefix else ''}{exc}") from None
+
 
 @dataclass
 class TrainConfig:
     """Options of the training loop shared by every agent."""
 
-    steps: int = 100_000
-    batch_size: int = 1024
-    seed: int = 0
+    steps: int = param(100_000, ge=1)
+    batch_size: int = param(1024, ge=2, why="the losses contrast the samples of a batch")
+    seed: int = param(0, ge=0)
     device: str = "auto"
     #: metrics are read back from the device (one host sync) every ``log_every`` updates
-    log_every: int = 1000
-    checkpoint_every: int = 10_000
+    log_every: int = param(1000, ge=1)
+    checkpoint_every: int = param(10_000, ge=1)
     #: periodic zero-shot evaluation (0 = off) on ``eval_tasks`` with ``eval_episodes`` each
-    eval_every: int = 0
+    eval_every: int = param(0, ge=0)
     eval_tasks: list[str] = field(default_factory=list)
-    eval_episodes: int = 2
-    eval_reward_samples: int = 10_000
+    eval_episodes: int = param(2, ge=1)
+    eval_reward_samples: int = param(10_000, ge=1)
     compile: bool = False
     cudagraphs: bool = False
     tensorboard: bool = False
@@ -65,7 +120,7 @@ class AgentConfig:
     #: :func:`zsrl.data.held_action_transitions`), so the discount applies per decision and
     #: the effective horizon is ``k / (1 − γ)`` environment steps. Returns are still summed
     #: over every environment step.
-    action_repeat: int = 1
+    action_repeat: int = param(1, ge=1)
 
 
 @dataclass
@@ -160,7 +215,10 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in data.items()
     }
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    if cls is not RunConfig:  # a RunConfig is checked once its agent section is parsed
+        validate(out, prefix)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -180,6 +238,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
         raise UserError("config: 'agent' must be a mapping with a 'name' (e.g. agent: {name: fb})")
     cfg = from_dict(RunConfig, data)
     cfg.agent = from_dict(agent_config_class(agent["name"]), agent, "agent")
+    validate(cfg)
     return cfg
 
 

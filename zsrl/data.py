@@ -26,7 +26,9 @@ Rewards are not stored: tasks relabel transitions with ``Domain.reward``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,21 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from zsrl.utils import UserError, atomic_directory, atomic_write_json, now_iso, read_json, versions
+from zsrl.owned import check_replaceable, is_dataset_dir
+from zsrl.utils import (
+    StorageError,
+    UserError,
+    atomic_directory,
+    atomic_write_json,
+    complete_copy,
+    describe_os_error,
+    now_iso,
+    old_copy,
+    read_json_object,
+    sha256_file,
+    storage_errors,
+    versions,
+)
 
 FORMAT_VERSION = 1
 
@@ -135,9 +151,17 @@ class OfflineDataset:
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False, extra_files: Mapping[str, bytes] | None = None) -> Path:
-        """Write atomically: an interrupted save leaves nothing that loads as a dataset."""
+        """Write atomically: an interrupted save leaves nothing that loads as a dataset.
+
+        ``overwrite`` replaces only a dataset directory (see :mod:`zsrl.owned`). The free
+        space is checked first: the memory-mapped write would otherwise die of SIGBUS on a
+        full disk.
+        """
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite) as tmp:
+        if overwrite and path.exists():
+            check_replaceable(path, "dataset")
+        with atomic_directory(path, overwrite=overwrite) as tmp, storage_errors(f"write the dataset {path}"):
+            _check_free_space(tmp, int(self.data.bytes()) + sum(len(b) for b in (extra_files or {}).values()))
             self.data.memmap(tmp / "tensors", num_threads=0)
             for name, blob in (extra_files or {}).items():
                 (tmp / name).write_bytes(blob)
@@ -151,6 +175,7 @@ class OfflineDataset:
             }
             meta.setdefault("created", now_iso())
             meta.setdefault("versions", versions())
+            meta["sha256"] = _tensor_checksums(tmp / "tensors")
             atomic_write_json(tmp / "meta.json", meta)
         self.meta = meta
         return path
@@ -169,6 +194,8 @@ class OfflineDataset:
         is given) a dataset collected on another domain.
         """
         path = Path(path)
+        if not path.is_dir() and complete_copy(path, is_dataset_dir) is not None:
+            path = old_copy(path)  # an overwrite was killed between its two renames
         if not path.is_dir():
             partial = sorted(path.parent.glob(f".{path.name}.*.partial")) if path.parent.is_dir() else []
             hint = (
@@ -182,7 +209,7 @@ class OfflineDataset:
                 f"{path} is not a zsrl dataset (no meta.json). Datasets are written by "
                 "`zsrl collect`; an interrupted collection never leaves one behind."
             )
-        meta = read_json(meta_path, f"dataset {path}")
+        meta = read_json_object(meta_path, f"dataset {path}")
         version = meta.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise DatasetError(
@@ -196,9 +223,12 @@ class OfflineDataset:
                 f"`zsrl collect --domain {domain}`) or set domain={meta.get('domain')}."
             )
         _check_leaf_files(path / "tensors")
+        _verify_checksums(path, meta.get("sha256"))
         try:
             stored = TensorDict.load_memmap(path / "tensors")
-        except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:  # corrupt folder
+        except PermissionError as exc:
+            raise StorageError(f"dataset {path}: cannot read {exc.filename}: {describe_os_error(exc)}") from None
+        except (RuntimeError, ValueError, OSError, KeyError, TypeError, AttributeError) as exc:  # corrupt folder
             raise DatasetError(
                 f"dataset {path} cannot be read ({type(exc).__name__}: {exc}). The files are "
                 "corrupt or incomplete; re-collect the dataset."
@@ -275,15 +305,21 @@ def _check_leaf_files(root: Path) -> None:
     for meta_file in root.rglob("meta.json"):
         try:
             meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise DatasetError(f"{meta_file} is corrupt; re-collect the dataset.") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {meta_file}: {describe_os_error(exc)}") from None
+        if not isinstance(meta, dict):
+            raise DatasetError(f"{meta_file} is corrupt (not a JSON object); re-collect the dataset.")
         for leaf, info in meta.items():
             if not isinstance(info, dict) or "shape" not in info or "dtype" not in info:
                 continue
             file = meta_file.parent / f"{leaf}.memmap"
             if not file.is_file():
                 raise DatasetError(f"{file} is missing; the dataset is incomplete, re-collect it.")
-            dtype = getattr(torch, str(info["dtype"]).removeprefix("torch."))
+            dtype = getattr(torch, str(info["dtype"]).removeprefix("torch."), None)
+            if not isinstance(dtype, torch.dtype) or not isinstance(info["shape"], list):
+                raise DatasetError(f"{meta_file} is corrupt (bad dtype or shape of {leaf}); re-collect the dataset.")
             expected = int(np.prod(info["shape"])) * torch.empty((), dtype=dtype).element_size()
             actual = file.stat().st_size
             if actual < expected:
@@ -291,6 +327,76 @@ def _check_leaf_files(root: Path) -> None:
                     f"{file} is truncated ({actual} of {expected} bytes); the dataset is "
                     "corrupt, re-collect it."
                 )
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies a dataset directory's contents cheaply: the sha256 of its meta.json
+    (which records the collection's time, seed and sizes) and the bytes of its tensors."""
+    path = Path(path)
+    with storage_errors(f"read the dataset {path}"):
+        meta = (path / "meta.json").read_bytes()
+        size = sum(f.stat().st_size for f in (path / "tensors").rglob("*") if f.is_file())
+    return {"meta_sha256": hashlib.sha256(meta).hexdigest(), "tensor_bytes": size}
+
+
+def env_dims(domain: Any, seed: int = 0) -> tuple[int, int]:
+    """``(obs_dim, action_dim)`` of the domain's env; a failing env is a one-paragraph error."""
+    try:
+        env = domain.make_env(seed=seed)
+        dims = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+        env.close()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — a plug-in's own failure, told in one paragraph
+        raise UserError(
+            f"domain {getattr(domain, 'name', domain)!r} cannot make its environment: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    return dims
+
+
+def check_fits_domain(data: OfflineDataset, domain: Any, where: str) -> None:
+    """Refuse a dataset whose observation or action size differs from ``domain``'s env."""
+    obs_dim, act_dim = env_dims(domain)
+    if (data.obs_dim, data.action_dim) != (obs_dim, act_dim):
+        raise DatasetError(
+            f"dataset {where} has observations of size {data.obs_dim} and actions of size "
+            f"{data.action_dim}, but domain {domain.name!r} has {obs_dim} and {act_dim}; it was "
+            f"collected with another version or variant of the domain. Re-collect it with `zsrl collect`."
+        )
+
+
+def _tensor_checksums(root: Path) -> dict[str, str]:
+    return {f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def _verify_checksums(path: Path, expected: Any) -> None:
+    """Compare the tensor files with the checksums meta.json recorded (datasets since v0.2)."""
+    if expected is None:
+        return
+    if not isinstance(expected, dict):
+        raise DatasetError(f"dataset {path}: meta.json is corrupt (bad checksum table); re-collect it.")
+    with storage_errors(f"read the dataset {path}"):
+        for rel, digest in expected.items():
+            file = path / "tensors" / rel
+            if not file.is_file():
+                raise DatasetError(f"{file} is missing; the dataset is incomplete, re-collect it.")
+            if sha256_file(file) != digest:
+                raise DatasetError(
+                    f"{file} is corrupt: its sha256 differs from the one recorded when the dataset "
+                    "was written (a damaged disk or copy, or an edit). Re-collect the dataset or "
+                    "copy it again."
+                )
+
+
+def _check_free_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed * 1.05 + (16 << 20):
+        raise StorageError(
+            f"cannot write the dataset: it needs {needed / 2**20:,.0f} MiB but only "
+            f"{free / 2**20:,.0f} MiB are free on {directory.parent}. Free some space or choose "
+            "another --out."
+        )
 
 
 def _validate(data: TensorDict, what: str) -> None:

@@ -34,7 +34,16 @@ import numpy as np
 import torch
 
 from zsrl.agents.base import CheckpointError, Model
-from zsrl.checkpoint import CHECKPOINT, FINAL_MODEL, check_model_fits_domain
+from zsrl.checkpoint import (
+    CHECKPOINT,
+    FINAL_MODEL,
+    check_model_fits_domain,
+    find_checkpoint,
+    find_final_model,
+    is_complete,
+    load_model_dir,
+    read_manifest,
+)
 from zsrl.collect import make_vector_env, reached_states
 from zsrl.config import run_config_from_dict
 from zsrl.data import OfflineDataset, as_transitions
@@ -337,25 +346,29 @@ def load_scored_model(
     checkpoint, and the notes say so; an unfinished run (no ``model/``) scores its checkpoint.
     """
     notes: list[str] = []
-    final, checkpoint = run_dir / FINAL_MODEL, run_dir / CHECKPOINT
-    if final.exists():
+    final = find_final_model(run_dir)
+    if final is not None:
         try:
-            model = Model.load(final, device=device)
-            step = int(model.meta.get("step", total_steps))  # type: ignore[attr-defined]
+            model = load_model_dir(final, device=device)
+            step = int(read_manifest(final).get("step", total_steps)) if is_complete(final) else total_steps
             scored = ScoredModel("final model", str(final), step, total_steps)
             return check_model_fits_domain(model, domain, run_dir), scored, notes
         except CheckpointError as exc:
             notes.append(f"the final model is incomplete or unreadable ({exc}); scored the last "
                          "complete checkpoint instead")
-    if not checkpoint.exists():
+    elif (run_dir / FINAL_MODEL).exists():
+        notes.append(f"the final model in {run_dir / FINAL_MODEL} is incomplete (its write was "
+                     "interrupted); scored the last complete checkpoint instead")
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
         problem = f" ({notes[0]})" if notes else ""
         raise CheckpointError(
             f"{run_dir} has no usable trained model ({FINAL_MODEL}/ or {CHECKPOINT}/){problem}; "
             "train one with `zsrl train` or resume the run with `zsrl train --resume`"
         )
-    model = Model.load(checkpoint, device=device)
-    progress = read_json(checkpoint / "progress.json", f"checkpoint of {run_dir}")
-    scored = ScoredModel("checkpoint", str(checkpoint), int(progress.get("step", 0)), total_steps)
+    model = load_model_dir(checkpoint, device=device)
+    scored = ScoredModel("checkpoint", str(checkpoint), int(read_manifest(checkpoint).get("step", 0)),
+                         total_steps)
     if not notes:
         notes.append(f"the run is unfinished (no {FINAL_MODEL}/): scored its checkpoint at step "
                      f"{scored.step:,} of {total_steps:,}")

@@ -105,7 +105,12 @@ def make_domain(name: str) -> Domain:
     from zsrl.envs.base import Domain
 
     factory = _resolve("zsrl.domains", _BUILTIN_DOMAINS, name)
-    domain = factory() if callable(factory) else factory
+    try:
+        domain = factory() if callable(factory) else factory
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — a plug-in's own failure, told in one paragraph
+        raise RegistryError(f"domain {name!r} could not be created: {type(exc).__name__}: {exc}") from None
     if not isinstance(domain, Domain):
         raise RegistryError(
             f"domain {name!r} gives a {type(domain).__name__}, not a zsrl Domain: subclass "

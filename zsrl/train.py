@@ -1,29 +1,36 @@
 """The training loop shared by every agent.
 
 Per update: sample a batch on the training device → ``agent.update(batch)`` → accumulate
-the metric tensors on the device. Every ``log_every`` updates the accumulated metrics are
-read back in one transfer (the only host synchronisation), written to ``metrics.csv`` (and
-TensorBoard when enabled) and shown on the progress bar with updates/s. Every
-``checkpoint_every`` updates, and at the end, ``RUN_DIR/checkpoint`` is replaced atomically.
+the metric tensors on the device (:mod:`zsrl.guard`). Every ``log_every`` updates the
+accumulated metrics are read back in one transfer (the only host synchronisation), checked
+for divergence, written to ``metrics.csv`` (and TensorBoard when enabled) and shown on the
+progress bar with updates/s. Every ``checkpoint_every`` updates, and at the end,
+``RUN_DIR/checkpoint`` is replaced by renames (:mod:`zsrl.checkpoint`) — never with
+non-finite weights.
 
 A run directory::
 
     config.json     the resolved RunConfig
-    run.json        dataset, seed, package versions, start time, command
+    run.json        dataset (path and fingerprint), seed, package versions, start time, command
     metrics.csv     step, wall time, updates/s, every metric
     eval.csv        periodic zero-shot evaluation (when train.eval_every > 0)
-    checkpoint/     latest checkpoint (see zsrl.checkpoint)
+    checkpoint/     latest checkpoint (.checkpoint.old: the one before)
     model/          final inference model
 
-``resume_run(RUN_DIR)`` restores agent, optimizers, targets, RNG states and the step, so a
-run interrupted at step k and resumed reaches the same parameters at step n as an
-uninterrupted one.
+Safety: every value of the config is validated, and the dataset loaded and checked against
+the domain, before the run directory is created; ``--overwrite`` replaces only a run
+directory (:mod:`zsrl.owned`); one process at a time writes a run (:mod:`zsrl.lock`).
+SIGTERM and Ctrl-C save a checkpoint of the current step before exiting.
+
+``resume_run(RUN_DIR)`` restores agent, optimizers, targets, RNG states, the step and the
+metrics accumulated since the last row, so a run interrupted at step k and resumed reaches
+the same parameters and metric rows at step n as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import csv
-import shutil
+import io
 import sys
 import time
 from dataclasses import asdict
@@ -36,21 +43,38 @@ from tqdm.auto import tqdm
 from zsrl.checkpoint import (
     CHECKPOINT,
     FINAL_MODEL,
+    find_checkpoint,
+    find_final_model,
     load_training_state,
     rng_state,
     save_checkpoint,
+    save_final_model,
     set_rng_state,
 )
-from zsrl.config import RunConfig, load_run_config, run_config_from_dict
-from zsrl.data import OfflineDataset, held_action_transitions
+from zsrl.config import RunConfig, load_run_config, run_config_from_dict, validate
+from zsrl.data import (
+    DatasetError,
+    OfflineDataset,
+    check_fits_domain,
+    fingerprint,
+    held_action_transitions,
+)
+from zsrl.guard import MetricAccumulator, diverged, nonfinite_parameter
+from zsrl.interrupt import Interrupted, StopRequests
+from zsrl.lock import writer_lock
+from zsrl.owned import check_out, create_dir, is_run_dir
 from zsrl.registry import agent_class, make_domain
 from zsrl.utils import (
     UserError,
+    atomic_write_bytes,
     atomic_write_json,
+    fault_point,
     now_iso,
-    read_json,
+    read_json_object,
+    remove_stale_partials,
     resolve_device,
     seed_everything,
+    storage_errors,
     versions,
 )
 
@@ -74,26 +98,50 @@ class MetricsLog:
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-        with self.path.open() as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
+        """Drop rows logged after the checkpoint we resume from (they will be logged again).
+
+        A last row cut short by a kill is dropped; any other unreadable row is an error.
+        """
+        text = self.path.read_text(errors="replace")
+        lines = text.splitlines(keepends=True)
+        if not lines or not lines[0].endswith("\n"):  # empty, or killed while writing the header
+            self.path.unlink()
             return
-        self.fields = list(rows[0].keys())
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(r for r in rows if int(r["step"]) <= step)
+        header = next(csv.reader([lines[0]]))
+        if not header or header[0] != "step":
+            raise UserError(f"{self.path} is corrupt (its header is not a metrics header); move it "
+                            "away to resume (its rows up to the checkpoint will be missing)")
+        self.fields = header
+        keep = [lines[0]]
+        for i, line in enumerate(lines[1:], start=2):
+            row = next(csv.reader([line]), [])
+            try:
+                ok = len(row) == len(header) and line.endswith("\n")
+                row_step = int(row[0])
+            except (ValueError, IndexError):
+                ok = False
+            if not ok:
+                if i == len(lines):  # a row torn by a kill mid-write
+                    break
+                raise UserError(f"{self.path} is corrupt at line {i}; move it away to resume "
+                                "(its rows up to the checkpoint will be missing)")
+            if row_step <= step:
+                keep.append(line)
+        with storage_errors(f"rewrite {self.path}"):
+            atomic_write_bytes(self.path, "".join(keep).encode())
 
     def write(self, row: dict[str, Any]) -> None:
         new = self.fields is None
         if new:
             self.fields = list(row)
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        with storage_errors(f"append to {self.path}", "The last checkpoint is intact; resume with "
+                            f"`zsrl train --resume {self.path.parent}`."), self.path.open("a", newline="") as f:
+            f.write(buf.getvalue())
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -104,7 +152,8 @@ class MetricsLog:
             self.tb.close()
 
 
-def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.device):
+def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.device) -> Any:
+    """The agent of ``cfg`` for these dimensions, on ``device``."""
     cls = agent_class(cfg.agent.name)
     if cls.needs_task and not cfg.task:
         raise UserError(f"agent {cfg.agent.name!r} is supervised: set the task to learn, e.g. task=walk")
@@ -115,14 +164,29 @@ def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.dev
     return cls(obs_dim, action_dim, cfg.agent, device)
 
 
+def _check_names(cfg: RunConfig, domain: Any) -> None:
+    tasks = list(domain.tasks)
+    unknown = [t for t in ([cfg.task] if cfg.task else []) + (cfg.train.eval_tasks if cfg.train.eval_every else [])
+               if t not in tasks]
+    if unknown:
+        raise UserError(f"domain {domain.name!r} has no task {', '.join(map(repr, unknown))}; its tasks: "
+                        f"{', '.join(tasks)}")
 
-def _prepare_run_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            hint = f"resume it with `zsrl train --resume {out}`, " if (out / CHECKPOINT).exists() else ""
-            raise UserError(f"run directory {out} already exists; {hint}choose another --out or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _prepare(cfg: RunConfig, dataset: Path) -> tuple[Any, OfflineDataset, OfflineDataset, Any]:
+    """Domain, device, dataset, the transitions the agent trains on (held-action windows when
+    ``agent.action_repeat > 1``) and a seeded, set-up agent: everything that can fail on bad
+    input, done before a run directory is touched."""
+    domain = make_domain(cfg.domain)
+    _check_names(cfg, domain)
+    device = resolve_device(cfg.train.device)
+    data = OfflineDataset.load(dataset, device=device, domain=domain.name)
+    check_fits_domain(data, domain, str(dataset))
+    seed_everything(cfg.train.seed)
+    train_data = held_action_transitions(data, cfg.agent.action_repeat)
+    agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
+    agent.setup(train_data, domain, cfg.task)
+    return domain, data, train_data, agent
 
 
 def start_run(
@@ -132,98 +196,195 @@ def start_run(
     overrides: list[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Start a new run from a preset/YAML (plus overrides) or a RunConfig; returns RUN_DIR."""
-    cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
+    """Start a new run from a preset/YAML (plus overrides) or a RunConfig; returns RUN_DIR.
+
+    ``overwrite`` replaces ``out`` only if it is a run directory (see :mod:`zsrl.owned`).
+    """
     if isinstance(config, RunConfig) and overrides:
         raise UserError("overrides apply to presets; edit the RunConfig directly instead")
-    out = Path(out)
-    domain = make_domain(cfg.domain)
-    device = resolve_device(cfg.train.device)
-    data = OfflineDataset.load(dataset, device=device, domain=domain.name)
-    _prepare_run_dir(out, overwrite)
-    atomic_write_json(out / "config.json", asdict(cfg))
-    atomic_write_json(
-        out / "run.json",
-        {
-            "dataset": str(Path(dataset).resolve()),
-            "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
-            "seed": cfg.train.seed,
-            "device": str(device),
-            "started": now_iso(),
-            "command": " ".join(sys.argv),
-            "versions": versions(),
-        },
-    )
-    _train(cfg, data, domain, out, device, resume=False)
+    cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
+    validate(cfg)
+    out, dataset = Path(out), Path(dataset)
+    check_out(out, "run", overwrite, protect=(dataset,))  # fail fast; checked again under the lock
+    domain, data, train_data, agent = _prepare(cfg, dataset)
+    run_info = {
+        "dataset": str(dataset.resolve()),
+        "dataset_fingerprint": fingerprint(dataset),
+        "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
+        "seed": cfg.train.seed,
+        "device": str(agent.device),
+        "started": now_iso(),
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+    }
+    with writer_lock(out, "run"):
+        with storage_errors(f"create the run directory {out}"):
+            create_dir(out, "run", overwrite, {"config.json": asdict(cfg), "run.json": run_info}, protect=(dataset,))
+        _train(cfg, data, train_data, domain, out, agent, start=0, loop={}, resumed=False)
     return out
 
 
-def resume_run(run_dir: str | Path) -> Path:
-    """Continue an interrupted run from ``RUN_DIR/checkpoint`` (or restart it if it has none)."""
+def _dataset_of(run_dir: Path, run: dict[str, Any], dataset: str | Path | None) -> Path:
+    """The run's dataset (or ``dataset``, a moved copy), checked against its fingerprint."""
+    recorded = run.get("dataset")
+    if not isinstance(recorded, str):
+        raise UserError(f"{run_dir}/run.json is corrupt (no dataset path)")
+    path = Path(dataset) if dataset is not None else Path(recorded)
+    if not path.exists():
+        raise DatasetError(
+            f"the dataset of run {run_dir} is gone from {path}. If it moved, resume with "
+            f"`zsrl train --resume {run_dir} --dataset NEW_PLACE`."
+        )
+    expected = run.get("dataset_fingerprint")
+    if expected is not None and (path / "meta.json").is_file() and fingerprint(path) != expected:
+        raise DatasetError(
+            f"the dataset at {path} is not the one run {run_dir} started on (its meta.json or "
+            "size differ: it was re-collected or replaced). Resuming on other data would mix two "
+            "datasets in one run; pass the original with `--dataset`, or start a new run."
+        )
+    return path
+
+
+def _checkpointed_before(run_dir: Path, cfg: RunConfig) -> str | None:
+    """Evidence that ``run_dir`` once had a complete checkpoint (so that its absence is a loss).
+
+    The first periodic checkpoint is written before any later step runs, so a metric row past
+    it proves one existed; a run killed before it simply starts again from step 0.
+    """
+    if (run_dir / FINAL_MODEL).exists():
+        return f"it has a {FINAL_MODEL}/ folder"
+    first = min(cfg.train.checkpoint_every, cfg.train.steps)
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        steps = [int(f) for f in (line.split(",", 1)[0] for line in metrics.read_text(errors="replace").splitlines())
+                 if f.isdigit()]
+        if steps and max(steps) > first:
+            return f"{metrics} has rows up to step {max(steps)}, past the first checkpoint at step {first}"
+    return None
+
+
+def resume_run(run_dir: str | Path, dataset: str | Path | None = None) -> Path:
+    """Continue an interrupted run from its checkpoint (or restart one that never made one).
+
+    ``dataset`` points at the run's dataset where it moved; it must be the same data.
+    """
     run_dir = Path(run_dir)
-    cfg = run_config_from_dict(read_json(run_dir / "config.json", f"run {run_dir}"))
-    run = read_json(run_dir / "run.json", f"run {run_dir}")
-    domain = make_domain(cfg.domain)
-    device = resolve_device(cfg.train.device)
-    data = OfflineDataset.load(run["dataset"], device=device, domain=domain.name)
-    _train(cfg, data, domain, run_dir, device, resume=(run_dir / CHECKPOINT).exists())
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not a zsrl run directory (no run.json); start one with `zsrl train`")
+    with writer_lock(run_dir, "run"):
+        cfg = run_config_from_dict(read_json_object(run_dir / "config.json", f"run {run_dir}"))
+        run = read_json_object(run_dir / "run.json", f"run {run_dir}")
+        data_path = _dataset_of(run_dir, run, dataset)
+        domain, data, train_data, agent = _prepare(cfg, data_path)
+        for sub in (CHECKPOINT, FINAL_MODEL):
+            remove_stale_partials(run_dir / sub)  # debris of killed writers (we hold the lock)
+        start, loop = 0, {}
+        if find_checkpoint(run_dir) is not None:
+            start, loop = load_training_state(run_dir, agent)
+        elif (why := _checkpointed_before(run_dir, cfg)) is not None:
+            raise UserError(
+                f"run {run_dir} has no complete checkpoint but trained before ({why}): its checkpoint "
+                "was removed or damaged. Resuming would restart at step 0 and overwrite its history; "
+                "restore checkpoint/ or start a new run."
+            )
+        if dataset is not None and str(data_path.resolve()) != run["dataset"]:
+            atomic_write_json(run_dir / "run.json", {**run, "dataset": str(data_path.resolve())})
+        _train(cfg, data, train_data, domain, run_dir, agent, start=start, loop=loop, resumed=True)
     return run_dir
 
 
-def _train(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, device: torch.device, resume: bool) -> None:
+class _Checkpointer:
+    """Checkpoint writes of one run, each after the divergence guard passed."""
+
+    def __init__(self, run_dir: Path, agent: Any, acc: MetricAccumulator, meta: dict[str, Any], last: int | None):
+        self.run_dir, self.agent, self.acc, self.meta, self.last = run_dir, agent, acc, meta, last
+
+    def check(self, step: int) -> None:
+        """Raise :class:`zsrl.guard.TrainingDiverged` if a metric or parameter is non-finite."""
+        bad = self.acc.first_nonfinite()
+        if bad is not None:
+            raise diverged(bad[0], bad[1], self.last, self.run_dir)
+        self.check_parameters(step)
+
+    def check_parameters(self, step: int) -> None:
+        name = nonfinite_parameter(self.agent.modules())
+        if name is not None:
+            raise diverged(f"parameter {name}", step, self.last, self.run_dir)
+
+    def _advice(self) -> str:
+        kept = f"The checkpoint of step {self.last} is intact; " if self.last else ""
+        return f"{kept}continue with `zsrl train --resume {self.run_dir}`."
+
+    def save(self, step: int) -> None:
+        if step == self.last:
+            return
+        self.check(step)
+        with storage_errors(f"write the checkpoint of step {step}", self._advice()):
+            save_checkpoint(self.run_dir, self.agent, step, self.meta, self.acc.state_dict())
+        self.last = step
+
+    def save_model(self, step: int) -> None:
+        self.check_parameters(step)
+        with storage_errors(f"write the final model to {self.run_dir / FINAL_MODEL}", self._advice()):
+            save_final_model(self.run_dir, self.agent.model, step, self.meta)
+
+
+def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, domain: Any, run_dir: Path,
+           agent: Any, *, start: int,
+           loop: dict[str, Any], resumed: bool) -> None:
     tc = cfg.train
-    seed_everything(tc.seed)
-    agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
-    train_data = held_action_transitions(data, cfg.agent.action_repeat)
-    agent.setup(train_data, domain, cfg.task)
-    start = load_training_state(run_dir, agent) if resume else 0
+    acc = MetricAccumulator()
+    acc.load_state_dict(loop, agent.device)
+    ckpt = _Checkpointer(run_dir, agent, acc, {"domain": domain.name, "task": cfg.task}, start or None)
     if start >= tc.steps:
+        if find_final_model(run_dir) is None:
+            ckpt.save_model(start)
+            print(f"run {run_dir}: wrote the final model of step {start} from its checkpoint")
         print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
         return
     agent.setup_compile(tc.compile, tc.cudagraphs)
-    log = MetricsLog(run_dir / "metrics.csv", run_dir / "tb" if tc.tensorboard else None, start if resume else None)
-    evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resume else None)
-    model_meta = {"domain": domain.name, "task": cfg.task}
+    log = MetricsLog(run_dir / "metrics.csv", run_dir / "tb" if tc.tensorboard else None, start if resumed else None)
+    evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None)
 
-    acc: list[torch.Tensor] | None = None
-    names: list[str] = []
-    count = 0
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
     bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress,
                desc=f"train {cfg.agent.name}", mininterval=1.0)
     step = start
     try:
-        for step in range(start + 1, tc.steps + 1):
-            metrics = agent.update(agent.sample_batch(train_data, tc.batch_size))
-            values = list(metrics.values())
-            if acc is None:
-                names, acc = list(metrics), [v.detach().clone().float() for v in values]
-            else:
-                torch._foreach_add_(acc, values)
-            count += 1
-            if step % tc.log_every == 0 or step == tc.steps:
-                now = time.perf_counter()
-                means = (torch.stack(acc) / count).tolist()  # the one host sync per log period
-                ups = (step - step_last) / (now - t_last)
-                log.write({"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2),
-                           **dict(zip(names, means))})
-                bar.set_postfix(ups=f"{ups:.0f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in list(zip(names, means))[:2]})
-                acc, count, t_last, step_last = None, 0, now, step
-            if evaluator is not None and step % tc.eval_every == 0:
-                evaluator(agent.model, step)
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                save_checkpoint(run_dir, agent, step, model_meta)
-            bar.update(1)
-    except KeyboardInterrupt:
+        with StopRequests() as stop:
+            for step in range(start + 1, tc.steps + 1):
+                acc.add(agent.update(agent.sample_batch(train_data, tc.batch_size)), step)
+                if step % tc.log_every == 0 or step == tc.steps:
+                    now = time.perf_counter()
+                    means, bad = acc.read()  # the one host sync per log period
+                    if bad is not None:
+                        raise diverged(bad[0], bad[1], ckpt.last, run_dir)
+                    ckpt.check_parameters(step)
+                    ups = (step - step_last) / (now - t_last)
+                    log.write({"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2), **means})
+                    fault_point("metrics:row")
+                    bar.set_postfix(ups=f"{ups:.0f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:2]})
+                    t_last, step_last = now, step
+                if evaluator is not None and step % tc.eval_every == 0:
+                    ckpt.check(step)
+                    evaluator(agent.model, step)
+                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                    ckpt.save(step)
+                bar.update(1)
+                if stop.signum is not None:
+                    ckpt.save(step)
+                    raise Interrupted(
+                        f"training stopped by {stop.name} at step {step}; a checkpoint of that step is "
+                        f"saved. Continue with `zsrl train --resume {run_dir}`", stop.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C: no time to save
+        kept = f"the checkpoint of step {ckpt.last} is kept" if ckpt.last else "no checkpoint was written yet"
+        raise UserError(
+            f"training interrupted at step {step}; {kept}. Continue with `zsrl train --resume {run_dir}`"
+        ) from None
+    finally:
         bar.close()
         log.close()
-        raise UserError(
-            f"training interrupted at step {step}; the last checkpoint is kept. Continue with "
-            f"`zsrl train --resume {run_dir}`"
-        ) from None
-    bar.close()
-    log.close()
-    agent.model.save(run_dir / FINAL_MODEL, extra=model_meta)
+    ckpt.save_model(tc.steps)
 
 
 def _periodic_evaluator(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, resume_step: int | None):
