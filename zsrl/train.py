@@ -41,7 +41,7 @@ from zsrl.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from zsrl.config import RunConfig, load_run_config, run_config_from_dict
+from zsrl.config import RunConfig, load_run_config, resolve_auto, run_config_from_dict
 from zsrl.data import OfflineDataset
 from zsrl.registry import agent_class, make_domain
 from zsrl.utils import (
@@ -112,6 +112,19 @@ def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.dev
 
 
 
+def configure_device(tc: Any, device: torch.device) -> tuple[bool, bool]:
+    """Device-wide settings of a run; returns the resolved ``(compile, cudagraphs)``.
+
+    On CUDA: TF32 matmuls unless ``train.tf32=false``; ``compile`` / ``cudagraphs`` default
+    (``auto``) to on. On CPU both default to off.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tc.tf32
+        torch.backends.cudnn.allow_tf32 = tc.tf32
+        torch.set_float32_matmul_precision("high" if tc.tf32 else "highest")
+    return resolve_auto(tc.compile, device), resolve_auto(tc.cudagraphs, device)
+
+
 def _prepare_run_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -175,13 +188,13 @@ def _train(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, dev
     if start >= tc.steps:
         print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
         return
-    agent.setup_compile(tc.compile, tc.cudagraphs)
+    compile_step, cudagraphs = configure_device(tc, device)
+    agent.setup_compile(compile_step, cudagraphs, tc.precision)
     log = MetricsLog(run_dir / "metrics.csv", run_dir / "tb" if tc.tensorboard else None, start if resume else None)
     evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resume else None)
     model_meta = {"domain": domain.name, "task": cfg.task}
 
-    acc: list[torch.Tensor] | None = None
-    names: list[str] = []
+    acc: torch.Tensor | None = None  # the summed metric vector (names: agent.metric_names)
     count = 0
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
     bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress,
@@ -189,16 +202,13 @@ def _train(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, dev
     step = start
     try:
         for step in range(start + 1, tc.steps + 1):
-            metrics = agent.update(agent.sample_batch(data, tc.batch_size))
-            values = list(metrics.values())
-            if acc is None:
-                names, acc = list(metrics), [v.detach().clone().float() for v in values]
-            else:
-                torch._foreach_add_(acc, values)
+            metrics = agent.train_step(data, tc.batch_size)  # sampling happens inside the step
+            acc = metrics.clone() if acc is None else acc.add_(metrics)
             count += 1
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
-                means = (torch.stack(acc) / count).tolist()  # the one host sync per log period
+                names = agent.metric_names
+                means = (acc / count).tolist()  # the one host sync per log period
                 ups = (step - step_last) / (now - t_last)
                 log.write({"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2),
                            **dict(zip(names, means))})
