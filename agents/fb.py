@@ -259,7 +259,10 @@ class FBAgent(Agent):
     def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.
 
-        The permutation is ``argsort`` of uniform keys (graph-safe on every device).
+        The permutation is ``argsort`` of uniform keys, not ``x[torch.randperm(n)]``: that
+        exact pattern trips inductor's ``randperm_index`` rewrite (``fx_passes/misc_patterns``)
+        with "Not all inputs to pattern found in match.kwargs … slice_shape" (torch 2.11–2.13,
+        CPU and CUDA), which is why ``train.compile`` used to crash.
         """
         n = next_obs.shape[0]
         model = self.model
