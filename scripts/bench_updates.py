@@ -167,7 +167,7 @@ def scaling(preset: str, overrides: list[str], batches: list[int], widths: list[
             row["width_scale"] = scale
             rows.append(row)
             print(f"  width×{scale:<4} batch {b:>5}: {row['updates_per_s']:9.1f} upd/s "
-                  f"{row['tflops']:7.2f} TFLOP/s", flush=True)
+                  f"{row['tflops']:7.3f} TFLOP/s", flush=True)
     return rows
 
 

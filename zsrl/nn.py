@@ -27,8 +27,25 @@ class Tanh(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
-            return 2.0 * torch.sigmoid(2.0 * x) - 1.0
+            return _SigmoidTanh.apply(x)
         return torch.tanh(x)
+
+
+class _SigmoidTanh(torch.autograd.Function):
+    """``y = 2σ(2x) − 1`` with tanh's backward ``g (1 − y²)`` as one fused kernel."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
 
 
 class EnsembleLinear(nn.Module):
@@ -71,7 +88,7 @@ class EnsembleLayerNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (self.dim,)) * self.weight + self.bias
+        return torch.addcmul(self.bias, F.layer_norm(x, (self.dim,)), self.weight)
 
 
 def mlp(
