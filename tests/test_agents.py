@@ -290,3 +290,22 @@ def test_compiled_update_agrees_with_eager(agent_key):
     result = agreement(cfg, data, CPU, (True, False, "fp32"), warmup=2)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert result["metric_rel_err"] <= 1e-4 and result["param_rel_err"] <= 1e-4, result
+
+
+def test_gpu_switches_default_to_auto_and_resolve_per_device():
+    from zsrl.config import load_run_config, resolve_auto
+    from zsrl.train import configure_device
+    from zsrl.utils import UserError
+
+    cfg = load_run_config("fb/point_mass_maze_cpu")
+    tc = cfg.train
+    assert (tc.compile, tc.cudagraphs, tc.tf32, tc.precision) == ("auto", "auto", True, "fp32")
+    assert resolve_auto("auto", "cuda:0") and resolve_auto("auto", torch.device("cuda"))
+    assert not resolve_auto("auto", "cpu") and resolve_auto(True, "cpu") and not resolve_auto(False, "cuda")
+    assert configure_device(tc, CPU) == (False, False)
+    cfg = load_run_config("fb/point_mass_maze_cpu", ["train.compile=true", "train.precision=bf16"])
+    assert cfg.train.compile is True and cfg.train.precision == "bf16"
+    with pytest.raises(UserError, match="train.compile"):
+        load_run_config("fb/point_mass_maze_cpu", ["train.compile=sometimes"])
+    with pytest.raises(UserError, match="train.precision"):
+        load_run_config("fb/point_mass_maze_cpu", ["train.precision=fp16"])
