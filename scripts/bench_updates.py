@@ -18,8 +18,8 @@ eager update: matmuls of forward and backward, which dominate) × updates/s.
 
 ``--scaling`` adds a table of updates/s and TFLOP/s against batch size (256 … 8192) and
 network width (``--widths``, scaling every hidden width of the preset); ``--inference``
-times reward prompting: ``z`` from 50,000 reward-labelled states. Prints tables and
-writes JSON.
+times reward prompting: ``z`` from 50,000 reward-labelled states; ``--profile N`` prints
+where the time of N steps goes (torch.profiler). Prints tables and writes JSON.
 """
 
 from __future__ import annotations
@@ -151,6 +151,34 @@ def time_reward_inference(preset: str, overrides: list[str], n: int = 50_000, re
             "median_ms": float(np.median(times[1:]) * 1e3)}
 
 
+def profile_steps(preset: str, overrides: list[str], steps: int, warmup: int, path: str | None) -> str:
+    """torch.profiler table of ``steps`` train steps (CPU and, on CUDA, kernel times).
+
+    Under CUDA graphs the profiler sees one graph launch per step, so profile with
+    ``--cudagraphs false`` to see the kernels.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = load_run_config(preset, overrides)
+    device = resolve_device(cfg.train.device)
+    obs_dim, action_dim = domain_dims(cfg.domain)
+    data = random_dataset(obs_dim, action_dim, 100_000, device)
+    agent = prepare_agent(cfg, data, device)
+    for _ in range(warmup):
+        agent.train_step(data, cfg.train.batch_size)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            agent.train_step(data, cfg.train.batch_size)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30)
+    if path:
+        prof.export_chrome_trace(path)
+    return table
+
+
 def _width_overrides(preset: str, scale: float) -> list[str]:
     cfg = load_run_config(preset)
     keys = WIDTH_KEYS.get(cfg.agent.name, ())
@@ -196,6 +224,9 @@ def main() -> None:
     p.add_argument("--widths", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     p.add_argument("--inference", action="store_true", help="time z from 50,000 reward-labelled states")
     p.add_argument("--inference-samples", type=int, default=50_000)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="print a torch.profiler table of N steps of the first preset")
+    p.add_argument("--trace", help="with --profile: also write a Chrome trace here")
     p.add_argument("--json", default="bench_updates.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every preset")
     args = p.parse_args()
@@ -224,6 +255,10 @@ def main() -> None:
             out["inference"].append(r)
             print(f"reward inference {preset}: z from {r['samples']:,} labelled states in "
                   f"{r['median_ms']:.2f} ms (median, {r['device']})")
+    if args.profile:
+        table = profile_steps(args.presets[0], overrides, args.profile, args.warmup, args.trace)
+        print(f"profile of {args.profile} steps of {args.presets[0]}:\n{table}")
+        out["profile"] = table
     with open(args.json, "w") as f:
         json.dump(out, f, indent=2)
 

@@ -17,9 +17,11 @@ it (1) checks agreement with eager: from identical parameters, optimiser state a
 state, the metrics of one update and the parameters after it must match within a stated
 tolerance (fp32 on CPU 1e-4; TF32 on CUDA 2e-2; bf16, against fp32 eager, 5e-2; relative, plus an absolute
 2·lr for parameters that Adam moves by about lr whatever the gradient's size); (2) trains
-``--updates`` updates on random data and asserts every logged metric is finite; (3) times
-the updates and reports updates/s and achieved TFLOP/s (FLOPs of one update counted on an
-eager update). CUDA graph modes are skipped on a CPU with a printed reason. Prints a table
+``--updates`` updates on random data and asserts every logged metric is finite (and, when
+compiled, that dynamo produced graphs and never fell back to eager); (3) times the updates
+and reports updates/s and achieved TFLOP/s (FLOPs of one update counted on an eager update).
+The compiled agent timed here is the one checked, so its random numbers come from eager
+kernels (``fallback_random``); ``bench_updates.py`` times the default compiled code. CUDA graph modes are skipped on a CPU with a printed reason. Prints a table
 with the device and versions and writes JSON (``--json``). Exit status 1 if a check fails.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import math
 import sys
 import time
@@ -68,6 +71,22 @@ TINY = {
 }
 
 
+class _GaveUp(logging.Handler):
+    """Collects dynamo's "hit recompile_limit" warnings (after which it runs eagerly)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "recompile_limit" in record.getMessage():
+            self.records.append(record.getMessage()[:200])
+
+
+_DYNAMO_GAVE_UP = _GaveUp()
+logging.getLogger("torch._dynamo").addHandler(_DYNAMO_GAVE_UP)
+
+
 def _params(agent: Any) -> dict[str, torch.Tensor]:
     return {f"{m}.{k}": v.detach().clone() for m, mod in agent.modules().items()
             for k, v in mod.state_dict().items() if v.is_floating_point()}
@@ -83,8 +102,14 @@ def tolerance(device: torch.device, precision: str) -> float:
     return 2e-2 if device.type == "cuda" else 1e-4
 
 
-def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: int) -> dict:
-    """Max relative differences to eager of one update's metrics and resulting parameters."""
+def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: int) -> tuple[dict, Any]:
+    """Max relative differences to eager of one update's metrics and resulting parameters.
+
+    Returns them with the compiled / graphed agent, warmed up and one step further, which
+    the caller goes on timing (one compilation per run: they take most of the check's time).
+    Its compiled code draws eager's random numbers (inductor ``fallback_random``), so that
+    both sides see the same batch, z and noise.
+    """
     import torch._inductor.config as inductor_config
 
     compile_step, graphs, precision = mode
@@ -93,8 +118,11 @@ def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: in
         torch.manual_seed(0)
         fast = prepare_agent(cfg, data, device, precision)
         fast.setup_compile(compile_step, graphs, precision)
+        t0 = time.perf_counter()
         for _ in range(warmup):  # compile and capture first: their state is then copied to eager
             fast.train_step(data, batch)
+        sync(device)
+        warmup_s = time.perf_counter() - t0
         ref = prepare_agent(cfg, data, device, "fp32")
         ref.setup_compile(False, False, "fp32")  # bf16 is measured against fp32 eager
         ref.load_state_dict(copy.deepcopy(fast.state_dict()))
@@ -113,9 +141,10 @@ def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: in
         (((p_fast[k] - p_ref[k]).abs() - atol).clamp_min(0) / (p_ref[k].abs() + 1e-3)).max().item()
         for k in p_ref
     )
-    return {"metric_rel_err": metric_err, "param_rel_err": param_err,
-            "metrics_bad": [n for n, a, b in zip(ref.metric_names, m_ref.tolist(), m_fast.tolist())
-                            if abs(a - b) / (abs(a) + 1e-3) > tolerance(device, precision)]}
+    bad = [n for n, a, b in zip(ref.metric_names, m_ref.tolist(), m_fast.tolist())
+           if abs(a - b) / (abs(a) + 1e-3) > tolerance(device, precision)]
+    return {"metric_rel_err": metric_err, "param_rel_err": param_err, "metrics_bad": bad,
+            "warmup_s": warmup_s, "first_metrics": m_fast}, fast
 
 
 def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -137,21 +166,28 @@ def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace,
     obs_dim, action_dim = domain_dims(cfg.domain)
     data = random_dataset(obs_dim, action_dim, args.dataset_size, device)
     warmup = args.warmup
+    # fresh compile caches per run: every agent is a new set of guards, and dynamo silently
+    # runs eagerly once a function has been recompiled recompile_limit times
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    _DYNAMO_GAVE_UP.records.clear()
     if mode_name != "eager":
-        agree = agreement(cfg, data, device, mode, warmup)
+        agree, agent = agreement(cfg, data, device, mode, warmup)
+        first = agree.pop("first_metrics")
         tol = tolerance(device, precision)
         row.update(agree, tolerance=tol,
                    agrees=agree["metric_rel_err"] <= tol and agree["param_rel_err"] <= tol)
-    torch.manual_seed(0)
-    agent = prepare_agent(cfg, data, device, precision)
-    agent.setup_compile(mode[0], mode[1], precision)
+    else:
+        torch.manual_seed(0)
+        agent = prepare_agent(cfg, data, device, precision)
+        agent.setup_compile(False, False, precision)
+        t0 = time.perf_counter()
+        first = agent.train_step(data, cfg.train.batch_size)
+        for _ in range(warmup - 1):
+            agent.train_step(data, cfg.train.batch_size)
+        sync(device)
+        row["warmup_s"] = time.perf_counter() - t0
     row["parameters"] = sum(p.numel() for p in agent.model.parameters())
-    t0 = time.perf_counter()
-    first = agent.train_step(data, cfg.train.batch_size)
-    for _ in range(warmup - 1):
-        agent.train_step(data, cfg.train.batch_size)
-    sync(device)
-    row["warmup_s"] = time.perf_counter() - t0
     acc, finite = first.clone(), torch.isfinite(first).all()
     sync(device)
     t0 = time.perf_counter()
@@ -163,6 +199,10 @@ def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace,
     sync(device)
     ups = args.updates / (time.perf_counter() - t0)
     flops = update_flops(cfg, data, device)
+    if mode[0]:  # compiled for real: dynamo produced graphs and never gave up on a frame
+        row["compiled_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        row["recompile_limit_hits"] = len(_DYNAMO_GAVE_UP.records)
+        finite = finite and row["compiled_graphs"] > 0 and not _DYNAMO_GAVE_UP.records
     row.update(updates_per_s=ups, gflop_per_update=flops / 1e9, tflops=flops * ups / 1e12, finite=finite,
                mean_metrics=dict(zip(agent.metric_names, (acc / (args.updates + 1)).tolist())))
     return row
