@@ -289,11 +289,24 @@ class Agent:
             )
         names = tuple(metrics)
         if self.metric_names is None:
+            self._check_declared_state()
             self.metric_names = names
         elif names != self.metric_names:
             raise ValueError(
                 f"{type(self).__name__}: metric names changed between updates or phases "
                 f"({list(self.metric_names)} then {list(names)}); every step must return the same names"
+            )
+
+    def _check_declared_state(self) -> None:
+        """Every trainable parameter of a declared module is trained by a declared optimizer."""
+        optimised = {id(p) for o in self._optimizers.values() for g in o.param_groups for p in g["params"]}
+        orphans = [f"{m}.{n}" for m, mod in self._modules.items() for n, p in mod.named_parameters()
+                   if p.requires_grad and id(p) not in optimised]
+        if orphans:
+            raise TypeError(
+                f"{type(self).__name__}: parameters {orphans[:5]}{' …' if len(orphans) > 5 else ''} require "
+                "gradients but no declared optimizer trains them; add them to an add_optimizer call "
+                "or freeze them with requires_grad_(False)"
             )
 
     def update(self, batch: TensorDict) -> Metrics:

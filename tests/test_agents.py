@@ -75,6 +75,14 @@ def test_contract_is_checked():
     with pytest.raises(CheckpointError, match="does not match this agent"):
         agent.load_state_dict({"module.model": {}})
 
+    class Orphan(FBAgent):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.extra = self.add_module("extra", torch.nn.Linear(2, 2))
+
+    with pytest.raises(TypeError, match=r"\['extra.weight', 'extra.bias'\] require gradients"):
+        Orphan(4, 2, TINY, CPU).update(batch)
+
 
 def test_state_keys_are_those_of_earlier_checkpoints():
     # checkpoints written before the contract was explicit must keep loading
