@@ -259,17 +259,18 @@ class FBAgent(Agent):
     def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.
 
-        The permutation is ``argsort`` of uniform keys, not ``x[torch.randperm(n)]``: that
-        exact pattern trips inductor's ``randperm_index`` rewrite (``fx_passes/misc_patterns``)
-        with "Not all inputs to pattern found in match.kwargs … slice_shape" (torch 2.11–2.13,
-        CPU and CUDA), which is why ``train.compile`` used to crash.
+        The permuted states are taken with ``gather``, not ``x[torch.randperm(n)]`` (nor
+        ``index_select``, which decomposes to the same ``aten.index``): that pattern trips
+        inductor's ``randperm_index`` rewrite (``fx_passes/misc_patterns``) with "Not all inputs
+        to pattern found in match.kwargs … slice_shape" (torch 2.11–2.13, CPU and CUDA), which
+        is why ``train.compile`` crashed.
         """
         n = next_obs.shape[0]
         model = self.model
         z = model.sample_z(n, next_obs.device)
-        perm = torch.argsort(torch.rand(n, device=next_obs.device))
+        perm = torch.randperm(n, device=next_obs.device)
         with torch.no_grad():
-            goal_z = model.backward_map(next_obs[perm])
+            goal_z = model.backward_map(next_obs.gather(0, perm[:, None].expand_as(next_obs)))
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio
         return torch.where(use_goal, goal_z, z)
 
