@@ -12,14 +12,26 @@ training :class:`Agent` (the split of metamotivo's FBModel / FBAgent).
 
 ``z`` is the task embedding. Reward prompting receives the states at which the rewards
 were observed (for a transition ``(s, a, s')`` with reward ``r(s, a, s')``, the next state
-``s'``), following FB's ``z = Σ r_i B(s'_i)``.
+``s'``), following FB's ``z = Σ r_i B(s'_i)``; ``infer_z_from_transitions(s, s', r)``
+carries whole transitions for methods that need both ends (HILP).
+
+**The agent contract** (checked): an agent declares its training state explicitly —
+``add_module(name, module)`` for every network, target network or buffer holder, and
+``add_optimizer(name, params, lr=…)`` for every optimizer; ``state_dict()`` is exactly
+those. ``_update(batch)`` returns a ``dict`` of named 0-dim metric tensors with the same
+names at every step (and in every phase); the first update checks this. The fast path
+``train_step(dataset, batch_size)`` samples the batch and updates inside one compiled /
+CUDA-graphed function and returns the metrics packed in one vector (names:
+``metric_names``), so the training loop never synchronises with the host.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +43,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.config import AgentConfig, from_dict
+from zsrl.nn import make_adam
 from zsrl.utils import UserError, atomic_write_bytes, atomic_write_json
 
 MODEL_FORMAT_VERSION = 1
@@ -52,12 +65,16 @@ def check_finite(name: str, x: torch.Tensor) -> None:
 class Model(nn.Module):
     """Inference-only model of a zero-shot agent (see the module docstring)."""
 
-    #: the agent name in the registry, written into config.json
-    agent_name: ClassVar[str] = ""
-
     def __init__(self, obs_dim: int, action_dim: int, cfg: AgentConfig):
         super().__init__()
         self.obs_dim, self.action_dim, self.cfg = obs_dim, action_dim, cfg
+
+    @property
+    def agent_name(self) -> str:
+        """The registry name of the agent that trains this model: ``cfg.name`` (written once,
+        in the agent's config class), so a variant agent (e.g. a subclass of FB with its own
+        config subclass) reuses its parent's Model class and still loads as itself."""
+        return self.cfg.name
 
     # ---- the inference API -------------------------------------------------------------
     @property
@@ -79,6 +96,21 @@ class Model(nn.Module):
     def infer_z_from_rewards(self, obs: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """A task embedding ``(1, z_dim)`` from reward samples ``r_i`` observed at ``obs_i``."""
         raise NotImplementedError
+
+    def infer_z_from_transitions(
+        self, obs: torch.Tensor, next_obs: torch.Tensor, rewards: torch.Tensor
+    ) -> torch.Tensor:
+        """A task embedding from reward-labelled transitions ``(s_i, s'_i, r_i)``.
+
+        The general form of reward prompting: methods whose reward model is a function of
+        the transition (HILP's ``r ≈ (φ(s') − φ(s))ᵀz``) override this. By default the reward
+        is a function of the reached state and this is ``infer_z_from_rewards(next_obs, r)``.
+        """
+        if obs.shape != next_obs.shape:
+            raise ValueError(
+                f"transition states must have equal shapes, got {tuple(obs.shape)} and {tuple(next_obs.shape)}"
+            )
+        return self.infer_z_from_rewards(next_obs, rewards)
 
     def infer_z_from_goal(self, goal_obs: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
         """A task embedding for reaching ``goal_obs`` (``(obs_dim,)`` or ``(N, obs_dim)``)."""
@@ -159,11 +191,16 @@ class Model(nn.Module):
         return model.to(device).eval().requires_grad_(False)
 
 
+Metrics = dict[str, torch.Tensor]
+
+
 class Agent:
     """Training-side owner of a :class:`Model` (see the module docstring).
 
-    Subclasses set ``config_class`` / ``model_class`` and implement :meth:`_update`. The
-    public :meth:`update` dispatches to the (optionally compiled / CUDA-graphed) step.
+    Subclasses set ``config_class`` / ``model_class``, declare their modules and optimizers
+    with :meth:`add_module` / :meth:`add_optimizer` and implement :meth:`_update`. Agents with
+    several training phases (FRE: encoder, then policy) override :attr:`phase`,
+    :meth:`sample_phase_batch`, :meth:`update_phase` and :meth:`_after_step`.
     """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
@@ -172,10 +209,52 @@ class Agent:
     needs_task: ClassVar[bool] = False
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: AgentConfig, device: torch.device):
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}"
+            )
         self.cfg, self.device = cfg, torch.device(device)
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.model = self.model_class(obs_dim, action_dim, cfg).to(self.device)
-        self._step_fn: Callable[[TensorDict], dict[str, torch.Tensor]] = self._update
+        self._modules: dict[str, nn.Module] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._optimizer_flags: dict[str, list[dict[str, Any]]] = {}
+        self.compile, self.cudagraphs, self.precision = False, False, "fp32"
+        self._update_fns: dict[str, Callable[[TensorDict], Metrics]] = {}
+        self._train_fns: dict[tuple[str, int, int], Callable[[], torch.Tensor]] = {}
+        #: the metric names, fixed by the first update (the order of train_step's vector)
+        self.metric_names: tuple[str, ...] | None = None
+        self.model = self.add_module("model", self.model_class(obs_dim, action_dim, cfg))
+
+    # ---- declared training state ---------------------------------------------------------
+    def add_module(self, name: str, module: nn.Module) -> Any:
+        """Declare ``module`` part of the training state (moved to the agent's device)."""
+        if name in self._modules:
+            raise ValueError(f"{type(self).__name__}: module {name!r} is declared twice")
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{type(self).__name__}: {name!r} is not an nn.Module")
+        self._modules[name] = module.to(self.device)
+        return module
+
+    def add_optimizer(self, name: str, params: Any, **adam_kwargs: Any) -> torch.optim.Adam:
+        """Declare an Adam optimizer over ``params`` (tensors or param groups).
+
+        Built by :func:`zsrl.nn.make_adam`: fused and capturable on CUDA.
+        """
+        if name in self._optimizers:
+            raise ValueError(f"{type(self).__name__}: optimizer {name!r} is declared twice")
+        opt = make_adam(params, self.device, **adam_kwargs)
+        self._optimizers[name] = opt
+        self._optimizer_flags[name] = [
+            {k: g.get(k) for k in ("fused", "capturable", "foreach")} for g in opt.param_groups
+        ]
+        return opt
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module whose parameters/buffers belong to the training state."""
+        return dict(self._modules)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return dict(self._optimizers)
 
     # ---- data hooks --------------------------------------------------------------------
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
@@ -185,69 +264,160 @@ class Agent:
         """The training batch of one update (uniform transitions by default)."""
         return dataset.sample(batch_size)
 
+    # ---- phases (one by default) ---------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        """The current training phase (a static graph is built per phase)."""
+        return "update"
+
+    def sample_phase_batch(self, dataset: Any, batch_size: int, phase: str) -> TensorDict:
+        return self.sample_batch(dataset, batch_size)
+
+    def update_phase(self, batch: TensorDict, phase: str) -> Metrics:
+        return self._update(batch)
+
+    def _after_step(self) -> None:
+        """Host-side bookkeeping after every update (e.g. a phase counter)."""
+
     # ---- updates -----------------------------------------------------------------------
-    def _update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+    def _update(self, batch: TensorDict) -> Metrics:
+        """One gradient step on ``batch``; returns named 0-dim metric tensors."""
         raise NotImplementedError
 
-    def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
-        """One gradient step; returns detached metric tensors (no host synchronisation)."""
-        return self._step_fn(batch)
+    def _check_metrics(self, metrics: Any) -> None:
+        if not isinstance(metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() == 0 for k, v in metrics.items()
+        ):
+            raise TypeError(
+                f"{type(self).__name__}._update must return a dict of named 0-dim tensors, got "
+                f"{type(metrics).__name__} {metrics!r:.200}"
+            )
+        names = tuple(metrics)
+        if self.metric_names is None:
+            self._check_declared_state()
+            self.metric_names = names
+        elif names != self.metric_names:
+            raise ValueError(
+                f"{type(self).__name__}: metric names changed between updates or phases "
+                f"({list(self.metric_names)} then {list(names)}); every step must return the same names"
+            )
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+    def _check_declared_state(self) -> None:
+        """Every trainable parameter of a declared module is trained by a declared optimizer."""
+        optimised = {id(p) for o in self._optimizers.values() for g in o.param_groups for p in g["params"]}
+        orphans = [f"{m}.{n}" for m, mod in self._modules.items() for n, p in mod.named_parameters()
+                   if p.requires_grad and id(p) not in optimised]
+        if orphans:
+            raise TypeError(
+                f"{type(self).__name__}: parameters {orphans[:5]}{' …' if len(orphans) > 5 else ''} require "
+                "gradients but no declared optimizer trains them; add them to an add_optimizer call "
+                "or freeze them with requires_grad_(False)"
+            )
 
-    def wrap_step(
-        self, fn: Callable[[TensorDict], dict[str, torch.Tensor]], compile: bool = False, cudagraphs: bool = False
-    ) -> Callable[[TensorDict], dict[str, torch.Tensor]]:
-        """``fn`` wrapped in ``torch.compile`` and/or a CUDA graph.
+    def update(self, batch: TensorDict) -> Metrics:
+        """One gradient step on ``batch`` (compiled when enabled); returns detached metric
+        tensors without synchronising with the host."""
+        phase = self.phase
+        fn = self._update_fns.get(phase)
+        if fn is None:
+            fn = self._update_fns[phase] = self._wrap(partial(self.update_phase, phase=phase), graphs=False)
+        metrics = fn(batch)
+        if self.metric_names is None or not self.compile:
+            self._check_metrics(metrics)
+        self._after_step()
+        return metrics
 
-        CUDA graphs need a CUDA device; elsewhere they are skipped with a warning, and the
-        update runs eagerly (or compiled), so CPU runs of a GPU config stay correct.
+    def train_step(self, dataset: Any, batch_size: int) -> torch.Tensor:
+        """Sample a batch and update, as one compiled / CUDA-graphed function.
+
+        Returns the metrics as one vector, in the order of :attr:`metric_names` (one device
+        tensor: accumulating it costs one kernel, reading it one transfer).
         """
-        if compile:
-            if self.device.type == "cpu":
-                # torch 2.13's inductor pattern matcher fails on the FB update on CPU
-                # ("Not all inputs to pattern found … slice_shape"); without it the compile
-                # succeeds (and on CPU it gives no measurable speed-up either way).
-                import torch._inductor.config as inductor_config
+        phase = self.phase
+        key = (phase, id(dataset), batch_size)
+        fn = self._train_fns.get(key)
+        if fn is None:
+            if self.metric_names is None:  # fix (and check) the names eagerly, on a throwaway copy
+                self._probe_metric_names(dataset, batch_size, phase)
 
-                inductor_config.pattern_matcher = False
-            fn = torch.compile(fn, mode=None if cudagraphs else "default")
-        if cudagraphs:
-            if self.device.type != "cuda":
-                import warnings
+            def step() -> torch.Tensor:
+                metrics = self.update_phase(self.sample_phase_batch(dataset, batch_size, phase), phase)
+                return torch.stack([metrics[k].float() for k in self.metric_names])
 
-                warnings.warn("train.cudagraphs=true needs a CUDA device; running without CUDA graphs", stacklevel=3)
-            else:
-                from tensordict.nn import CudaGraphModule
+            fn = self._train_fns[key] = self._wrap(step, graphs=True)
+        out = fn()
+        self._after_step()
+        return out
 
-                for opt in self.optimizers().values():
-                    for group in opt.param_groups:
-                        group["capturable"] = True
-                fn = CudaGraphModule(fn, in_keys=[], out_keys=[], warmup=5)
+    def _probe_metric_names(self, dataset: Any, batch_size: int, phase: str) -> None:
+        """Learn the metric names without changing the training state or the random stream."""
+        from zsrl.checkpoint import rng_state, set_rng_state
+
+        saved, rng = copy.deepcopy(self.state_dict()), rng_state()
+        self._check_metrics(self.update_phase(self.sample_phase_batch(dataset, batch_size, phase), phase))
+        self.load_state_dict(saved)
+        set_rng_state(rng)
+
+    # ---- the fast path -----------------------------------------------------------------
+    def setup_compile(
+        self, compile: bool = False, cudagraphs: bool = False, precision: str = "fp32"
+    ) -> None:
+        """Choose how steps run: ``torch.compile``, CUDA graphs (``train_step`` only; CUDA
+        only) and the matmul precision (``"bf16"``: autocast to bfloat16)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if cudagraphs and self.device.type != "cuda":
+            import warnings
+
+            warnings.warn("train.cudagraphs=true needs a CUDA device; running without CUDA graphs", stacklevel=2)
+            cudagraphs = False
+        self.compile, self.cudagraphs, self.precision = compile, cudagraphs, precision
+        self._update_fns, self._train_fns = {}, {}
+
+    def _wrap(self, fn: Callable[..., Any], graphs: bool) -> Callable[..., Any]:
+        """``fn`` under autocast (bf16), ``torch.compile`` and a CUDA graph, as configured."""
+        if self.precision == "bf16":
+            inner = fn
+
+            def fn(*args: Any) -> Any:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    return inner(*args)
+
+        if self.compile:
+            fn = torch.compile(fn)
+        if graphs and self.cudagraphs:
+            from tensordict.nn import CudaGraphModule
+
+            # a function of no tensors (sampling happens inside): nothing is copied per call
+            fn = CudaGraphModule(fn, warmup=3 if self.compile else 2, device=self.device)
         return fn
 
-    def setup_compile(self, compile: bool = False, cudagraphs: bool = False) -> None:
-        """Wrap the update step (see :meth:`wrap_step`)."""
-        self._step_fn = self.wrap_step(self._update, compile, cudagraphs)
-
     # ---- state -------------------------------------------------------------------------
-    def modules(self) -> dict[str, nn.Module]:
-        """Every module whose parameters/buffers belong to the training state."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
-
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self.modules().items()}
-        out.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        out: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self._modules.items()}
+        out.update({f"optim.{k}": o.state_dict() for k, o in self._optimizers.items()})
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        expected = {f"module.{k}" for k in self.modules()} | {f"optim.{k}" for k in self.optimizers()}
+        expected = {f"module.{k}" for k in self._modules} | {f"optim.{k}" for k in self._optimizers}
         if set(state) != expected:
             raise CheckpointError(
                 f"training state does not match this agent (keys {sorted(state)} vs {sorted(expected)})"
             )
-        for k, m in self.modules().items():
+        for k, m in self._modules.items():
             m.load_state_dict(state[f"module.{k}"])
-        for k, o in self.optimizers().items():
+        for k, o in self._optimizers.items():
             o.load_state_dict(state[f"optim.{k}"])
+            self._restore_optimizer_flags(k, o)
+
+    def _restore_optimizer_flags(self, name: str, opt: torch.optim.Optimizer) -> None:
+        """Keep this device's fused/capturable choice after loading a state saved elsewhere
+        (``Optimizer.load_state_dict`` copies the saved groups' flags), with step counters
+        where that choice needs them (on the device for fused/capturable, else on the CPU)."""
+        for group, flags in zip(opt.param_groups, self._optimizer_flags[name]):
+            group.update(flags)
+            on_device = bool(flags.get("fused") or flags.get("capturable"))
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if st and isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)

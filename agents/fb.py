@@ -42,16 +42,16 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl.agents.base import Agent, Model
+from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.config import AgentConfig, param
-from zsrl.nn import clipped_noise_action, mlp, project_to_sphere, soft_update
+from zsrl.nn import call_frozen, clipped_noise_action, mlp, project_to_sphere, soft_update
 
 
 @dataclass
@@ -149,8 +149,6 @@ class Actor(nn.Module):
 class FBModel(Model):
     """Inference side of FB: ``forward_map``, ``backward_map``, ``actor`` and prompting."""
 
-    agent_name = "fb"
-
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__(obs_dim, action_dim, cfg)
         self.forward_map = ForwardMap(obs_dim, action_dim, cfg)
@@ -199,14 +197,14 @@ def fb_measure_loss(
         discount: ``γ (1 − d_i)``, shape ``(N,)``.
 
     Returns:
-        ``(loss, off_diagonal, diagonal)``, each summed over heads.
+        ``(loss, off_diagonal, diagonal)``, each summed over heads. The off-diagonal mean is
+        computed as ``(Σ_ij Δ² − Σ_i Δ_ii²) / (N(N−1))`` — no N×N mask is built.
     """
     n = m.shape[-1]
     diff = m - discount.view(1, -1, 1) * target_m.unsqueeze(0)
-    eye = torch.eye(n, device=m.device, dtype=torch.bool)
-    off_diag = 0.5 * diff.masked_fill(eye, 0.0).pow(2).sum((-2, -1)) / (n * (n - 1))
-    diag = -diff.diagonal(dim1=-2, dim2=-1).mean(-1)
-    off_diag, diag = off_diag.sum(), diag.sum()
+    diag_diff = diff.diagonal(dim1=-2, dim2=-1)  # (E, N)
+    off_diag = 0.5 * (diff.pow(2).sum() - diag_diff.pow(2).sum()) / (n * (n - 1))
+    diag = -diag_diff.mean(-1).sum()
     return off_diag + diag, off_diag, diag
 
 
@@ -214,14 +212,37 @@ def orthonormality_loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     """``½ mean_{i≠j} (B_iᵀB_j)² − mean_i B_iᵀB_i`` → ``(loss, off_diagonal, diagonal)``."""
     n = b.shape[0]
     cov = b @ b.T
-    eye = torch.eye(n, device=b.device, dtype=torch.bool)
-    off_diag = 0.5 * cov.masked_fill(eye, 0.0).pow(2).sum() / (n * (n - 1))
-    diag = -cov.diagonal().mean()
+    cov_diag = cov.diagonal()
+    off_diag = 0.5 * (cov.pow(2).sum() - cov_diag.pow(2).sum()) / (n * (n - 1))
+    diag = -cov_diag.mean()
     return off_diag + diag, off_diag, diag
 
 
+@dataclass
+class FBStep:
+    """What the F/B step hands to the actor step (and to variants' extra terms): the batch
+    tensors and z it used, the online ``F(s, a, z)`` ``(E, N, d)`` and ``B(s')`` ``(N, d)``
+    (detached, *before* the F/B optimiser step), and the metrics so far."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    next_obs: torch.Tensor
+    discount: torch.Tensor
+    z: torch.Tensor
+    f: torch.Tensor
+    b: torch.Tensor
+    metrics: Metrics = field(default_factory=dict)
+
+
 class FBAgent(Agent):
-    """Trains :class:`FBModel` with the measure loss, orthonormality and a TD3 actor."""
+    """Trains :class:`FBModel` with the measure loss, orthonormality and a TD3 actor.
+
+    One update is ``z = sample_training_z``; :meth:`update_fb` (measure + orthonormality
+    loss, F/B optimiser step); :meth:`update_actor` (maximise ``min_heads F(s, π(s,z), z)ᵀz``
+    with the *updated* F, as metamotivo); Polyak targets (:meth:`update_targets`).
+    A variant overrides one of them — e.g. conservative FB adds its penalty to
+    :meth:`fb_loss` — and returns its extra metrics by name.
+    """
 
     config_class = FBConfig
     model_class = FBModel
@@ -229,84 +250,138 @@ class FBAgent(Agent):
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig, device: torch.device):
         super().__init__(obs_dim, action_dim, cfg, device)
         m = self.model
-        self.forward_target = copy.deepcopy(m.forward_map).requires_grad_(False)
-        self.backward_target = copy.deepcopy(m.backward_map).requires_grad_(False)
-        self.fb_opt = torch.optim.Adam(
+        self.forward_target = self.add_module(
+            "forward_target", copy.deepcopy(m.forward_map).requires_grad_(False)
+        )
+        self.backward_target = self.add_module(
+            "backward_target", copy.deepcopy(m.backward_map).requires_grad_(False)
+        )
+        self.fb_opt = self.add_optimizer(
+            "fb_opt",
             [
                 {"params": m.forward_map.parameters(), "lr": cfg.lr_f},
                 {"params": m.backward_map.parameters(), "lr": cfg.lr_b},
             ],
             weight_decay=cfg.weight_decay,
         )
-        self.actor_opt = torch.optim.Adam(m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay)
+        self.actor_opt = self.add_optimizer(
+            "actor_opt", m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay
+        )
 
     def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
-        """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states."""
+        """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.
+
+        The permuted states are taken with ``gather``, not ``x[torch.randperm(n)]`` (nor
+        ``index_select``, which decomposes to the same ``aten.index``): that pattern trips
+        inductor's ``randperm_index`` rewrite (``fx_passes/misc_patterns``) with "Not all inputs
+        to pattern found in match.kwargs … slice_shape" (torch 2.11–2.13, CPU and CUDA), which
+        is why ``train.compile`` crashed.
+        """
         n = next_obs.shape[0]
         model = self.model
         z = model.sample_z(n, next_obs.device)
+        perm = torch.randperm(n, device=next_obs.device)
         with torch.no_grad():
-            goal_z = model.backward_map(next_obs[torch.randperm(n, device=next_obs.device)])
+            goal_z = model.backward_map(next_obs.gather(0, perm[:, None].expand_as(next_obs)))
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio
         return torch.where(use_goal, goal_z, z)
 
-    def _clip(self, params) -> None:
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
         if self.cfg.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+        opt.step()
 
-    def _update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+    # ---- the F/B step --------------------------------------------------------------------
+    def target_measure(self, next_obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``M̄ = F̄(s', a', z) B̄(s')ᵀ`` reduced over heads, ``(N, N)``, ``a' ~ π_z(s')``.
+
+        The head mean is taken on F̄ before the product (the product is linear in F̄): one
+        N×N matmul instead of one per head.
+        """
         cfg, model = self.cfg, self.model
-        obs, action = batch["observation"], batch["action"]
-        next_obs = batch["next", "observation"]
-        discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
-        z = self.sample_training_z(next_obs)
-
-        # ---- F and B: measure loss + orthonormality -------------------------------------
         with torch.no_grad():
             next_action = clipped_noise_action(model.actor(next_obs, z), cfg.actor_std, cfg.std_clip)
             target_f = self.forward_target(next_obs, z, next_action)  # (E, N, d)
             target_b = self.backward_target(next_obs)  # (N, d)
-            target_m = target_f @ target_b.T  # (E, N, N)
-            target_m = target_m.mean(0) if cfg.target_reduction == "mean" else target_m.min(0).values
-        f = model.forward_map(obs, z, action)
-        b = model.backward_map(next_obs)
-        m = f @ b.T
-        fb_loss, fb_offdiag, fb_diag = fb_measure_loss(m, target_m, discount)
-        ortho_loss, ortho_offdiag, ortho_diag = orthonormality_loss(b)
-        loss = fb_loss + cfg.ortho_coef * ortho_loss
-        self.fb_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self._clip([*model.forward_map.parameters(), *model.backward_map.parameters()])
-        self.fb_opt.step()
+            if cfg.target_reduction == "mean":
+                return target_f.mean(0) @ target_b.T
+            return (target_f @ target_b.T).min(0).values
 
-        # ---- actor: maximise the pessimistic Q = min_heads F(s, a, z)ᵀ z -------------------
-        a = clipped_noise_action(model.actor(obs, z), cfg.actor_std, cfg.std_clip)
-        q = model.q_values(obs, z, a).min(0).values
-        actor_loss = -q.mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self._clip(model.actor.parameters())
-        self.actor_opt.step()
-
-        soft_update(self.forward_target, model.forward_map, cfg.tau)
-        soft_update(self.backward_target, model.backward_map, cfg.tau)
-
+    def fb_loss(self, step: FBStep, target_m: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """The loss of the F/B step: measure loss + ``ortho_coef`` × orthonormality."""
+        m = step.f @ step.b.T  # (E, N, N); f, b carry gradients here
+        fb_loss, fb_offdiag, fb_diag = fb_measure_loss(m, target_m, step.discount)
+        ortho_loss, ortho_offdiag, ortho_diag = orthonormality_loss(step.b)
         with torch.no_grad():
-            cov = b.T @ b / b.shape[0]  # (d, d); identity when B is orthonormal under ρ
-            eye = torch.eye(cov.shape[0], device=cov.device)
-            return {
+            n = m.shape[-1]
+            m_diag = m.diagonal(dim1=-2, dim2=-1).mean()
+            metrics = {
                 "loss/fb": fb_loss.detach(),
                 "loss/fb_offdiag": fb_offdiag.detach(),
                 "loss/fb_diag": fb_diag.detach(),
                 "loss/ortho": ortho_loss.detach(),
                 "loss/ortho_offdiag": ortho_offdiag.detach(),
                 "loss/ortho_diag": ortho_diag.detach(),
-                "loss/actor": actor_loss.detach(),
-                "diag/orth_linf": (cov - eye).abs().max(),
-                "diag/B_norm": b.norm(dim=-1).mean(),
-                "diag/F_norm": f.norm(dim=-1).mean(),
-                "diag/z_norm": z.norm(dim=-1).mean(),
-                "diag/M_diag": m.diagonal(dim1=-2, dim2=-1).mean(),
-                "diag/M_offdiag": m.mean(),
-                "diag/actor_q": q.mean().detach(),
+                "diag/M_diag": m_diag,
+                "diag/M_offdiag": (m.mean() * n - m_diag) / (n - 1),
             }
+        return fb_loss + self.cfg.ortho_coef * ortho_loss, metrics
+
+    def update_fb(self, batch: TensorDict, z: torch.Tensor) -> FBStep:
+        """One optimiser step of F and B; returns what the actor step needs."""
+        cfg, model = self.cfg, self.model
+        obs, action = batch["observation"], batch["action"]
+        next_obs = batch["next", "observation"]
+        discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
+        target_m = self.target_measure(next_obs, z)
+        f = model.forward_map(obs, z, action)
+        b = model.backward_map(next_obs)
+        step = FBStep(obs, action, next_obs, discount, z, f, b)
+        loss, metrics = self.fb_loss(step, target_m)
+        self._step(self.fb_opt, loss, [*model.forward_map.parameters(), *model.backward_map.parameters()])
+        with torch.no_grad():
+            b = b.detach()
+            cov = b.T @ b / b.shape[0]  # (d, d); identity when B is orthonormal under ρ
+            cov.diagonal().sub_(1.0)
+            metrics.update({
+                "diag/orth_linf": cov.abs().max(),
+                "diag/B_norm": b.norm(dim=-1).mean(),
+                "diag/F_norm": f.detach().norm(dim=-1).mean(),
+                "diag/z_norm": z.norm(dim=-1).mean(),
+            })
+        step.f, step.b, step.metrics = f.detach(), b, metrics
+        return step
+
+    # ---- the actor step ------------------------------------------------------------------
+    def actor_loss(self, step: FBStep) -> tuple[torch.Tensor, Metrics]:
+        """``−mean min_heads F(s, a, z)ᵀz`` with ``a = π(s, z) + clipped noise``.
+
+        F is evaluated with frozen (detached) parameters: the gradient flows into the
+        action only, so F's weight gradients are never computed.
+        """
+        cfg, model = self.cfg, self.model
+        a = clipped_noise_action(model.actor(step.obs, step.z), cfg.actor_std, cfg.std_clip)
+        f = call_frozen(model.forward_map, step.obs, step.z, a)  # (E, N, d)
+        q = (f * step.z).sum(-1).min(0).values
+        loss = -q.mean()
+        return loss, {"loss/actor": loss.detach(), "diag/actor_q": q.mean().detach()}
+
+    def update_actor(self, step: FBStep) -> Metrics:
+        """One optimiser step of the actor (after the F/B step, so with the updated F)."""
+        loss, metrics = self.actor_loss(step)
+        self._step(self.actor_opt, loss, list(self.model.actor.parameters()))
+        return metrics
+
+    def update_targets(self) -> None:
+        """Polyak averaging of the F and B targets (one foreach lerp each)."""
+        soft_update(self.forward_target, self.model.forward_map, self.cfg.tau)
+        soft_update(self.backward_target, self.model.backward_map, self.cfg.tau)
+
+    def _update(self, batch: TensorDict) -> Metrics:
+        z = self.sample_training_z(batch["next", "observation"])
+        step = self.update_fb(batch, z)
+        actor_metrics = self.update_actor(step)
+        self.update_targets()
+        return {**step.metrics, **actor_metrics}

@@ -88,10 +88,16 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl.agents.base import Agent, Model
+from zsrl.agents.base import Agent, Metrics, Model
+from zsrl.agents.common import goal_position_probs, sample_categorical
 from zsrl.config import AgentConfig, param
-from zsrl.nn import mlp, soft_update
+from zsrl.nn import expectile_loss, gaussian_log_prob, kl_standard_normal, mlp, soft_update
 from zsrl.utils import UserError
+
+__all__ = [
+    "FREAgent", "FREConfig", "FREModel", "RewardEncoder", "RewardPrior", "discretize_rewards",
+    "expectile_loss", "goal_rewards", "kl_standard_normal", "validate_config",
+]
 
 
 @dataclass
@@ -201,17 +207,6 @@ def goal_rewards(states: torch.Tensor, goals: torch.Tensor, threshold: float) ->
     return (rms < threshold).to(states.dtype) - 1.0
 
 
-def kl_standard_normal(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """``KL(N(μ, σ²) ‖ N(0, I))`` averaged over batch and dimensions."""
-    return 0.5 * (mu.pow(2) + torch.exp(2 * log_std) - 1.0 - 2 * log_std).mean()
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """``mean |τ − 1(diff < 0)| · diff²`` (IQL's asymmetric L2)."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.pow(2)).mean()
-
-
 class RewardEncoder(nn.Module):
     """Set transformer ``{(s_k, r_k)}_{k ≤ K} → (μ, log σ)`` (see the module docstring)."""
 
@@ -253,8 +248,7 @@ class GaussianActor(nn.Module):
 
     def log_prob(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         mean, log_std = self(x)
-        z = (action - mean) * torch.exp(-log_std)
-        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return gaussian_log_prob(action, mean, log_std)
 
 
 class FREModel(Model):
@@ -264,8 +258,6 @@ class FREModel(Model):
     standardise every network input and goal distances) and ``prompt_bank`` (dataset states
     for goal prompting), filled by :meth:`FREAgent.setup`.
     """
-
-    agent_name = "fre"
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: FREConfig):
         super().__init__(obs_dim, action_dim, cfg)
@@ -443,28 +435,19 @@ class FREAgent(Agent):
     def __init__(self, obs_dim: int, action_dim: int, cfg: FREConfig, device: torch.device):
         super().__init__(obs_dim, action_dim, cfg, device)
         m = self.model
-        self.critic_target = copy.deepcopy(m.critic).requires_grad_(False)
-        self.encoder_opt = torch.optim.Adam([*m.encoder.parameters(), *m.decoder.parameters()], lr=cfg.lr)
-        self.policy_opt = torch.optim.Adam(
-            [*m.value_net.parameters(), *m.critic.parameters(), *m.actor.parameters()], lr=cfg.lr
+        self.critic_target = self.add_module("critic_target", copy.deepcopy(m.critic).requires_grad_(False))
+        self.encoder_opt = self.add_optimizer(
+            "encoder_opt", [*m.encoder.parameters(), *m.decoder.parameters()], lr=cfg.lr
         )
-        self.progress = _Progress().to(self.device)
+        self.policy_opt = self.add_optimizer(
+            "policy_opt", [*m.value_net.parameters(), *m.critic.parameters(), *m.actor.parameters()], lr=cfg.lr
+        )
+        self.progress = self.add_module("progress", _Progress())
         self._updates = 0  # host mirror of progress.updates (no device sync per update)
-        self._phase_fns = {"encoder": self._update_encoder, "policy": self._update_policy}
-        k, t = cfg.context_size, cfg.trajectory_context
         # probabilities of each context position to be the goal of a goal-reaching row
-        p = torch.zeros(k)
-        p[0] = cfg.goal_from_current
-        p_rand = 1.0 - cfg.goal_from_current - cfg.goal_from_trajectory
-        if t > 1:
-            p[1:t] = cfg.goal_from_trajectory / (t - 1)
-        else:
-            p_rand += cfg.goal_from_trajectory
-        if k > t:
-            p[t:] = p_rand / (k - t)
-        if p.sum() <= 0:
-            p[0] = 1.0
-        self._goal_position_probs = (p / p.sum()).to(self.device)
+        self._goal_position_probs = goal_position_probs(
+            cfg.context_size, cfg.trajectory_context, cfg.goal_from_current, cfg.goal_from_trajectory
+        ).to(self.device)
         self._dataset: Any = None
         self._source: Any = None
         self._domain: Any = None
@@ -510,17 +493,23 @@ class FREAgent(Agent):
             if not torch.isfinite(features).all():
                 raise UserError(f"domain {domain.name!r}: features() returned NaN or inf values")
         feats = next_obs if features is None else features
-        self.prior = RewardPrior(feats.shape[1], cfg).to(self.device)
+        self._modules.pop("prior", None)  # a new setup rebuilds it (same seed, same bank)
+        self.prior = self.add_module("prior", RewardPrior(feats.shape[1], cfg))
         self.prior.feat_mean.copy_(feats.mean(0))
         self.prior.feat_std.copy_(feats.std(0).clamp_min(1e-4))
         bank_idx = torch.randint(len(dataset), (cfg.prompt_bank_size,), device=next_obs.device)
         model.prompt_bank.copy_(next_obs[bank_idx])
         model.prompt_bank_ready.fill_(True)
         self._source, self._dataset, self._domain = source, dataset, domain
+        _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
         self._next_obs, self._features = next_obs, features
 
-    @torch.no_grad()
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
+        """The batch of the current phase (see :meth:`sample_phase_batch`)."""
+        return self.sample_phase_batch(dataset, batch_size, self.phase)
+
+    @torch.no_grad()
+    def sample_phase_batch(self, dataset: Any, batch_size: int, phase: str) -> TensorDict:
         """Everything one update needs; see the module docstring for the context layout.
 
         Keys: ``context_obs`` ``(B, K, D)``, ``context_reward`` ``(B, K)``; in the encoder phase
@@ -540,7 +529,7 @@ class FREAgent(Agent):
         b, k, t, nq = batch_size, cfg.context_size, cfg.trajectory_context, cfg.decoder_queries
         dev = next_obs.device
         n_data = next_obs.shape[0]
-        encoder_phase = self.phase == "encoder"
+        encoder_phase = phase == "encoder"
 
         idx = data.sample_indices(b)
         parts = [idx[:, None]]
@@ -558,7 +547,7 @@ class FREAgent(Agent):
         n_mlp = b - n_goal - n_lin
         rewards = torch.empty(b, all_idx.shape[1], device=dev)
         # goal reaching: the goal is one of the row's context states
-        goal_pos = torch.multinomial(self._goal_position_probs, n_goal, replacement=True) if n_goal else None
+        goal_pos = sample_categorical(self._goal_position_probs, n_goal) if n_goal else None
         if n_goal:
             g_states = states[:n_goal]
             goals = g_states[torch.arange(n_goal, device=dev), goal_pos]  # (n_goal, D)
@@ -598,7 +587,7 @@ class FREAgent(Agent):
 
     # ---- updates -----------------------------------------------------------------------
     @staticmethod
-    def _metrics(enc: dict[str, torch.Tensor] | None, pol: dict[str, torch.Tensor] | None) -> dict:
+    def _metrics(enc: Metrics | None, pol: Metrics | None) -> dict:
         """The same keys, in the same order, in both phases (the inactive phase's are 0)."""
         active = enc or pol or {}
         zero = next(iter(active.values())).new_zeros(())
@@ -615,7 +604,7 @@ class FREAgent(Agent):
             torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
         opt.step()
 
-    def _update_encoder(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+    def _update_encoder(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model
         mu, log_std = model.encode(batch["context_obs"], batch["context_reward"])
         w = mu + torch.randn_like(mu) * log_std.exp()
@@ -636,7 +625,7 @@ class FREAgent(Agent):
                 None,
             )
 
-    def _update_policy(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+    def _update_policy(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model
         obs, action, next_obs = batch["observation"], batch["action"], batch["next", "observation"]
         with torch.no_grad():
@@ -674,25 +663,14 @@ class FREAgent(Agent):
                 },
             )
 
-    def _update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
-        """One update of the current phase (eager), then advance the counter."""
-        fn = self._update_encoder if self.phase == "encoder" else self._update_policy
-        metrics = fn(batch)
-        self._updates += 1
-        return metrics
+    def update_phase(self, batch: TensorDict, phase: str) -> Metrics:
+        return self._update_encoder(batch) if phase == "encoder" else self._update_policy(batch)
 
-    def _dispatch(self, batch: TensorDict) -> dict[str, torch.Tensor]:
-        metrics = self._phase_fns[self.phase](batch)
-        self._updates += 1
-        return metrics
+    def _update(self, batch: TensorDict) -> Metrics:
+        return self.update_phase(batch, self.phase)
 
-    def setup_compile(self, compile: bool = False, cudagraphs: bool = False) -> None:
-        """Wrap each phase's update separately (each is one static graph)."""
-        self._phase_fns = {
-            "encoder": self.wrap_step(self._update_encoder, compile, cudagraphs),
-            "policy": self.wrap_step(self._update_policy, compile, cudagraphs),
-        }
-        self._step_fn = self._dispatch
+    def _after_step(self) -> None:
+        self._updates += 1
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
-from zsrl.agents.base import Agent, Model
+from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.config import AgentConfig, param
 from zsrl.data import as_transitions
-from zsrl.nn import clipped_noise_action, mlp, soft_update
+from zsrl.nn import call_frozen, clipped_noise_action, mlp, soft_update
 
 
 @dataclass
@@ -56,8 +56,6 @@ class TD3Config(AgentConfig):
 
 class TD3Model(Model):
     """The oracle policy ``π(s)``; prompts are ignored (it knows its task)."""
-
-    agent_name = "td3"
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: TD3Config):
         super().__init__(obs_dim, action_dim, cfg)
@@ -88,11 +86,15 @@ class TD3Agent(Agent):
     def __init__(self, obs_dim: int, action_dim: int, cfg: TD3Config, device: torch.device):
         super().__init__(obs_dim, action_dim, cfg, device)
         h = [cfg.hidden_dim] * cfg.hidden_layers
-        self.critic = mlp(obs_dim + action_dim, h, 1, ensemble=2).to(self.device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_target = copy.deepcopy(self.model.actor).requires_grad_(False)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.actor_opt = torch.optim.Adam(self.model.actor.parameters(), lr=cfg.lr)
+        self.critic = self.add_module("critic", mlp(obs_dim + action_dim, h, 1, ensemble=2))
+        self.critic_target = self.add_module(
+            "critic_target", copy.deepcopy(self.critic).requires_grad_(False)
+        )
+        self.actor_target = self.add_module(
+            "actor_target", copy.deepcopy(self.model.actor).requires_grad_(False)
+        )
+        self.critic_opt = self.add_optimizer("critic_opt", self.critic.parameters(), lr=cfg.lr)
+        self.actor_opt = self.add_optimizer("actor_opt", self.model.actor.parameters(), lr=cfg.lr)
         self.rewards: torch.Tensor | None = None
 
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
@@ -109,7 +111,7 @@ class TD3Agent(Agent):
         batch["next", "reward"] = self.rewards[idx]
         return batch
 
-    def _update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+    def _update(self, batch: TensorDict) -> Metrics:
         cfg, actor = self.cfg, self.model.actor
         obs, action = batch["observation"], batch["action"]
         next_obs, reward = batch["next", "observation"], batch["next", "reward"]
@@ -125,7 +127,8 @@ class TD3Agent(Agent):
         self.critic_opt.step()
 
         pi = torch.tanh(actor(obs))
-        q_pi = self.critic(torch.cat([obs, pi], -1))[0].squeeze(-1)
+        # the critic is frozen here: its weight gradients are not computed
+        q_pi = call_frozen(self.critic, torch.cat([obs, pi], -1))[0].squeeze(-1)
         lam = 1.0 / q_pi.abs().mean().detach().clamp_min(1e-6) if cfg.bc_weight > 0 else 1.0
         bc = (pi - action).pow(2).sum(-1).mean()
         actor_loss = -lam * q_pi.mean() + cfg.bc_weight * bc

@@ -1,11 +1,25 @@
-"""Benchmark: gradient updates per second of an agent preset, on random data of the right size.
+"""Benchmark: gradient updates per second of agent presets, on random data of the right size.
 
-    python scripts/bench_updates.py --presets fb/point_mass_maze_cpu fb/point_mass_maze \
-        --batch-size 1024 --device cpu --steps 50 --json bench_updates.json
+    python scripts/bench_updates.py --presets fb/walker fre/walker td3/walker --device cuda
+    python scripts/bench_updates.py --presets fb/walker --device cuda --scaling --inference
+    OMP_NUM_THREADS=1 python scripts/bench_updates.py --presets fb/walker_cpu --device cpu \
+        --threads 1 agent.hidden_dim=256 agent.embedding_dim=128 train.batch_size=512
 
-Only the update speed is measured (the sampler draws from a device-resident random dataset
-of the domain's observation/action sizes), so the numbers compare agents, network sizes and
-devices, not data quality. Prints a table and writes JSON.
+Only the update speed is measured: the step samples from a device-resident random dataset
+of the domain's observation/action sizes (the supervised TD3 oracle gets random rewards
+instead of relabelling), so the numbers compare agents, network sizes, modes and devices,
+not data quality. The timed call is ``agent.train_step`` — sampling, update, targets and
+metrics in one (optionally compiled / CUDA-graphed) step — exactly what ``zsrl train`` runs.
+``compile`` / ``cudagraphs`` follow the preset (``auto``: on for CUDA) unless ``--compile`` /
+``--cudagraphs`` (``true``, ``false``, ``auto``) say otherwise.
+
+Achieved TFLOP/s = (FLOPs of one update, counted with ``torch.utils.flop_counter`` on an
+eager update: matmuls of forward and backward, which dominate) × updates/s.
+
+``--scaling`` adds a table of updates/s and TFLOP/s against batch size (256 … 8192) and
+network width (``--widths``, scaling every hidden width of the preset); ``--inference``
+times reward prompting: ``z`` from 50,000 reward-labelled states; ``--profile N`` prints
+where the time of N steps goes (torch.profiler). Prints tables and writes JSON.
 """
 
 from __future__ import annotations
@@ -13,18 +27,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from zsrl.config import load_run_config
-from zsrl.data import from_numpy
-from zsrl.registry import make_domain
-from zsrl.train import build_agent
+from zsrl.config import RunConfig, load_run_config
+from zsrl.data import OfflineDataset, from_numpy
+from zsrl.registry import agent_class, make_domain
+from zsrl.train import build_agent, configure_device
 from zsrl.utils import resolve_device, seed_everything, versions
 
+#: config keys that set a hidden width, per agent (scaled by --widths)
+WIDTH_KEYS = {
+    "fb": ("hidden_dim", "embedding_dim", "backward_hidden_dim"),
+    "fre": ("hidden_dim",),
+    "td3": ("hidden_dim",),
+}
 
-def random_dataset(obs_dim: int, action_dim: int, n: int, device: torch.device):
+
+def random_dataset(obs_dim: int, action_dim: int, n: int, device: torch.device) -> OfflineDataset:
     rng = np.random.default_rng(0)
     arrays = {
         "observation": rng.normal(size=(n, obs_dim)).astype(np.float32),
@@ -37,35 +59,153 @@ def random_dataset(obs_dim: int, action_dim: int, n: int, device: torch.device):
     return from_numpy(arrays, {"domain": "bench"}).to(device)
 
 
-def bench(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
-    cfg = load_run_config(preset, overrides)
-    device = resolve_device(cfg.train.device)
-    domain = make_domain(cfg.domain)
-    env = domain.make_env(seed=0)
-    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+def domain_dims(domain_name: str) -> tuple[int, int]:
+    env = make_domain(domain_name).make_env(seed=0)
+    dims = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
-    seed_everything(0)
-    data = random_dataset(obs_dim, action_dim, 100_000, device)
-    agent = build_agent(cfg, obs_dim, action_dim, device)
+    return dims
+
+
+def prepare_agent(cfg: RunConfig, data: OfflineDataset, device: torch.device, precision: str | None = None):
+    """An agent on random data, set up and with its fast path chosen as ``zsrl train`` does."""
+    if agent_class(cfg.agent.name).needs_task and not cfg.task:
+        cfg.task = "random"  # the oracle relabels with a task reward; here rewards are random
+    agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
     if agent.needs_task:
-        raise SystemExit(f"{preset}: bench_updates measures reward-free agents on random data; "
-                         "a supervised agent needs a dataset it can relabel")
-    agent.setup(data, domain)
-    agent.setup_compile(cfg.train.compile, cfg.train.cudagraphs)
+        agent.rewards = torch.rand(len(data), device=device)
+    else:
+        agent.setup(data, None)
+    compile_step, cudagraphs = configure_device(cfg.train, device)
+    agent.setup_compile(compile_step, cudagraphs, precision or cfg.train.precision)
+    return agent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def update_flops(cfg: RunConfig, data: OfflineDataset, device: torch.device) -> float:
+    """FLOPs of one eager update (forward + backward matmuls) of a fresh agent."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    agent = prepare_agent(cfg, data, device)
+    agent.setup_compile(False, False, "fp32")
+    batch = agent.sample_batch(data, cfg.train.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        agent.update(batch)
+    return float(counter.get_total_flops())
+
+
+def time_steps(agent: Any, data: OfflineDataset, batch_size: int, steps: int, warmup: int) -> float:
+    """Updates/s of ``agent.train_step`` after ``warmup`` steps (compilation, graph capture)."""
+    device = agent.device
+    out = None
     for _ in range(warmup):
-        metrics = agent.update(agent.sample_batch(data, cfg.train.batch_size))
-    float(next(iter(metrics.values())))  # sync
+        out = agent.train_step(data, batch_size)
+    if out is not None:
+        out.sum().item()  # sync
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        metrics = agent.update(agent.sample_batch(data, cfg.train.batch_size))
-    float(next(iter(metrics.values())))
-    elapsed = time.perf_counter() - t0
+        out = agent.train_step(data, batch_size)
+    out.sum().item()
+    sync(device)
+    return steps / (time.perf_counter() - t0)
+
+
+def bench(preset: str, overrides: list[str], steps: int, warmup: int, flops: bool = True) -> dict:
+    cfg = load_run_config(preset, overrides)
+    device = resolve_device(cfg.train.device)
+    obs_dim, action_dim = domain_dims(cfg.domain)
+    seed_everything(0)
+    data = random_dataset(obs_dim, action_dim, 100_000, device)
+    agent = prepare_agent(cfg, data, device)
+    ups = time_steps(agent, data, cfg.train.batch_size, steps, warmup)
+    flop = update_flops(cfg, data, device) if flops else float("nan")
     params = sum(p.numel() for p in agent.model.parameters())
     return {
         "preset": preset, "overrides": overrides, "device": str(device), "batch_size": cfg.train.batch_size,
-        "compile": cfg.train.compile, "cudagraphs": cfg.train.cudagraphs, "parameters": params,
-        "updates_per_s": steps / elapsed, "steps": steps,
+        "compile": agent.compile, "cudagraphs": agent.cudagraphs, "precision": agent.precision,
+        "parameters": params, "updates_per_s": ups, "steps": steps, "gflop_per_update": flop / 1e9,
+        "tflops": flop * ups / 1e12,
     }
+
+
+def time_reward_inference(preset: str, overrides: list[str], n: int = 50_000, repeats: int = 10) -> dict:
+    """Median wall time of ``model.infer_z_from_rewards`` on ``n`` labelled states."""
+    cfg = load_run_config(preset, overrides)
+    device = resolve_device(cfg.train.device)
+    obs_dim, action_dim = domain_dims(cfg.domain)
+    data = random_dataset(obs_dim, action_dim, max(n, 1024), device)
+    model = prepare_agent(cfg, data, device).model.eval()
+    obs, rewards = torch.randn(n, obs_dim, device=device), torch.rand(n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        z = model.infer_z_from_rewards(obs, rewards)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"preset": preset, "samples": n, "device": str(device), "z_shape": list(z.shape),
+            "median_ms": float(np.median(times[1:]) * 1e3)}
+
+
+def profile_steps(preset: str, overrides: list[str], steps: int, warmup: int, path: str | None) -> str:
+    """torch.profiler table of ``steps`` train steps (CPU and, on CUDA, kernel times).
+
+    Under CUDA graphs the profiler sees one graph launch per step, so profile with
+    ``--cudagraphs false`` to see the kernels.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = load_run_config(preset, overrides)
+    device = resolve_device(cfg.train.device)
+    obs_dim, action_dim = domain_dims(cfg.domain)
+    data = random_dataset(obs_dim, action_dim, 100_000, device)
+    agent = prepare_agent(cfg, data, device)
+    for _ in range(warmup):
+        agent.train_step(data, cfg.train.batch_size)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            agent.train_step(data, cfg.train.batch_size)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30)
+    if path:
+        prof.export_chrome_trace(path)
+    return table
+
+
+def _width_overrides(preset: str, scale: float) -> list[str]:
+    cfg = load_run_config(preset)
+    keys = WIDTH_KEYS.get(cfg.agent.name, ())
+    return [f"agent.{k}={max(8, round(getattr(cfg.agent, k) * scale))}" for k in keys]
+
+
+def scaling(preset: str, overrides: list[str], batches: list[int], widths: list[float], steps: int,
+            warmup: int) -> list[dict]:
+    rows = []
+    for scale in widths:
+        for b in batches:
+            ov = [*overrides, *_width_overrides(preset, scale), f"train.batch_size={b}"]
+            row = bench(preset, ov, steps, warmup)
+            row["width_scale"] = scale
+            rows.append(row)
+            print(f"  width×{scale:<4} batch {b:>5}: {row['updates_per_s']:9.1f} upd/s "
+                  f"{row['tflops']:7.3f} TFLOP/s", flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'preset':<24} {'device':<7} {'batch':>6} {'params':>10} {'compile':>8} {'graphs':>7} "
+          f"{'prec':>5} {'upd/s':>9} {'GFLOP/upd':>10} {'TFLOP/s':>8}")
+    for r in rows:
+        print(f"{r['preset']:<24} {r['device']:<7} {r['batch_size']:>6} {r['parameters']:>10,} "
+              f"{r['compile']!s:>8} {r['cudagraphs']!s:>7} {r['precision']:>5} {r['updates_per_s']:>9.1f} "
+              f"{r['gflop_per_update']:>10.2f} {r['tflops']:>8.3f}")
 
 
 def main() -> None:
@@ -73,29 +213,54 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["fb/point_mass_maze_cpu", "fb/point_mass_maze"])
     p.add_argument("--batch-size", type=int, help="override every preset's batch size")
     p.add_argument("--device", default=None, help="override every preset's device (cpu, cuda, auto)")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--cudagraphs", action="store_true")
+    p.add_argument("--compile", default=None, choices=["true", "false", "auto"])
+    p.add_argument("--cudagraphs", default=None, choices=["true", "false", "auto"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--scaling", action="store_true", help="upd/s and TFLOP/s vs batch size and width")
+    p.add_argument("--batches", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
+    p.add_argument("--widths", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    p.add_argument("--inference", action="store_true", help="time z from 50,000 reward-labelled states")
+    p.add_argument("--inference-samples", type=int, default=50_000)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="print a torch.profiler table of N steps of the first preset")
+    p.add_argument("--trace", help="with --profile: also write a Chrome trace here")
     p.add_argument("--json", default="bench_updates.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every preset")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = list(args.overrides)
-    if args.batch_size:
-        overrides.append(f"train.batch_size={args.batch_size}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.compile:
-        overrides.append("train.compile=true")
-    if args.cudagraphs:
-        overrides.append("train.cudagraphs=true")
+    for flag in ("batch_size", "device", "compile", "cudagraphs", "precision"):
+        value = getattr(args, flag)
+        if value:
+            overrides.append(f"train.{flag}={value}")
     rows = [bench(preset, overrides, args.steps, args.warmup) for preset in args.presets]
-    print(f"{'preset':<28} {'device':<7} {'batch':>6} {'params':>10} {'compile':>8} {'graphs':>7} {'updates/s':>10}")
-    for r in rows:
-        print(f"{r['preset']:<28} {r['device']:<7} {r['batch_size']:>6} {r['parameters']:>10,} "
-              f"{r['compile']!s:>8} {r['cudagraphs']!s:>7} {r['updates_per_s']:>10.1f}")
+    print_table(rows)
+    out: dict[str, Any] = {"results": rows, "versions": versions(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    if args.scaling:
+        out["scaling"] = {}
+        for preset in args.presets:
+            print(f"scaling {preset}:")
+            no_batch = [o for o in overrides if not o.startswith("train.batch_size=")]
+            out["scaling"][preset] = scaling(preset, no_batch, args.batches, args.widths, args.steps, args.warmup)
+    if args.inference:
+        out["inference"] = []
+        for preset in args.presets:
+            r = time_reward_inference(preset, overrides, args.inference_samples)
+            out["inference"].append(r)
+            print(f"reward inference {preset}: z from {r['samples']:,} labelled states in "
+                  f"{r['median_ms']:.2f} ms (median, {r['device']})")
+    if args.profile:
+        table = profile_steps(args.presets[0], overrides, args.profile, args.warmup, args.trace)
+        print(f"profile of {args.profile} steps of {args.presets[0]}:\n{table}")
+        out["profile"] = table
     with open(args.json, "w") as f:
-        json.dump({"results": rows, "versions": versions(), "threads": torch.get_num_threads()}, f, indent=2)
+        json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -103,10 +103,23 @@ class TrainConfig:
     eval_tasks: list[str] = field(default_factory=list)
     eval_episodes: int = param(2, ge=1)
     eval_reward_samples: int = param(10_000, ge=1)
-    compile: bool = False
-    cudagraphs: bool = False
+    #: ``torch.compile`` the training step; ``auto``: on for CUDA, off elsewhere
+    compile: bool | Literal["auto"] = "auto"
+    #: record the training step as a CUDA graph (CUDA only); ``auto``: on for CUDA
+    cudagraphs: bool | Literal["auto"] = "auto"
+    #: TF32 tensor-core matmuls for float32 on CUDA (ignored elsewhere)
+    tf32: bool = True
+    #: ``bf16``: autocast the update's matmuls to bfloat16 (parameters and optimiser stay fp32)
+    precision: Literal["fp32", "bf16"] = "fp32"
     tensorboard: bool = False
     progress: bool = True
+
+
+def resolve_auto(flag: bool | str, device: Any) -> bool:
+    """A ``bool | "auto"`` switch for ``device``: ``auto`` is on exactly for CUDA devices."""
+    if flag == "auto":
+        return str(device).startswith("cuda")
+    return bool(flag)
 
 
 @dataclass

@@ -10,6 +10,7 @@ is written; :func:`nonfinite_parameter` checks the agent's parameters at the sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,11 +32,11 @@ class MetricAccumulator:
         self.count = 0
         self.first_step = 0  # the last step before this period
 
-    def add(self, metrics: dict[str, torch.Tensor], step: int) -> None:
-        """Accumulate one update's metrics (device ops only)."""
-        values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
+    def add(self, values: torch.Tensor, names: Sequence[str], step: int) -> None:
+        """Accumulate one update's metric vector ``values`` (named ``names``; device ops only)."""
+        values = values.detach().float()
         if self.sums is None:
-            self.names, self.sums, self.first_step = list(metrics), values, step - 1
+            self.names, self.sums, self.first_step = list(names), values.clone(), step - 1
             self.finite_steps = torch.zeros(values.shape, dtype=torch.int64, device=values.device)
         else:
             self.sums += values

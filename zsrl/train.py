@@ -51,7 +51,7 @@ from zsrl.checkpoint import (
     save_final_model,
     set_rng_state,
 )
-from zsrl.config import RunConfig, load_run_config, run_config_from_dict, validate
+from zsrl.config import RunConfig, load_run_config, resolve_auto, run_config_from_dict, validate
 from zsrl.data import (
     DatasetError,
     OfflineDataset,
@@ -187,6 +187,19 @@ def _prepare(cfg: RunConfig, dataset: Path) -> tuple[Any, OfflineDataset, Offlin
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
     agent.setup(train_data, domain, cfg.task)
     return domain, data, train_data, agent
+
+
+def configure_device(tc: Any, device: torch.device) -> tuple[bool, bool]:
+    """Device-wide settings of a run; returns the resolved ``(compile, cudagraphs)``.
+
+    On CUDA: TF32 matmuls unless ``train.tf32=false``; ``compile`` / ``cudagraphs`` default
+    (``auto``) to on. On CPU both default to off.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tc.tf32
+        torch.backends.cudnn.allow_tf32 = tc.tf32
+        torch.set_float32_matmul_precision("high" if tc.tf32 else "highest")
+    return resolve_auto(tc.compile, device), resolve_auto(tc.cudagraphs, device)
 
 
 def start_run(
@@ -342,7 +355,8 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
             print(f"run {run_dir}: wrote the final model of step {start} from its checkpoint")
         print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
         return
-    agent.setup_compile(tc.compile, tc.cudagraphs)
+    compile_step, cudagraphs = configure_device(tc, agent.device)
+    agent.setup_compile(compile_step, cudagraphs, tc.precision)
     log = MetricsLog(run_dir / "metrics.csv", run_dir / "tb" if tc.tensorboard else None, start if resumed else None)
     evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None)
 
@@ -353,7 +367,7 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
     try:
         with StopRequests() as stop:
             for step in range(start + 1, tc.steps + 1):
-                acc.add(agent.update(agent.sample_batch(train_data, tc.batch_size)), step)
+                acc.add(agent.train_step(train_data, tc.batch_size), agent.metric_names, step)  # samples inside
                 if step % tc.log_every == 0 or step == tc.steps:
                     now = time.perf_counter()
                     means, bad = acc.read()  # the one host sync per log period

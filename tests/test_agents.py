@@ -1,0 +1,320 @@
+"""The agent contract and the fast path shared by every agent (agents/base.py, zsrl/nn.py)."""
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import make_arrays
+
+from zsrl.agents.base import CheckpointError, Model
+from zsrl.agents.common import goal_position_probs, sample_categorical, sample_goal_indices
+from zsrl.agents.fb import FBAgent, FBConfig, FBModel, FBStep
+from zsrl.data import from_numpy
+from zsrl.nn import Tanh, call_frozen, expectile_loss, kl_standard_normal, make_adam, mlp
+from zsrl.registry import register_agent
+
+TINY = FBConfig(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32, discount=0.9)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def data():
+    return from_numpy(make_arrays(n=256), {"domain": "point_mass_maze", "collector": "test", "seed": 0})
+
+
+def _params(agent):
+    return [p.detach().clone() for m in agent.modules().values() for p in m.state_dict().values()]
+
+
+def test_train_step_is_sample_then_update_and_leaves_no_trace(data):
+    """train_step (sampling inside the step, metrics packed by name) follows exactly the same
+    random stream and maths as update(sample_batch); learning the metric names first changes
+    neither the training state nor the random stream."""
+    torch.manual_seed(0)
+    a = FBAgent(4, 2, TINY, CPU)
+    b = FBAgent(4, 2, TINY, CPU)
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(1)
+    va = [a.train_step(data, 32) for _ in range(3)]
+    torch.manual_seed(1)
+    mb = [b.update(b.sample_batch(data, 32)) for _ in range(3)]
+    assert a.metric_names == tuple(mb[0])
+    for v, m in zip(va, mb):
+        assert torch.equal(v, torch.stack([m[k] for k in a.metric_names]))
+    for p, q in zip(_params(a), _params(b)):
+        assert torch.equal(p, q)
+
+
+def test_contract_is_checked():
+    class NoDict(FBAgent):
+        def _update(self, batch):
+            return [torch.zeros(())]
+
+    class Changing(FBAgent):
+        n = 0
+
+        def _update(self, batch):
+            self.n += 1
+            return {f"m{self.n}": torch.zeros(())}
+
+    batch = from_numpy(make_arrays(), {"domain": "x"}).sample(8)
+    with pytest.raises(TypeError, match="dict of named 0-dim tensors"):
+        NoDict(4, 2, TINY, CPU).update(batch)
+    agent = Changing(4, 2, TINY, CPU)
+    agent.update(batch)
+    with pytest.raises(ValueError, match="metric names changed"):
+        agent.update(batch)
+    with pytest.raises(TypeError, match="needs a FBConfig"):
+        FBAgent(4, 2, object(), CPU)
+    with pytest.raises(ValueError, match="declared twice"):
+        agent.add_module("model", torch.nn.Linear(1, 1))
+    assert set(agent.modules()) == {"model", "forward_target", "backward_target"}
+    assert set(agent.optimizers()) == {"fb_opt", "actor_opt"}
+    with pytest.raises(CheckpointError, match="does not match this agent"):
+        agent.load_state_dict({"module.model": {}})
+
+    class Orphan(FBAgent):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.extra = self.add_module("extra", torch.nn.Linear(2, 2))
+
+    with pytest.raises(TypeError, match=r"\['extra.weight', 'extra.bias'\] require gradients"):
+        Orphan(4, 2, TINY, CPU).update(batch)
+
+
+def test_state_keys_are_those_of_earlier_checkpoints():
+    # checkpoints written before the contract was explicit must keep loading
+    assert set(FBAgent(4, 2, TINY, CPU).state_dict()) == {
+        "module.model", "module.forward_target", "module.backward_target", "optim.fb_opt", "optim.actor_opt"
+    }
+
+
+def test_fb_seams_a_variant_overrides_one_step(data):
+    """A variant adds a loss term by overriding fb_loss only; the actor step sees FBStep."""
+    seen = {}
+
+    class Penalised(FBAgent):
+        def fb_loss(self, step, target_m):
+            loss, metrics = super().fb_loss(step, target_m)
+            penalty = step.f.pow(2).mean()
+            return loss + 0.1 * penalty, {**metrics, "loss/penalty": penalty.detach()}
+
+        def update_actor(self, step):
+            seen["step"] = step
+            return super().update_actor(step)
+
+    torch.manual_seed(0)
+    agent = Penalised(4, 2, TINY, CPU)
+    metrics = agent.update(agent.sample_batch(data, 32))
+    assert "loss/penalty" in metrics and "loss/actor" in metrics
+    step = seen["step"]
+    assert isinstance(step, FBStep) and step.f.shape == (2, 32, 8) and step.b.shape == (32, 8)
+    assert not step.f.requires_grad and not step.b.requires_grad
+
+
+def test_actor_step_computes_no_forward_map_gradients(data):
+    torch.manual_seed(0)
+    agent = FBAgent(4, 2, TINY, CPU)
+    batch = agent.sample_batch(data, 32)
+    z = agent.sample_training_z(batch["next", "observation"])
+    step = agent.update_fb(batch, z)
+    f_grads = [p.grad.clone() for p in agent.model.forward_map.parameters()]
+    agent.update_actor(step)
+    for g, p in zip(f_grads, agent.model.forward_map.parameters()):
+        assert torch.equal(g, p.grad)  # untouched by the actor's backward
+    assert all(p.grad is not None for p in agent.model.actor.parameters())
+
+
+def test_call_frozen_passes_gradients_to_inputs_only():
+    net = mlp(3, [8], 2)
+    x = torch.randn(5, 3, requires_grad=True)
+    call_frozen(net, x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+    torch.testing.assert_close(call_frozen(net, x), net(x))
+
+
+def test_fast_tanh_matches_tanh():
+    x = torch.linspace(-20, 20, 100_001)
+    assert (Tanh()(x) - torch.tanh(x)).abs().max() < 3e-7
+    x = torch.randn(1000, requires_grad=True)
+    (g,) = torch.autograd.grad(Tanh()(x).sum(), x)
+    torch.testing.assert_close(g, 1 - torch.tanh(x.detach()) ** 2, atol=1e-6, rtol=1e-5)
+
+
+def test_shared_losses():
+    diff = torch.tensor([1.0, -2.0])
+    # τ = 0.8: 0.8·1 and 0.2·4 → mean 0.8
+    assert expectile_loss(diff, 0.8).item() == pytest.approx(0.8)
+    assert kl_standard_normal(torch.zeros(3, 2), torch.zeros(3, 2)).item() == 0.0
+    # KL(N(1, e²) ‖ N(0, 1)) = ½(1 + e² − 1 − 2) per dim
+    assert kl_standard_normal(torch.ones(1, 1), torch.ones(1, 1)).item() == pytest.approx(0.5 * (math.e**2 - 2))
+
+
+def test_goal_samplers():
+    torch.manual_seed(0)
+    p = goal_position_probs(8, 4, 0.2, 0.5)
+    assert p[0] == pytest.approx(0.2) and p[1:4].sum() == pytest.approx(0.5) and p[4:].sum() == pytest.approx(0.3)
+    draws = sample_categorical(p, 200_000)
+    freq = torch.bincount(draws, minlength=8).float() / draws.numel()
+    torch.testing.assert_close(freq, p, atol=5e-3, rtol=0)
+    # trajectory mass goes to random positions when there is no trajectory context
+    assert goal_position_probs(4, 1, 0.2, 0.5)[1:].sum() == pytest.approx(0.8)
+
+    ds = from_numpy(make_arrays(n=1000, episode_len=100), {"domain": "x"})
+    idx = torch.randint(1000, (20_000,))
+    assert torch.equal(sample_goal_indices(ds, idx, 1.0, 0.0, 0.9), idx)
+    fut = sample_goal_indices(ds, idx, 0.0, 1.0, 0.9)
+    assert (fut >= idx).all() and (fut // 100 == idx // 100).all() and (fut > idx).float().mean() > 0.5
+    mix = sample_goal_indices(ds, idx, 0.2, 0.5, 0.9)
+    assert 0.15 < (mix == idx).float().mean() < 0.30  # current (plus a few future with offset 0)
+
+
+def test_infer_z_from_transitions_defaults_to_reached_states():
+    torch.manual_seed(0)
+    model = FBModel(4, 2, TINY)
+    obs, next_obs, r = torch.randn(50, 4), torch.randn(50, 4), torch.rand(50)
+    torch.testing.assert_close(model.infer_z_from_transitions(obs, next_obs, r), model.infer_z_from_rewards(next_obs, r))
+    with pytest.raises(ValueError, match="equal shapes"):
+        model.infer_z_from_transitions(obs[:3], next_obs, r)
+
+
+@dataclass
+class _VariantConfig(FBConfig):
+    name: str = "fb_variant_test"
+    penalty: float = 0.5
+
+
+class _VariantAgent(FBAgent):
+    config_class = _VariantConfig
+
+
+def test_variant_model_loads_without_its_own_model_class(tmp_path):
+    register_agent("fb_variant_test", _VariantAgent)
+    cfg = _VariantConfig(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32, penalty=2.0)
+    agent = _VariantAgent(4, 2, cfg, CPU)
+    agent.model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["agent"] == "fb_variant_test" and meta["agent_config"]["penalty"] == 2.0
+    loaded = Model.load(tmp_path / "m")
+    assert type(loaded) is FBModel and isinstance(loaded.cfg, _VariantConfig) and loaded.cfg.penalty == 2.0
+    obs, z = torch.randn(3, 4), agent.model.sample_z(3)
+    torch.testing.assert_close(loaded.act(obs, z), agent.model.act(obs, z))
+
+
+def test_optimizer_flags_survive_loading_a_state_from_another_device():
+    agent = FBAgent(4, 2, TINY, CPU)
+    batch = from_numpy(make_arrays(), {"domain": "x"}).sample(8)
+    agent.update(batch)
+    state = agent.state_dict()
+    for group in state["optim.fb_opt"]["param_groups"]:
+        group["capturable"] = True  # as saved by a CUDA run
+    agent.load_state_dict(state)
+    assert all(not g["capturable"] for g in agent.fb_opt.param_groups)
+    steps = [s["step"] for s in agent.fb_opt.state.values()]
+    assert all(s.device.type == "cpu" and s.dtype == torch.float32 for s in steps)
+    agent.update(batch)
+
+
+def test_make_adam_is_fused_and_capturable_on_cuda_only():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    g = make_adam(p, CPU, lr=1e-3).param_groups[0]
+    assert not g["capturable"] and not g["fused"]
+    # the CUDA choice is made from the device alone (checked without a GPU)
+    kwargs = {}
+    import zsrl.nn as znn
+
+    orig = torch.optim.Adam
+    try:
+        znn.torch.optim.Adam = lambda params, **kw: kwargs.update(kw)  # type: ignore[assignment]
+        make_adam(p, torch.device("cuda"), lr=1e-3)
+    finally:
+        znn.torch.optim.Adam = orig
+    assert kwargs == {"lr": 1e-3, "fused": True, "capturable": True}
+
+
+def test_cudagraphs_on_cpu_warns_and_runs(data):
+    agent = FBAgent(4, 2, TINY, CPU)
+    with pytest.warns(UserWarning, match="needs a CUDA device"):
+        agent.setup_compile(cudagraphs=True)
+    assert not agent.cudagraphs
+    assert torch.isfinite(agent.train_step(data, 16)).all()
+
+
+def test_bf16_autocast_runs_and_stays_close(data):
+    torch.manual_seed(0)
+    a = FBAgent(4, 2, TINY, CPU)
+    b = FBAgent(4, 2, TINY, CPU)
+    b.load_state_dict(a.state_dict())
+    b.setup_compile(precision="bf16")
+    torch.manual_seed(1)
+    ma = a.train_step(data, 64)
+    torch.manual_seed(1)
+    mb = b.train_step(data, 64)
+    assert torch.isfinite(mb).all()
+    i = a.metric_names.index("loss/fb")
+    assert abs(ma[i] - mb[i]) < 0.05 * abs(ma[i]) + 0.05
+    for p in b.model.parameters():
+        assert p.dtype == torch.float32
+
+
+def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
+    from scripts.gpu_check import main
+
+    out = tmp_path / "gc.json"
+    rc = main(["--device", "cpu", "--sizes", "tiny", "--agents", "fb", "--modes", "eager", "both",
+               "--updates", "3", "--warmup", "1", "--tiny-batch", "32", "--dataset-size", "2000",
+               "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "skipped: CUDA graphs need a CUDA device" in text and "upd/s" in text and "# device cpu" in text
+    result = json.loads(out.read_text())
+    eager, both = result["results"]
+    assert eager["finite"] and eager["updates_per_s"] > 0 and eager["gflop_per_update"] > 0
+    assert both["skipped"]
+    assert "torch" in result["versions"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agent_key", ["fb", "td3", "fre", "fre:policy"])
+def test_compiled_update_agrees_with_eager(agent_key):
+    """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
+    eager within 1e-4 relative on the metrics of one update and the parameters after it."""
+
+    import torch._dynamo
+
+    from scripts.gpu_check import AGENTS, TINY, agreement, domain_dims, random_dataset
+    from zsrl.config import load_run_config
+
+    name, extra = AGENTS[agent_key]
+    cfg = load_run_config(f"{name}/point_mass_maze_cpu", [*extra, *TINY[name], "train.batch_size=64",
+                                                          "train.device=cpu"])
+    obs_dim, action_dim = domain_dims(cfg.domain)
+    data = random_dataset(obs_dim, action_dim, 5000, CPU)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    result, _ = agreement(cfg, data, CPU, (True, False, "fp32"), warmup=2)
+    result.pop("first_metrics", None)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert result["metric_rel_err"] <= 1e-4 and result["param_rel_err"] <= 1e-4, result
+
+
+def test_gpu_switches_default_to_auto_and_resolve_per_device():
+    from zsrl.config import load_run_config, resolve_auto
+    from zsrl.train import configure_device
+    from zsrl.utils import UserError
+
+    cfg = load_run_config("fb/point_mass_maze_cpu")
+    tc = cfg.train
+    assert (tc.compile, tc.cudagraphs, tc.tf32, tc.precision) == ("auto", "auto", True, "fp32")
+    assert resolve_auto("auto", "cuda:0") and resolve_auto("auto", torch.device("cuda"))
+    assert not resolve_auto("auto", "cpu") and resolve_auto(True, "cpu") and not resolve_auto(False, "cuda")
+    assert configure_device(tc, CPU) == (False, False)
+    cfg = load_run_config("fb/point_mass_maze_cpu", ["train.compile=true", "train.precision=bf16"])
+    assert cfg.train.compile is True and cfg.train.precision == "bf16"
+    with pytest.raises(UserError, match="train.compile"):
+        load_run_config("fb/point_mass_maze_cpu", ["train.compile=sometimes"])
+    with pytest.raises(UserError, match="train.precision"):
+        load_run_config("fb/point_mass_maze_cpu", ["train.precision=fp16"])
