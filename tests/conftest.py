@@ -12,7 +12,8 @@ if str(ROOT) not in sys.path:  # examples/ (plug-in domains) import from the rep
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def make_arrays(n=64, obs_dim=4, act_dim=2, episode_len=16, physics_dim=None, seed=0):
+def make_arrays(n=64, obs_dim=4, act_dim=2, episode_len=16, physics_dim=None, seed=0, hold=1):
+    """Random transitions; ``hold > 1`` holds each action that many steps (sticky-random data)."""
     rng = np.random.default_rng(seed)
     arrays = {
         "observation": rng.normal(size=(n, obs_dim)).astype(np.float32),
@@ -22,6 +23,8 @@ def make_arrays(n=64, obs_dim=4, act_dim=2, episode_len=16, physics_dim=None, se
         "episode": np.arange(n) // episode_len,
         "step": np.arange(n) % episode_len,
     }
+    if hold > 1:
+        arrays["action"] = np.repeat(arrays["action"][::hold], hold, axis=0)[:n]
     if physics_dim:
         arrays["physics"] = rng.normal(size=(n, physics_dim))
         arrays["next_physics"] = rng.normal(size=(n, physics_dim))

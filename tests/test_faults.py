@@ -37,7 +37,7 @@ PRESET = "fb/point_mass_maze_cpu"
 
 
 def _dataset(path: Path, obs_dim: int = 4, seed: int = 0) -> Path:
-    arrays = make_arrays(n=256, obs_dim=obs_dim, act_dim=2, episode_len=64, seed=seed)
+    arrays = make_arrays(n=256, obs_dim=obs_dim, act_dim=2, episode_len=64, seed=seed, hold=32)  # sticky, as the preset needs
     arrays["observation"] *= 0.1
     arrays["next_observation"] *= 0.1
     return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(path)

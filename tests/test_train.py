@@ -22,7 +22,7 @@ TINY = [
 
 @pytest.fixture
 def maze_data(tmp_path):
-    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64)
+    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64, hold=32)  # sticky, as the preset needs
     arrays["observation"] *= 0.1
     arrays["next_observation"] *= 0.1
     return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(tmp_path / "ds")

@@ -2,7 +2,8 @@
 
 For a task ``r``: draw ``N`` dataset transitions, label them with ``r`` (the domain's
 relabeller — for MuJoCo domains this replays the stored physics state, so labels equal the
-environment's own rewards), infer ``z = model.infer_z_from_rewards(s', r)``, and roll out
+environment's own rewards), infer ``z = model.infer_z_from_transitions(s, s', r)`` (for FB and
+FRE: from ``(s', r)``), and roll out
 ``M`` episodes of ``π_z`` in parallel environments. Returns are the same task reward
 summed over each episode (relabelled from the rollout's own transitions, so user-written
 reward functions are scored exactly like built-in ones).
@@ -167,10 +168,10 @@ def _plain(value: Any) -> Any:
 # ---- one model, one seed ----------------------------------------------------------------
 def label_samples(
     dataset: OfflineDataset, reward_fn: RewardFn, n: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """``n`` random dataset transitions labelled by ``reward_fn``.
 
-    Returns ``(next_obs, rewards, seconds_spent_labelling)`` on the dataset's device.
+    Returns ``(obs, next_obs, rewards, seconds_spent_labelling)`` on the dataset's device.
     """
     g = torch.Generator().manual_seed(seed)
     n = min(n, len(dataset))
@@ -183,7 +184,8 @@ def label_samples(
         raise ValueError(f"the reward function returned {rewards.shape[0]} rewards for {n} transitions")
     if not np.isfinite(rewards).all():
         raise ValueError("the reward function returned NaN or inf rewards; fix it before evaluating")
-    return batch["next", "observation"], torch.as_tensor(rewards, device=dataset.device), elapsed
+    rewards_t = torch.as_tensor(rewards, device=dataset.device)
+    return batch["observation"], batch["next", "observation"], rewards_t, elapsed
 
 
 @torch.no_grad()
@@ -270,8 +272,9 @@ def evaluate_tasks(
     n = reward_samples or getattr(model.cfg, "inference_samples", 10_000)
     results = {}
     for k, (name, fn) in enumerate(fns.items()):
-        next_obs, rewards, label_time = label_samples(dataset, fn, n, seed + 7919 * k)
-        z = model.infer_z_from_rewards(next_obs.to(model.device), rewards.to(model.device))
+        obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, seed + 7919 * k)
+        dev = model.device
+        z = model.infer_z_from_transitions(obs.to(dev), next_obs.to(dev), rewards.to(dev))
         traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1))
         if rollouts is not None:
             rollouts[f"task:{name}"] = traj
