@@ -61,6 +61,8 @@ AGENTS = {
     "fre": ("fre", []),
     "fre:policy": ("fre", ["agent.encoder_steps=0"]),
     "td3": ("td3", []),
+    "vcfb": ("vcfb", []),
+    "mcfb": ("mcfb", []),
 }
 TINY = {
     "fb": ["agent.z_dim=16", "agent.hidden_dim=64", "agent.embedding_dim=32", "agent.backward_hidden_dim=64"],
@@ -69,6 +71,7 @@ TINY = {
             "agent.prompt_bank_size=64"],
     "td3": ["agent.hidden_dim=64"],
 }
+TINY["vcfb"] = TINY["mcfb"] = TINY["fb"]
 
 
 class _GaveUp(logging.Handler):

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 _BUILTIN_AGENTS = {
     "fb": "zsrl.agents.fb:FBAgent",
     "fre": "zsrl.agents.fre:FREAgent",
+    "mcfb": "zsrl.agents.cfb:MCFBAgent",
     "td3": "zsrl.agents.td3:TD3Agent",
+    "vcfb": "zsrl.agents.cfb:VCFBAgent",
 }
 
 _BUILTIN_DOMAINS = {
