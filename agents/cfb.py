@@ -141,17 +141,13 @@ class CFBAgent(FBAgent):
         data = values[:, -1].flatten(1).mean(1).sum()
         return lse - data, lse.detach(), data.detach()
 
-    def alpha(self) -> torch.Tensor:
-        if self.cfg.lagrange:
-            return self.log_alpha()
-        return torch.tensor(self.cfg.alpha, device=self.device)
-
     def fb_loss(self, step: FBStep, target_m: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """FB's loss plus ``α·penalty`` and, with Lagrange, the α loss (its gradient reaches
         ``log α`` only; :meth:`update_fb` steps its optimiser)."""
         loss, metrics = super().fb_loss(step, target_m)
         penalty, lse, data = self.conservative_penalty(step, self.sample_actions(step))
-        alpha = self.alpha()
+        # a fixed α is filled on the device (no host→device copy inside a CUDA graph)
+        alpha = self.log_alpha() if self.cfg.lagrange else torch.full_like(lse, self.cfg.alpha)
         loss = loss + alpha.detach() * penalty
         metrics.update({
             "loss/penalty": penalty.detach(),
