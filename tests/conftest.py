@@ -36,3 +36,15 @@ def tiny_dataset():
     from zsrl.data import from_numpy
 
     return from_numpy(make_arrays(), {"domain": "point_mass_maze", "collector": "test", "seed": 0})
+
+
+@pytest.fixture
+def maze_data(tmp_path):
+    """A small maze-shaped dataset saved under ``tmp_path/ds``, its actions held like the
+    sticky collector's (the maze CPU preset trains on held-action windows)."""
+    from zsrl.data import from_numpy
+
+    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64, hold=32)
+    arrays["observation"] *= 0.1
+    arrays["next_observation"] *= 0.1
+    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(tmp_path / "ds")

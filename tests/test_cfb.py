@@ -31,14 +31,6 @@ def data():
     return from_numpy(make_arrays(n=256), {"domain": "x"})
 
 
-@pytest.fixture
-def maze_data(tmp_path):
-    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64, hold=32)  # sticky, as the preset needs
-    arrays["observation"] *= 0.1
-    arrays["next_observation"] *= 0.1
-    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(tmp_path / "ds")
-
-
 class _LinearF(nn.Module):
     """``F^e(s, a, z) = c_e · a`` for two heads (action_dim = z_dim = 2)."""
 

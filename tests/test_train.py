@@ -4,13 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import make_arrays
 
 from zsrl.agents.base import CheckpointError
 from zsrl.checkpoint import load_run_model
 from zsrl.cli import main
 from zsrl.config import load_run_config
-from zsrl.data import from_numpy
 from zsrl.registry import make_domain
 from zsrl.train import resume_run, start_run
 
@@ -18,14 +16,6 @@ TINY = [
     "agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
     "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10", "train.progress=false",
 ]
-
-
-@pytest.fixture
-def maze_data(tmp_path):
-    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64, hold=32)  # sticky, as the preset needs
-    arrays["observation"] *= 0.1
-    arrays["next_observation"] *= 0.1
-    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(tmp_path / "ds")
 
 
 def _params(run_dir):
