@@ -52,6 +52,7 @@ from torch import nn
 from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.config import AgentConfig, param
 from zsrl.nn import call_frozen, clipped_noise_action, mlp, project_to_sphere, soft_update
+from zsrl.utils import UserError
 
 
 @dataclass
@@ -119,7 +120,7 @@ class BackwardMap(nn.Module):
         super().__init__()
         dims = cfg.goal_dims
         if dims is not None and (not dims or min(dims) < 0 or max(dims) >= obs_dim):
-            raise ValueError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
+            raise UserError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
         self.register_buffer("goal_dims", None if dims is None else torch.tensor(dims), persistent=False)
         in_dim = obs_dim if dims is None else len(dims)
         self.net = mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)

@@ -9,6 +9,7 @@ from zsrl.agents.fb import FBConfig, FBModel
 from zsrl.data import DatasetError, from_numpy, held_action_transitions
 from zsrl.evaluate import rollout
 from zsrl.registry import make_domain
+from zsrl.utils import UserError
 
 
 def _sticky(n=60, episode_len=20, hold=5):
@@ -74,5 +75,5 @@ def test_goal_space_backward_map_reads_only_goal_coordinates():
 
 
 def test_goal_dims_out_of_range_is_an_error():
-    with pytest.raises(ValueError, match="goal_dims"):
+    with pytest.raises(UserError, match="goal_dims"):
         FBModel(4, 2, FBConfig(z_dim=8, hidden_dim=32, embedding_dim=16, goal_dims=[0, 4]))
