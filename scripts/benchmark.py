@@ -58,6 +58,7 @@ class Job:
     preset: str
     data: str
     run_dir: str
+    seed: int  # training seed; the run is evaluated with it too
     overrides: list[str]
     episodes: int
     reward_samples: int | None
@@ -69,12 +70,12 @@ class Job:
 def run_job(job: Job) -> Job:
     t0 = time.perf_counter()
     start_run(job.preset, job.data, job.run_dir,
-              [*job.overrides, f"train.progress={str(job.progress).lower()}"], overwrite=True)
+              [f"train.seed={job.seed}", *job.overrides, f"train.progress={str(job.progress).lower()}"],
+              overwrite=True)
     wall = time.perf_counter() - t0
     with (Path(job.run_dir) / "metrics.csv").open() as f:
         ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
-    seed = int(next(o for o in job.overrides if o.startswith("train.seed=")).split("=")[1])
-    ev = evaluate_run(job.run_dir, episodes=job.episodes, seeds=[seed], reward_samples=job.reward_samples,
+    ev = evaluate_run(job.run_dir, episodes=job.episodes, seeds=[job.seed], reward_samples=job.reward_samples,
                       goals=["all"] if job.goals else [])
     job.results = {
         "tasks": {t: r.mean_return for t, r in ev.tasks.items()},
@@ -94,10 +95,10 @@ def run_jobs(jobs: list[Job], workers: int) -> list[Job]:
 
 def make_job(args: argparse.Namespace, data: Path, run_dir: Path, preset: str, seed: int,
              extra: list[str], goals: bool) -> Job:
-    overrides = [f"train.seed={seed}", f"train.device={args.device}", *extra]
+    overrides = [f"train.device={args.device}", *extra]
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
-    return Job(preset, str(data), str(run_dir), overrides, args.episodes, args.reward_samples, goals,
+    return Job(preset, str(data), str(run_dir), seed, overrides, args.episodes, args.reward_samples, goals,
                not args.quiet)
 
 
@@ -127,7 +128,7 @@ def summarise(jobs: list[Job], tasks: list[str]) -> dict[str, Any]:
                     "ci": bootstrap_ci(s, np.mean) if len(jobs) > 1 else None}
     return {
         "tasks": per_task, "goals": goals, "aggregate": aggregate(scores),
-        "seeds": [int(o.split("=")[1]) for j in jobs for o in j.overrides if o.startswith("train.seed=")],
+        "seeds": [j.seed for j in jobs],
         "reward_samples": jobs[0].results["reward_samples"],
         "train_seconds": float(np.mean([j.results["train_seconds"] for j in jobs])),
         "updates_per_s": float(np.median([j.results["updates_per_s"] for j in jobs])),

@@ -508,6 +508,6 @@ def held_action_transitions(dataset: OfflineDataset, repeat: int) -> OfflineData
         )
     first = torch.nonzero(held).squeeze(-1)
     last = first + repeat - 1
-    out = data[first].clone()
-    out["next"] = data["next"][last].clone()
+    out = data.exclude("next")[first]  # tensor indexing copies: one copy of each key
+    out["next"] = data["next"][last]
     return OfflineDataset(out, {**dataset.meta, "action_repeat": repeat})

@@ -343,8 +343,7 @@ class _Checkpointer:
 
 
 def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, domain: Any, run_dir: Path,
-           agent: Any, *, start: int,
-           loop: dict[str, Any], resumed: bool) -> None:
+           agent: Any, *, start: int, loop: dict[str, Any], resumed: bool) -> None:
     tc = cfg.train
     acc = MetricAccumulator()
     acc.load_state_dict(loop, agent.device)
