@@ -38,13 +38,18 @@ def tiny_dataset():
     return from_numpy(make_arrays(), {"domain": "point_mass_maze", "collector": "test", "seed": 0})
 
 
-@pytest.fixture
-def maze_data(tmp_path):
-    """A small maze-shaped dataset saved under ``tmp_path/ds``, its actions held like the
-    sticky collector's (the maze CPU preset trains on held-action windows)."""
+
+def save_maze_dataset(path, obs_dim=4, seed=0):
+    """A small maze-shaped dataset saved at ``path``, its actions held like the sticky
+    collector's (the maze CPU preset trains on held-action windows)."""
     from zsrl.data import from_numpy
 
-    arrays = make_arrays(n=256, obs_dim=4, act_dim=2, episode_len=64, hold=32)
+    arrays = make_arrays(n=256, obs_dim=obs_dim, act_dim=2, episode_len=64, seed=seed, hold=32)
     arrays["observation"] *= 0.1
     arrays["next_observation"] *= 0.1
-    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(tmp_path / "ds")
+    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(path)
+
+
+@pytest.fixture
+def maze_data(tmp_path):
+    return save_maze_dataset(tmp_path / "ds")

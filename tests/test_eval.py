@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_arrays
+from conftest import save_maze_dataset
 
 from zsrl.cli import main
-from zsrl.data import from_numpy
 from zsrl.stats import aggregate, iqm
 from zsrl.train import start_run
 
@@ -18,10 +17,7 @@ TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
-    arrays = make_arrays(n=256, episode_len=64, hold=32)  # sticky data: the preset holds actions
-    arrays["observation"] *= 0.1
-    arrays["next_observation"] *= 0.1
-    data = from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test"}).save(tmp / "ds")
+    data = save_maze_dataset(tmp / "ds")
     return start_run("fb/point_mass_maze_cpu", data, tmp / "run", TINY)
 
 

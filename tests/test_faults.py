@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_arrays
+from conftest import save_maze_dataset
 from faultkit import ForkServer, metric_rows, snapshot
 
 from zsrl.agents.base import CheckpointError
 from zsrl.checkpoint import checkpoint_step, find_checkpoint, load_run_model
 from zsrl.cli import main
-from zsrl.data import DatasetError, OfflineDataset, from_numpy
+from zsrl.data import DatasetError, OfflineDataset
 from zsrl.lock import LockedError
 from zsrl.train import resume_run, start_run
 from zsrl.utils import StorageError, UserError
@@ -37,10 +37,7 @@ PRESET = "fb/point_mass_maze_cpu"
 
 
 def _dataset(path: Path, obs_dim: int = 4, seed: int = 0) -> Path:
-    arrays = make_arrays(n=256, obs_dim=obs_dim, act_dim=2, episode_len=64, seed=seed, hold=32)  # sticky, as the preset needs
-    arrays["observation"] *= 0.1
-    arrays["next_observation"] *= 0.1
-    return from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test", "seed": 0}).save(path)
+    return save_maze_dataset(path, obs_dim, seed)
 
 
 def _params(run: Path) -> dict[str, torch.Tensor]:
