@@ -22,6 +22,8 @@ Optional hooks, each with a default on :class:`Domain` (override what your domai
 * features — ``features(obs)``, the inputs of reward priors (FRE);
 * a task-specific env — ``make_task_env(task, seed, render_mode)``, whose own reward (and
   drawn scene) is the task's;
+* collection episodes of another length — ``make_collection_env(seed, episode_length)``,
+  and ``collection_episode_length``, the length collectors use by default;
 * rendering — ``make_render_env(seed, task, size)`` for videos, and a floor plan for
   pictures of paths and coverage: ``has_layout``, ``draw_layout(ax)``, ``coverage(obs)``.
 """
@@ -101,6 +103,11 @@ class Domain(ABC):
     goal_threshold: ClassVar[float] = 0.1
     #: whether :meth:`draw_layout` draws a floor plan in the plane of ``obs[..., :2]``
     has_layout: ClassVar[bool] = False
+    #: steps per episode when collecting reward-free data (``None``: :attr:`episode_length`).
+    #: Undirected exploration only gets as far from the start states as one episode lets it;
+    #: a domain whose episodes never end early and always start in one region (the maze) sets
+    #: a longer one. ``zsrl collect --episode-length`` overrides it.
+    collection_episode_length: ClassVar[int | None] = None
 
     @abstractmethod
     def make_env(self, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
@@ -169,6 +176,20 @@ class Domain(ABC):
         """
         return self.make_env(seed=seed, render_mode=render_mode)
 
+    def make_collection_env(self, seed: int | None, episode_length: int) -> gym.Env:
+        """An env whose episodes are truncated after ``episode_length`` steps, for collectors.
+
+        The default builds episodes of :attr:`episode_length` steps only (:meth:`make_env`);
+        domains whose time limit can be set override it (dm_control and gymnasium domains do).
+        """
+        if episode_length != self.episode_length:
+            raise UserError(
+                f"domain {self.name!r} cannot collect episodes of {episode_length} steps: its "
+                f"environments end after {self.episode_length}. Leave --episode-length out, or "
+                "override Domain.make_collection_env to set the time limit."
+            )
+        return self.make_env(seed=seed)
+
     def make_render_env(
         self, seed: int | None = None, task: str | None = None, size: tuple[int, int] = (240, 320)
     ) -> gym.Env:
@@ -190,6 +211,7 @@ class Domain(ABC):
         return {
             "name": self.name,
             "episode_length": self.episode_length,
+            "collection_episode_length": self.collection_episode_length or self.episode_length,
             "tasks": list(self.tasks),
             "goals": list(self.goals),
             "has_physics": self.has_physics,

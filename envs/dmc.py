@@ -253,6 +253,20 @@ class DMCDomain(Domain):
         """The env of ``task`` (its reward; in the maze, where its target is drawn)."""
         return self.make_env(seed=seed, render_mode=render_mode, task=task)
 
+    def make_collection_env(self, seed: int | None, episode_length: int) -> DMCEnv:
+        """An env whose episodes last ``episode_length`` control steps (its time limit set).
+
+        dm_control ends an episode once ``steps >= time_limit / control_timestep``; a limit of
+        ``(episode_length − ½)`` control steps makes that exactly ``episode_length`` steps
+        whatever the rounding of the division.
+        """
+        env = self.make_env(seed=seed)
+        if episode_length == self.episode_length:
+            return env
+        dt = env.dm_env.control_timestep()
+        env.close()
+        return self.make_env(seed=seed, time_limit=(episode_length - 0.5) * dt)
+
     def make_render_env(
         self, seed: int | None = None, task: str | None = None, size: tuple[int, int] = (240, 320)
     ) -> DMCEnv:

@@ -144,19 +144,20 @@ class GymDomain(Domain):
     def goals(self) -> Mapping[str, np.ndarray]:
         return dict(self._goals)
 
-    def _raw_env(self, render_mode: str | None) -> gym.Env:
+    def _raw_env(self, render_mode: str | None, episode_length: int | None = None) -> gym.Env:
+        steps = episode_length or self.episode_length
         if isinstance(self._env, str):
             try:
                 return gym.make(
                     self._env,
                     render_mode=render_mode,
-                    max_episode_steps=self.episode_length,
+                    max_episode_steps=steps,
                     **self._env_kwargs,
                 )
             except gym.error.Error as exc:
                 raise UserError(f"{type(self).__name__}: gymnasium cannot make {self._env!r} ({exc})") from None
         env = self._env() if render_mode is None else self._env(render_mode=render_mode)
-        return gym.wrappers.TimeLimit(env, self.episode_length)
+        return gym.wrappers.TimeLimit(env, steps)
 
     def make_env(self, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
         """The env with flat float32 observations and float32 actions in ``[-1, 1]``.
@@ -164,7 +165,14 @@ class GymDomain(Domain):
         ``seed`` seeds the first ``reset()`` that comes without a seed, and the action space.
         Episodes are truncated after :attr:`episode_length` steps.
         """
-        env = self._raw_env(render_mode)
+        return self._make(seed, render_mode)
+
+    def make_collection_env(self, seed: int | None, episode_length: int) -> gym.Env:
+        """:meth:`make_env` with episodes truncated after ``episode_length`` steps instead."""
+        return self._make(seed, None, episode_length)
+
+    def _make(self, seed: int | None, render_mode: str | None, episode_length: int | None = None) -> gym.Env:
+        env = self._raw_env(render_mode, episode_length)
         actions = env.action_space
         if not (isinstance(actions, gym.spaces.Box) and actions.is_bounded()):
             raise UserError(

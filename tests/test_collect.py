@@ -9,6 +9,7 @@ from zsrl.collect import collect
 from zsrl.data import OfflineDataset
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer
 from zsrl.registry import make_domain
+from zsrl.utils import UserError
 
 
 def test_cli_collect_and_describe(tmp_path, capsys):
@@ -34,13 +35,63 @@ def test_cli_collect_and_describe(tmp_path, capsys):
 def test_episode_boundaries_keep_the_true_last_observation():
     """SAME_STEP autoreset: the last transition of an episode ends in the final state, not a reset."""
     domain = make_domain("point_mass_maze")
-    ds = collect(domain, RandomExplorer(2, seed=0), 2100, num_envs=2, progress=False)
+    ds = collect(domain, RandomExplorer(2, seed=0), 2100, num_envs=2, progress=False, episode_length=1000)
     last = torch.nonzero(ds.data["step"] == 999).squeeze(-1)
     assert last.numel() == 2
     for i in last.tolist():
         # the stored next/physics reproduces next/observation (position, velocity), not a fresh start
         phys = ds.data["next", "physics"][i].numpy()
         np.testing.assert_allclose(ds.data["next", "observation"][i].numpy(), phys[:4].astype(np.float32), atol=1e-6)
+
+
+def _episode_lengths(ds):
+    return torch.bincount(ds.data["episode"]).tolist()
+
+
+def test_collection_episode_length():
+    """Episodes are cut at ``episode_length`` steps (the maze collects 50,000-step episodes by
+    default, a dm_control time limit set to the step), recorded in the metadata."""
+    maze = make_domain("point_mass_maze")
+    assert maze.collection_episode_length == 50_000 and maze.describe()["collection_episode_length"] == 50_000
+    ds = collect(maze, RandomExplorer(2, seed=0), 2 * 1300, num_envs=2, progress=False)
+    assert _episode_lengths(ds) == [1300, 1300] and ds.meta["episode_length"] == 50_000  # no reset at 1000
+    ds = collect(maze, RandomExplorer(2, seed=0), 2 * 700, num_envs=2, progress=False, episode_length=300)
+    assert _episode_lengths(ds) == [300, 300, 300, 300, 100, 100] and ds.meta["episode_length"] == 300
+    assert bool(ds.data["next", "terminated"].any()) is False  # a time limit truncates, never terminates
+    walker = make_domain("walker")
+    assert walker.collection_episode_length is None
+    ds = collect(walker, RandomExplorer(6, seed=0), 25, num_envs=1, progress=False, episode_length=10)
+    assert _episode_lengths(ds) == [10, 10, 5] and ds.meta["episode_length"] == 10
+
+
+def test_collection_episode_length_of_plugin_domains(tmp_path, capsys):
+    """A gymnasium domain sets its TimeLimit; a domain without the hook refuses other lengths."""
+    from examples.pendulum_domain import PendulumDomain
+    from zsrl.envs import Domain
+
+    ds = collect(PendulumDomain(), RandomExplorer(1, seed=0), 500, num_envs=1, progress=False, episode_length=150)
+    assert _episode_lengths(ds) == [150, 150, 150, 50]
+
+    class Fixed(Domain):
+        name, episode_length = "fixed", 200
+
+        def make_env(self, seed=None, render_mode=None):
+            return PendulumDomain().make_env(seed=seed)
+
+        @property
+        def tasks(self):
+            return {}
+
+    assert _episode_lengths(collect(Fixed(), RandomExplorer(1, seed=0), 300, num_envs=1, progress=False)) == [200, 100]
+    with pytest.raises(UserError, match="cannot collect episodes of 50 steps"):
+        collect(Fixed(), RandomExplorer(1, seed=0), 300, num_envs=1, progress=False, episode_length=50)
+    out = tmp_path / "p"
+    assert main(["collect", "--domain", "point_mass_maze", "--collector", "random", "--transitions", "100",
+                 "--num-envs", "1", "--episode-length", "40", "--out", str(out), "--no-progress"]) == 0
+    assert _episode_lengths(OfflineDataset.load(out)) == [40, 40, 20]
+    assert main(["collect", "--domain", "point_mass_maze", "--transitions", "10", "--episode-length", "0",
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "--episode-length must be a positive integer" in capsys.readouterr().err
 
 
 def test_sticky_random_covers_more_of_the_maze_than_uniform_random():

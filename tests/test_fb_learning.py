@@ -41,7 +41,8 @@ def _final_distance(model, domain, z, goal):
 def test_goal_prompts_reach_their_goals(tmp_path, agent):
     torch.manual_seed(0)
     domain = make_domain("point_mass_maze")
-    data = collect(domain, RandomExplorer(2, seed=0, hold=25), 20_000, num_envs=8, progress=False)
+    data = collect(domain, RandomExplorer(2, seed=0, hold=25), 20_000, num_envs=8, progress=False,
+                   episode_length=domain.episode_length)  # 1000-step episodes: data in the start room
     data.save(tmp_path / "data")
     cfg = run_config_from_dict({
         "domain": "point_mass_maze",

@@ -54,6 +54,9 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    help="exploration policy: uniform random, sticky random (each action held --hold "
                    "steps), RND (random network distillation), or a saved SB3 policy (default: rnd)")
     p.add_argument("--hold", type=int, default=25, help="sticky collector: steps each random action is held")
+    p.add_argument("--episode-length", type=int, default=None, metavar="STEPS",
+                   help="steps per collected episode (default: the domain's collection episode length, "
+                   "see `zsrl domains`; the maze's is 50000 so that random walks leave the start room)")
     p.add_argument("--transitions", dest="num_transitions", type=int, required=True,
                    help="number of transitions to collect")
     p.add_argument("--out", required=True, help="output dataset directory")
@@ -128,6 +131,8 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collector", default="sticky", choices=["random", "sticky", "rnd"])
     p.add_argument("--hold", type=int, default=100, help="sticky collector: steps each action is held")
     p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
+    p.add_argument("--episode-length", type=int, default=None, metavar="STEPS",
+                   help="steps per collected episode (default: the domain's collection episode length)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -192,7 +197,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
         domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
         rnd=RNDConfig(device=args.device), hold=args.hold, overwrite=args.overwrite, progress=not args.no_progress,
-        domain_spec=args.domain,
+        domain_spec=args.domain, episode_length=args.episode_length,
     )
     print(
         f"wrote {len(ds):,} transitions ({ds.meta['transitions_per_second']:,.0f} transitions/s) "
@@ -229,7 +234,9 @@ def _cmd_domains(_: argparse.Namespace) -> None:
     for name in known_domains():
         d = make_domain(name)
         goals = f"; goals: {', '.join(d.goals)}" if d.goals else ""
-        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}")
+        length = d.collection_episode_length
+        collects = f"; collected in {length:,}-step episodes" if length and length != d.episode_length else ""
+        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}{collects}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -325,8 +332,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
     from zsrl.pipeline import run_pipeline
 
     run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=args.collector, hold=args.hold,
-                 num_transitions=args.num_transitions, seed=args.seed, overrides=args.overrides,
-                 episodes=args.episodes, progress=not args.no_progress)
+                 num_transitions=args.num_transitions, episode_length=args.episode_length, seed=args.seed,
+                 overrides=args.overrides, episodes=args.episodes, progress=not args.no_progress)
 
 
 COMMANDS = {

@@ -5,6 +5,12 @@ environment in a gymnasium vector env with ``AutoresetMode.SAME_STEP`` — when 
 ends, the true last observation comes back in ``infos["final_obs"]`` and the reset happens
 in the same call, so no transition is lost or fabricated. Each environment's episode is
 buffered and written contiguously with a fresh episode id.
+
+Collection episodes last ``domain.collection_episode_length`` steps by default (the task
+episode length unless the domain asks for longer ones), or ``episode_length``: undirected
+exploration gets only as far from the start states as one episode lets it. In the maze a
+sticky-random walk (≤ 2 mm per step) starting in the top-left room puts 0.2% of 200k states
+in the bottom-right room with 1000-step episodes, and 21% with 50,000-step ones.
 """
 
 from __future__ import annotations
@@ -63,12 +69,20 @@ def reached_states(
     return reached, next_physics
 
 
+def collection_episode_length(domain: Any, episode_length: int | None = None) -> int:
+    """Steps per collected episode: ``episode_length``, else the domain's collection length."""
+    return episode_length or domain.collection_episode_length or domain.episode_length
+
+
 def make_vector_env(
-    domain: Any, num_envs: int, seed: int, asynchronous: bool = False
+    domain: Any, num_envs: int, seed: int, asynchronous: bool = False, episode_length: int | None = None
 ) -> gym.vector.VectorEnv:
-    fns: list[Callable[[], gym.Env]] = [
-        (lambda i=i: domain.make_env(seed=seed + i)) for i in range(num_envs)
-    ]
+    """``num_envs`` envs seeded ``seed + i``; ``episode_length`` truncates their episodes there
+    instead of at the domain's :attr:`episode_length` (:meth:`Domain.make_collection_env`)."""
+    if episode_length is None or episode_length == domain.episode_length:
+        fns: list[Callable[[], gym.Env]] = [(lambda i=i: domain.make_env(seed=seed + i)) for i in range(num_envs)]
+    else:
+        fns = [(lambda i=i: domain.make_collection_env(seed + i, episode_length)) for i in range(num_envs)]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if asynchronous and num_envs > 1:
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
@@ -115,14 +129,21 @@ def collect(
     asynchronous: bool = False,
     progress: bool = True,
     domain_spec: str | None = None,
+    episode_length: int | None = None,
 ) -> OfflineDataset:
     """Collect ``num_transitions`` reward-free transitions with ``explorer``.
 
-    Returns an in-memory :class:`OfflineDataset` whose metadata records the domain,
-    collector, seed, throughput and package versions.
+    Episodes last ``episode_length`` steps (default: the domain's collection episode length,
+    see the module docstring). Returns an in-memory :class:`OfflineDataset` whose metadata
+    records the domain, collector, seed, episode length, throughput and package versions.
     """
     _check_counts(transitions=num_transitions, num_envs=num_envs)
-    envs = make_vector_env(domain, num_envs, seed, asynchronous)
+    if episode_length is not None:
+        _check_counts(episode_length=episode_length)
+    length = collection_episode_length(domain, episode_length)
+    if length != domain.episode_length:  # a domain that cannot: a clear error, not one per subprocess
+        domain.make_collection_env(seed, length).close()
+    envs = make_vector_env(domain, num_envs, seed, asynchronous, length)
     store_physics = domain.has_physics
     episodes: list[_Episode] = []
     current = [_new_episode() for _ in range(num_envs)]
@@ -179,6 +200,7 @@ def collect(
         "collector": getattr(explorer, "name", type(explorer).__name__),
         "seed": seed,
         "num_envs": num_envs,
+        "episode_length": length,
         "collection_seconds": round(elapsed, 3),
         "transitions_per_second": round(num_transitions / elapsed, 1),
         "created": now_iso(),
@@ -227,6 +249,7 @@ def collect_to_disk(
     overwrite: bool = False,
     progress: bool = True,
     domain_spec: str | None = None,
+    episode_length: int | None = None,
 ) -> OfflineDataset:
     """Collect and save atomically to ``out`` (with ``coverage.png`` where the domain draws).
 
@@ -235,6 +258,8 @@ def collect_to_disk(
     """
     out = Path(out)
     _check_counts(transitions=num_transitions, num_envs=num_envs, hold=hold)
+    if episode_length is not None:
+        _check_counts(episode_length=episode_length)
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if collector == "rnd" and rnd is not None:
@@ -248,6 +273,7 @@ def collect_to_disk(
         dataset = collect(
             domain, explorer, num_transitions, num_envs=num_envs, seed=seed,
             asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
+            episode_length=episode_length,
         )
         fault_point("collect:collected")
         png = coverage_png(domain, dataset)

@@ -28,12 +28,17 @@ def run_pipeline(
     collector: str = "sticky",
     hold: int = 100,
     num_transitions: int = 200_000,
+    episode_length: int | None = None,
     seed: int = 0,
     overrides: list[str] | None = None,
     episodes: int = 10,
     progress: bool = True,
 ) -> Evaluation:
-    """Collect (or reuse ``OUT/data``), pretrain with the CPU preset, evaluate every task and goal."""
+    """Collect (or reuse ``OUT/data``), pretrain with the CPU preset, evaluate every task and goal.
+
+    ``episode_length``: steps per collected episode (default: the domain's
+    ``collection_episode_length``); ``seed`` seeds the collection and the training.
+    """
     out = Path(out)
     dom = make_domain(domain)
     data = out / "data"
@@ -43,7 +48,7 @@ def run_pipeline(
     else:
         print(f"[1/3] collecting {num_transitions:,} reward-free transitions ({collector}) on {domain}")
         collect_to_disk(dom, collector, num_transitions, data, seed=seed, hold=hold, progress=progress,
-                        domain_spec=domain)
+                        domain_spec=domain, episode_length=episode_length)
     print(f"[2/3] pretraining {agent} with the preset {agent}/{domain}_cpu")
     run = start_run(f"{agent}/{domain}_cpu", data, out / "run",
                     [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])],
