@@ -36,6 +36,16 @@ the batch instead uses ``z = √d · B(s̃)/‖B(s̃)‖`` for dataset states ``
 
 **Prompting**: ``z = √d · normalise(Σ_i r_i B(s'_i))`` for reward samples, and
 ``z = √d · normalise(B(g))`` for a goal ``g``.
+
+**Standardised inputs** (``normalize_obs``): every network reads ``s̄ = (s − μ)/σ``
+(clamped to ±10), with ``μ, σ`` the per-coordinate mean and standard deviation of the
+dataset's next observations, fixed before training (buffers saved with the model). Each
+network's first block is Linear → LayerNorm → tanh with zero-initialised biases, and
+LayerNorm is invariant to the scale of its input vector: where ``s`` is concatenated with
+``z`` (norm ``√d``) or an action (coordinates up to 1), ``s`` steers the block in proportion
+to its share of that vector's norm. Raw coordinates on a small scale (the maze's positions,
+≤ 0.3 m, and velocities, ≤ 0.1 m/s, next to ``‖z‖ = 8``) are then nearly invisible to ``F``
+and the actor; standardised ones weigh like a coordinate of ``z``.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict
@@ -51,7 +61,14 @@ from torch import nn
 
 from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.config import AgentConfig, param
-from zsrl.nn import call_frozen, clipped_noise_action, mlp, project_to_sphere, soft_update
+from zsrl.nn import (
+    Standardize,
+    call_frozen,
+    clipped_noise_action,
+    mlp,
+    project_to_sphere,
+    soft_update,
+)
 from zsrl.utils import UserError
 
 
@@ -78,6 +95,9 @@ class FBConfig(AgentConfig):
     tau: float = param(0.01, gt=0, le=1)
     ortho_coef: float = param(1.0, ge=0)
     mix_ratio: float = param(0.5, ge=0, le=1)
+    #: of the goal ``z``'s (``mix_ratio``), the fraction whose goal is the transition's own
+    #: next state: ``z_i = √d · B(s'_i)/‖B(s'_i)‖`` instead of ``B`` of another batch state
+    own_goal_ratio: float = param(0.0, ge=0, le=1)
     actor_std: float = param(0.2, ge=0)
     std_clip: float = param(0.3, ge=0)
     #: how the target measure combines ensemble heads
@@ -90,6 +110,16 @@ class FBConfig(AgentConfig):
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).
     goal_dims: list[int] | None = None
+    #: standardise every network's observation input by the dataset's mean and standard
+    #: deviation, ``s̄ = clamp((s − μ)/σ, ±10)`` (module docstring); off: raw observations
+    normalize_obs: bool = False
+
+
+def input_norm(obs_dim: int, cfg: FBConfig) -> nn.Module:
+    """The observation input of one network: :class:`Standardize` with ``normalize_obs``
+    (fitted by :meth:`FBAgent.setup`), else the identity (no buffers: the state dict of a
+    model without it is unchanged)."""
+    return Standardize(obs_dim) if cfg.normalize_obs else nn.Identity()
 
 
 class ForwardMap(nn.Module):
@@ -102,19 +132,22 @@ class ForwardMap(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__()
         h, e, k = cfg.hidden_dim, cfg.embedding_dim, cfg.num_heads
+        self.norm = input_norm(obs_dim, cfg)
         self.embed_sa = mlp(obs_dim + action_dim, [h], e, ensemble=k, final_activation=True)
         self.embed_sz = mlp(obs_dim + cfg.z_dim, [h], e, ensemble=k, final_activation=True)
         self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, cfg.z_dim, ensemble=k, first_layernorm_tanh=False)
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        obs = self.norm(obs)
         sa = self.embed_sa(torch.cat([obs, action], -1))
         sz = self.embed_sz(torch.cat([obs, z], -1))
         return self.trunk(torch.cat([sa, sz], -1))
 
 
 class BackwardMap(nn.Module):
-    """``B(s) = √d · b(g(s))/‖b(g(s))‖`` with ``b`` an MLP (LayerNorm+tanh input block) and
-    ``g`` the goal-space projection (the coordinates ``cfg.goal_dims``, or the identity)."""
+    """``B(s) = √d · b(g(s̄))/‖b(g(s̄))‖`` with ``b`` an MLP (LayerNorm+tanh input block),
+    ``s̄`` the (optionally standardised) observation and ``g`` the goal-space projection (the
+    coordinates ``cfg.goal_dims``, or the identity)."""
 
     def __init__(self, obs_dim: int, cfg: FBConfig):
         super().__init__()
@@ -122,11 +155,13 @@ class BackwardMap(nn.Module):
         if dims is not None and (not dims or min(dims) < 0 or max(dims) >= obs_dim):
             raise UserError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
         self.register_buffer("goal_dims", None if dims is None else torch.tensor(dims), persistent=False)
+        self.norm = input_norm(obs_dim, cfg)
         in_dim = obs_dim if dims is None else len(dims)
         self.net = mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
         self.radius = math.sqrt(cfg.z_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = self.norm(obs)
         if self.goal_dims is not None:
             obs = obs.index_select(-1, self.goal_dims)
         return project_to_sphere(self.net(obs), self.radius)
@@ -138,11 +173,13 @@ class Actor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__()
         h, e = cfg.hidden_dim, cfg.embedding_dim
+        self.norm = input_norm(obs_dim, cfg)
         self.embed_s = mlp(obs_dim, [h], e, final_activation=True)
         self.embed_sz = mlp(obs_dim + cfg.z_dim, [h], e, final_activation=True)
         self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, action_dim, first_layernorm_tanh=False)
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        obs = self.norm(obs)
         x = torch.cat([self.embed_s(obs), self.embed_sz(torch.cat([obs, z], -1))], -1)
         return torch.tanh(self.trunk(x))
 
@@ -269,6 +306,18 @@ class FBAgent(Agent):
             "actor_opt", m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay
         )
 
+    @torch.no_grad()
+    def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
+        """With ``normalize_obs``: fit every network's input standardisation (online and
+        target copies alike) to the dataset's next observations."""
+        if not self.cfg.normalize_obs:
+            return
+        next_obs = dataset.data["next", "observation"].to(self.device)
+        for module in self.modules().values():
+            for sub in module.modules():
+                if isinstance(sub, Standardize):
+                    sub.fit(next_obs)
+
     def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.
 
@@ -282,6 +331,9 @@ class FBAgent(Agent):
         model = self.model
         z = model.sample_z(n, next_obs.device)
         perm = torch.randperm(n, device=next_obs.device)
+        if self.cfg.own_goal_ratio > 0:  # (no extra draw when off: the random stream is unchanged)
+            own = torch.rand(n, device=next_obs.device) < self.cfg.own_goal_ratio
+            perm = torch.where(own, torch.arange(n, device=next_obs.device), perm)
         with torch.no_grad():
             goal_z = model.backward_map(next_obs.gather(0, perm[:, None].expand_as(next_obs)))
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio

@@ -92,3 +92,44 @@ def test_newer_format_is_refused(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="model format 99.*Upgrade zsrl"):
         Model.load(tmp_path / "m")
+
+
+def _fitted_agent(data, cfg):
+    torch.manual_seed(0)
+    agent = FBAgent(4, 2, cfg, torch.device("cpu"))
+    agent.setup(data, None)
+    return agent
+
+
+def test_normalize_obs_standardises_every_network_input(tiny_dataset, tmp_path):
+    """With ``normalize_obs`` the networks read ``(s − μ)/σ`` of the dataset (online and target
+    copies), so an affine change of the observations that the prompts share changes nothing;
+    the statistics travel with the saved model. Without it the state dict has no extra keys."""
+    from dataclasses import replace
+
+    from zsrl.data import OfflineDataset
+
+    cfg = replace(TINY, normalize_obs=True)
+    agent = _fitted_agent(tiny_dataset, cfg)
+    next_obs = tiny_dataset.data["next", "observation"]
+    for net in (agent.model.forward_map, agent.model.backward_map, agent.model.actor,
+                agent.forward_target, agent.backward_target):
+        torch.testing.assert_close(net.norm.mean, next_obs.mean(0))
+        torch.testing.assert_close(net.norm.std, next_obs.std(0))
+    scale, shift = torch.tensor([0.01, 0.05, 3.0, 0.2]), torch.tensor([1.0, -2.0, 0.0, 0.5])
+    moved = tiny_dataset.data.clone()
+    for key in ("observation", ("next", "observation")):
+        moved[key] = moved[key] * scale + shift
+    other = _fitted_agent(OfflineDataset(moved, tiny_dataset.meta), cfg)
+    obs, z, action = torch.randn(6, 4), agent.model.sample_z(6), torch.rand(6, 2) * 2 - 1
+    close = {"atol": 1e-4, "rtol": 1e-4}  # float32 rounding of the affine map and its inverse
+    torch.testing.assert_close(other.model.backward_map(obs * scale + shift), agent.model.backward_map(obs), **close)
+    torch.testing.assert_close(other.model.act(obs * scale + shift, z), agent.model.act(obs, z), **close)
+    torch.testing.assert_close(other.model.q_values(obs * scale + shift, z, action),
+                               agent.model.q_values(obs, z, action), **close)
+    agent.model.save(tmp_path / "m")
+    loaded = Model.load(tmp_path / "m")
+    torch.testing.assert_close(loaded.backward_map.norm.std, next_obs.std(0))
+    assert torch.equal(loaded.act(obs, z), agent.model.act(obs, z))
+    plain = _fitted_agent(tiny_dataset, TINY)
+    assert not any("norm." in k for k in plain.model.state_dict())  # unchanged format when off

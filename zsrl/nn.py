@@ -200,6 +200,29 @@ def clipped_noise_action(mean: torch.Tensor, std: float, clip: float) -> torch.T
     return (mean + noise).clamp(-1.0, 1.0)
 
 
+class Standardize(nn.Module):
+    """``clamp((x − μ) / σ, ±clip)`` with ``μ, σ`` buffers fitted once to data (:meth:`fit`).
+
+    Before :meth:`fit` it is the identity (``μ = 0, σ = 1``). ``σ`` is floored at ``min_std``
+    so a constant coordinate maps to 0 rather than dividing by zero.
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0, min_std: float = 1e-4):
+        super().__init__()
+        self.clip, self.min_std = clip, min_std
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """Set ``μ, σ`` to the mean and standard deviation of ``x`` ``(N, dim)``."""
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(self.min_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).clamp(-self.clip, self.clip)
+
+
 class RunningMeanStd(nn.Module):
     """Running mean and variance (parallel Welford), kept as buffers so they checkpoint."""
 
