@@ -99,14 +99,17 @@ def mlp(
     ensemble: int = 0,
     first_layernorm_tanh: bool = True,
     activation: type[nn.Module] = nn.ReLU,
+    hidden_layernorm: bool = False,
     final_activation: bool = False,
 ) -> nn.Sequential:
     """An MLP ``in → hidden… → out``.
 
     The first hidden layer is followed by LayerNorm + tanh when ``first_layernorm_tanh``
     (the "ntanh" input block of the FB anchors, which keeps the input scale bounded); the
-    other hidden layers by ``activation``. ``ensemble > 0`` builds ``ensemble`` independent
-    copies evaluated as one batched network on ``(E, N, ·)``.
+    other hidden layers by ``activation``, preceded by LayerNorm when ``hidden_layernorm``
+    (``first_layernorm_tanh=False, activation=nn.Mish, hidden_layernorm=True`` is the
+    LayerNorm + mish block of jaxrl-style IQL code, e.g. FRE's reference). ``ensemble > 0``
+    builds ``ensemble`` independent copies evaluated as one batched network on ``(E, N, ·)``.
     """
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden_dims]
@@ -115,11 +118,11 @@ def mlp(
             layers.append(EnsembleLinear(dims[i], dims[i + 1], ensemble))
         else:
             layers.append(nn.Linear(dims[i], dims[i + 1]))
+        norm = EnsembleLayerNorm(dims[i + 1], ensemble) if ensemble else nn.LayerNorm(dims[i + 1])
         if i == 0 and first_layernorm_tanh:
-            layers.append(EnsembleLayerNorm(dims[1], ensemble) if ensemble else nn.LayerNorm(dims[1]))
-            layers.append(Tanh())
+            layers += [norm, Tanh()]
         else:
-            layers.append(activation())
+            layers += [norm, activation()] if hidden_layernorm else [activation()]
     if out_dim is not None:
         last = dims[-1]
         layers.append(EnsembleLinear(last, out_dim, ensemble) if ensemble else nn.Linear(last, out_dim))
