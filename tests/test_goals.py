@@ -131,3 +131,4 @@ def test_dense_goal_task_trains_an_oracle_and_reports_goal_success(tmp_path):
     assert result.goal is not None and 0 <= result.goal.success <= 1
     assert result.goal.min_distance <= result.goal.final_distance
     assert result.goal.threshold == pytest.approx(0.03)
+    assert ev.aggregate is None  # returns of dense goal tasks (minus distances) are not averaged with rewards

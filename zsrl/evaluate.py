@@ -450,7 +450,8 @@ def evaluate_run(
         task=cfg.task, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),
         tasks={name: _task_over_seeds(name, per_seed) for name in fns},
         goals={name: _goal_over_seeds(name, per_seed) for name in goals},
-        per_seed=per_seed, aggregate=_aggregate(per_seed, list(fns)), config=config,
+        per_seed=per_seed, config=config,
+        aggregate=_aggregate(per_seed, [n for n in fns if domain.goal_of_task(n) is None]),
         versions=versions(), created=now_iso(), notes=notes, rollouts=rollouts,
     )
 
