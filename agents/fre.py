@@ -91,7 +91,14 @@ from torch import nn
 from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.agents.common import goal_position_probs, sample_categorical
 from zsrl.config import AgentConfig, param
-from zsrl.nn import expectile_loss, gaussian_log_prob, kl_standard_normal, mlp, soft_update
+from zsrl.nn import (
+    expectile_loss,
+    gaussian_log_prob,
+    kl_standard_normal,
+    mlp,
+    optimizer_step,
+    soft_update,
+)
 from zsrl.utils import UserError
 
 __all__ = [
@@ -598,11 +605,7 @@ class FREAgent(Agent):
         return out
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
-        opt.step()
+        optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
 
     def _update_encoder(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model
