@@ -103,6 +103,7 @@ from zsrl.nn import (
     gaussian_log_prob,
     kl_standard_normal,
     mlp,
+    optimizer_step,
     soft_update,
 )
 from zsrl.utils import UserError
@@ -634,11 +635,7 @@ class FREAgent(Agent):
         return out
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
-        opt.step()
+        optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
 
     def _update_encoder(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model

@@ -164,6 +164,17 @@ def call_frozen(module: nn.Module, *args: Any) -> Any:
     return torch.func.functional_call(module, params, args)
 
 
+def optimizer_step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor], clip_grad_norm: float = 0.0
+) -> None:
+    """``zero_grad → backward → (clip the gradient norm of params when > 0) → step``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    opt.step()
+
+
 def make_adam(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], device: torch.device, **kwargs: Any
 ) -> torch.optim.Adam:
@@ -179,9 +190,13 @@ def make_adam(
     return torch.optim.Adam(params, **kwargs)
 
 
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """``mean |τ − 1(diff < 0)| · diff²`` (IQL's asymmetric L2; τ = ``expectile``)."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+def expectile_loss(diff: torch.Tensor, expectile: float, sign: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean |τ − 1(u < 0)| · diff²`` (IQL's asymmetric L2; τ = ``expectile``).
+
+    ``u`` is ``diff`` itself unless ``sign`` is given (broadcast against ``diff``): HILP
+    weighs each head's error by the sign of a shared advantage instead.
+    """
+    weight = torch.where((diff if sign is None else sign) < 0, 1.0 - expectile, expectile)
     return (weight * diff.pow(2)).mean()
 
 
