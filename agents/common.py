@@ -1,4 +1,5 @@
-"""Pieces several agents share: goal sampling (FRE's goal prior, HILP's goals).
+"""Pieces several agents share: goal sampling (FRE's goal prior, HILP's goals) and goal
+spaces (the observation coordinates FB's ``B`` and HILP's ``φ`` read).
 
 A *goal* for a transition ``(s_i, a_i, s'_i)`` comes from one of three sources:
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from zsrl.utils import UserError
 
 
 def sample_categorical(probs: torch.Tensor, n: int) -> torch.Tensor:
@@ -65,3 +68,12 @@ def sample_goal_indices(
     future = dataset.sample_future(idx, discount)
     random = torch.randint(len(dataset), idx.shape, device=idx.device)
     return torch.where(u < p_current, idx, torch.where(u < p_current + p_trajectory, future, random))
+
+
+def goal_dims_index(dims: list[int] | None, obs_dim: int) -> torch.Tensor | None:
+    """``agent.goal_dims`` as an index tensor (``None``: every coordinate), validated."""
+    if dims is None:
+        return None
+    if not dims or min(dims) < 0 or max(dims) >= obs_dim:
+        raise UserError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
+    return torch.tensor(dims)

@@ -60,16 +60,17 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Agent, Metrics, Model
+from zsrl.agents.common import goal_dims_index
 from zsrl.config import AgentConfig, param
 from zsrl.nn import (
     Standardize,
     call_frozen,
     clipped_noise_action,
     mlp,
+    optimizer_step,
     project_to_sphere,
     soft_update,
 )
-from zsrl.utils import UserError
 
 
 @dataclass
@@ -127,6 +128,8 @@ class ForwardMap(nn.Module):
 
     Two embeddings, ``φ(s, a)`` and ``ψ(s, z)`` (Linear→LayerNorm→tanh→Linear→ReLU), are
     concatenated and passed through an MLP trunk; every layer is an ensemble layer.
+    Reads ``hidden_dim, embedding_dim, trunk_layers, num_heads, z_dim`` from ``cfg`` (HILP's
+    successor features ψ are this network, built from a HILPConfig).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
@@ -152,9 +155,7 @@ class BackwardMap(nn.Module):
     def __init__(self, obs_dim: int, cfg: FBConfig):
         super().__init__()
         dims = cfg.goal_dims
-        if dims is not None and (not dims or min(dims) < 0 or max(dims) >= obs_dim):
-            raise UserError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
-        self.register_buffer("goal_dims", None if dims is None else torch.tensor(dims), persistent=False)
+        self.register_buffer("goal_dims", goal_dims_index(dims, obs_dim), persistent=False)
         self.norm = input_norm(obs_dim, cfg)
         in_dim = obs_dim if dims is None else len(dims)
         self.net = mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
@@ -168,7 +169,8 @@ class BackwardMap(nn.Module):
 
 
 class Actor(nn.Module):
-    """Deterministic policy mean ``μ(s, z) ∈ [-1, 1]`` from embeddings of ``s`` and ``(s, z)``."""
+    """Deterministic policy mean ``μ(s, z) ∈ [-1, 1]`` from embeddings of ``s`` and ``(s, z)``
+    (reads ``hidden_dim, embedding_dim, trunk_layers, z_dim``; HILP's actor too)."""
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__()
@@ -222,6 +224,21 @@ class FBModel(Model):
         goal_obs = goal_obs.reshape(-1, self.obs_dim)
         self._check_prompt(goal_obs)
         return self.project_z(self.backward_map(goal_obs))
+
+
+def td3_actor_loss(
+    actor: nn.Module, forward_map: nn.Module, obs: torch.Tensor, z: torch.Tensor, std: float, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(−mean q, q)`` with ``q = min_heads F(s, a, z)ᵀz`` and ``a = π(s, z) + clipped noise``.
+
+    The actor loss of FB (and of HILP's successor features ψ, the same network). F is
+    evaluated with frozen (detached) parameters: the gradient flows into the action only,
+    so F's weight gradients are never computed.
+    """
+    a = clipped_noise_action(actor(obs, z), std, clip)
+    f = call_frozen(forward_map, obs, z, a)  # (E, N, d)
+    q = (f * z).sum(-1).min(0).values
+    return -q.mean(), q
 
 
 def fb_measure_loss(
@@ -340,11 +357,7 @@ class FBAgent(Agent):
         return torch.where(use_goal, goal_z, z)
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
-        opt.step()
+        optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
 
     # ---- the F/B step --------------------------------------------------------------------
     def target_measure(self, next_obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -409,16 +422,10 @@ class FBAgent(Agent):
 
     # ---- the actor step ------------------------------------------------------------------
     def actor_loss(self, step: FBStep) -> tuple[torch.Tensor, Metrics]:
-        """``−mean min_heads F(s, a, z)ᵀz`` with ``a = π(s, z) + clipped noise``.
-
-        F is evaluated with frozen (detached) parameters: the gradient flows into the
-        action only, so F's weight gradients are never computed.
-        """
+        """``−mean min_heads F(s, a, z)ᵀz`` with ``a = π(s, z) + clipped noise``
+        (:func:`td3_actor_loss`)."""
         cfg, model = self.cfg, self.model
-        a = clipped_noise_action(model.actor(step.obs, step.z), cfg.actor_std, cfg.std_clip)
-        f = call_frozen(model.forward_map, step.obs, step.z, a)  # (E, N, d)
-        q = (f * step.z).sum(-1).min(0).values
-        loss = -q.mean()
+        loss, q = td3_actor_loss(model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip)
         return loss, {"loss/actor": loss.detach(), "diag/actor_q": q.mean().detach()}
 
     def update_actor(self, step: FBStep) -> Metrics:

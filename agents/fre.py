@@ -26,7 +26,10 @@ function, not the samples:
 
 **Prior over rewards** ``η``, sampled per batch row (fixed row slices with weights
 ``prior_goal / prior_linear / prior_mlp``), on ``f(s)`` = the domain's ``features(s)`` when
-the domain overrides it, else ``s``, standardised by dataset statistics:
+the domain overrides it, else ``s``. ``f̄`` below is ``f`` as it is (``prior_inputs: raw``, the
+reference: its constants were chosen for ExORL's state scales, where the joint velocities
+dominate) or standardised by dataset statistics (``standardized``, for domains whose raw
+scale is far from 1, such as the maze's metres):
 
 * goal reaching: ``η(s) = −1 + 1[RMS((s̄ − ḡ)_{goal_dims}) < goal_threshold]`` with the goal
   ``g`` one of the row's context states (the current state w.p. 0.2, a future state of the
@@ -55,7 +58,9 @@ frozen and an IQL policy learns on ``w = μ`` (no sampling, no gradient):
    L_\pi &= -\operatorname{mean} \min\big(e^{T (\min_j Q_j - V)}, 100\big)\, \log \pi(a \mid s, w)
 
 with Polyak targets ``Q̄`` (rate ``tau``) and a Gaussian policy: tanh mean, state-independent
-learned standard deviation. ``act(mean=True)`` returns the tanh mean.
+learned standard deviation. ``act(mean=True)`` returns the tanh mean. ``actor_loss: ddpg``
+replaces ``L_π`` by ``−mean min_j Q_j(s, π(s, w), w) / mean|Q| + bc_weight·‖π(s, w) − a‖²``.
+Every MLP uses LayerNorm + mish after each hidden layer (``mlp_blocks: ln_mish``).
 
 **Prompting.** ``infer_z_from_rewards(s', r)``: rewards are clipped to ``[−1, 1]`` (the bins
 cover only that range: scale a task's reward into it). With at most ``context_size``
@@ -67,12 +72,13 @@ chunks of ``K − 1``; each chunk plus ``g`` is labelled with the goal reward an
 — codes from the training distribution.
 
 Differences from the reference: observations are standardised before every network
-(``normalize_obs``) and the prior acts on standardised features (the reference hard-codes
-per-domain standard deviations for goals and uses raw states for linear / MLP rewards);
-the goal distance is an RMS over ``goal_dims`` with a single ``goal_threshold``; the KL uses
-``σ = exp(log σ)`` consistently (the reference mixes log-variance and log-std); the MLPs
-are zsrl's shared ``mlp`` (LayerNorm+tanh on the first layer, ReLU after) instead of
-LayerNorm+mish on every layer.
+(``normalize_obs``); goal distances are RMS over standardised ``goal_dims`` with one
+``goal_threshold`` (the reference hard-codes per-domain standard deviations and divides the
+norm by the state width: its walker 0.2 and cheetah 0.08 are RMS 1.10 and 0.35 here); the KL
+uses ``σ = exp(log σ)`` consistently (the reference mixes log-variance and log-std); the
+policy mean is squashed by tanh (the reference clips an unsquashed mean); the ExORL runs of
+the reference append auxiliary physics coordinates to the encoder's states, which no
+training reward uses — zsrl encodes observations only.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +97,15 @@ from torch import nn
 from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.agents.common import goal_position_probs, sample_categorical
 from zsrl.config import AgentConfig, param
-from zsrl.nn import expectile_loss, gaussian_log_prob, kl_standard_normal, mlp, soft_update
+from zsrl.nn import (
+    call_frozen,
+    expectile_loss,
+    gaussian_log_prob,
+    kl_standard_normal,
+    mlp,
+    optimizer_step,
+    soft_update,
+)
 from zsrl.utils import UserError
 
 __all__ = [
@@ -142,9 +156,20 @@ class FREConfig(AgentConfig):
     goal_from_trajectory: float = param(0.5, ge=0, le=1)
     #: seed of the random-MLP bank
     prior_seed: int = param(0, ge=0)
+    #: what the linear and random-MLP rewards read: the features as they are (``raw``, the
+    #: reference, whose constants suit ExORL's state scales) or standardised by dataset statistics
+    prior_inputs: Literal["raw", "standardized"] = "raw"
     # ---- IQL policy -----------------------------------------------------------------
     hidden_dim: int = param(512, ge=1)
     hidden_layers: int = param(3, ge=1)
+    #: hidden blocks of the decoder, value, critics and actor: LayerNorm + mish after every
+    #: layer (``ln_mish``, the reference) or zsrl's ``ntanh`` (LayerNorm + tanh, then ReLU)
+    mlp_blocks: Literal["ln_mish", "ntanh"] = "ln_mish"
+    #: policy extraction: advantage-weighted regression (``awr``, the reference default) or
+    #: ``ddpg``: maximise ``min_j Q_j(s, π(s, w), w)`` (normalised by its mean |Q|), plus
+    #: ``bc_weight`` · ``‖π(s, w) − a‖²`` (the reference's ``actor_loss_type='ddpg'``)
+    actor_loss: Literal["awr", "ddpg"] = "awr"
+    bc_weight: float = param(0.0, ge=0)
     lr: float = param(1e-4, gt=0)
     discount: float = param(0.99, ge=0, lt=1)
     expectile: float = param(0.8, gt=0, lt=1)
@@ -235,12 +260,19 @@ class RewardEncoder(nn.Module):
         return self.mean(pooled), self.log_std(pooled).clamp(-10.0, 2.0)
 
 
+def fre_mlp_blocks(cfg: FREConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`zsrl.nn.mlp` for ``cfg.mlp_blocks``."""
+    if cfg.mlp_blocks == "ln_mish":
+        return {"first_layernorm_tanh": False, "activation": nn.Mish, "hidden_layernorm": True}
+    return {}
+
+
 class GaussianActor(nn.Module):
     """``π(a | s, w) = N(tanh(m(s, w)), diag σ²)`` with a learned state-independent σ."""
 
-    def __init__(self, in_dim: int, action_dim: int, hidden: list[int]):
+    def __init__(self, in_dim: int, action_dim: int, hidden: list[int], blocks: dict[str, Any]):
         super().__init__()
-        self.net = mlp(in_dim, hidden, action_dim)
+        self.net = mlp(in_dim, hidden, action_dim, **blocks)
         self.log_std = nn.Parameter(torch.zeros(action_dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,11 +295,12 @@ class FREModel(Model):
         super().__init__(obs_dim, action_dim, cfg)
         validate_config(cfg, obs_dim)
         hidden = [cfg.hidden_dim] * cfg.hidden_layers
+        blocks = fre_mlp_blocks(cfg)
         self.encoder = RewardEncoder(obs_dim, cfg)
-        self.decoder = mlp(obs_dim + cfg.z_dim, hidden, 1)
-        self.value_net = mlp(obs_dim + cfg.z_dim, hidden, 1)
-        self.critic = mlp(obs_dim + action_dim + cfg.z_dim, hidden, 1, ensemble=2)
-        self.actor = GaussianActor(obs_dim + cfg.z_dim, action_dim, hidden)
+        self.decoder = mlp(obs_dim + cfg.z_dim, hidden, 1, **blocks)
+        self.value_net = mlp(obs_dim + cfg.z_dim, hidden, 1, **blocks)
+        self.critic = mlp(obs_dim + action_dim + cfg.z_dim, hidden, 1, ensemble=2, **blocks)
+        self.actor = GaussianActor(obs_dim + cfg.z_dim, action_dim, hidden, blocks)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         self.register_buffer("prompt_bank", torch.zeros(cfg.prompt_bank_size, obs_dim))
@@ -391,6 +424,10 @@ class RewardPrior(nn.Module):
         self.register_buffer("mlp_w2", torch.randn(n, h, generator=g) * math.sqrt(1 / 16))
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """The inputs of the linear and MLP rewards: ``feats`` standardised, or as they are
+        (``prior_inputs``)."""
+        if self.cfg.prior_inputs == "raw":
+            return feats
         return ((feats - self.feat_mean) / self.feat_std).clamp(-10.0, 10.0)
 
     def sample_linear(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,12 +440,12 @@ class RewardPrior(nn.Module):
 
     @staticmethod
     def linear(feats: torch.Tensor, w: torch.Tensor, clip01: torch.Tensor) -> torch.Tensor:
-        """``feats`` ``(n, M, F)`` (standardised), ``w`` ``(n, F)`` → rewards ``(n, M)``."""
+        """``feats`` ``(n, M, F)`` (from :meth:`normalize`), ``w`` ``(n, F)`` → rewards ``(n, M)``."""
         r = (feats * w[:, None, :]).sum(-1)
         return torch.where(clip01[:, None], r.clamp(0.0, 1.0), r.clamp(-1.0, 1.0))
 
     def random_mlp(self, feats: torch.Tensor, net: torch.Tensor) -> torch.Tensor:
-        """``feats`` ``(n, M, F)`` (standardised), net ids ``(n,)`` → rewards ``(n, M)`` in [-1, 1]."""
+        """``feats`` ``(n, M, F)`` (from :meth:`normalize`), net ids ``(n,)`` → rewards ``(n, M)`` in [-1, 1]."""
         h = torch.tanh(torch.bmm(feats, self.mlp_w1[net]) + self.mlp_b1[net][:, None, :])
         return (h * self.mlp_w2[net][:, None, :]).sum(-1).clamp(-1.0, 1.0)
 
@@ -598,11 +635,7 @@ class FREAgent(Agent):
         return out
 
     def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
-        opt.step()
+        optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
 
     def _update_encoder(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model
@@ -641,8 +674,14 @@ class FREAgent(Agent):
         with torch.no_grad():
             adv = q.min(0).values - v
             weight = torch.exp(adv * cfg.temperature).clamp(max=cfg.max_weight)
-        log_prob = model.actor.log_prob(torch.cat([obs_n, w], -1), action)
-        actor_loss = -(weight * log_prob).mean()
+        actor_in = torch.cat([obs_n, w], -1)
+        if cfg.actor_loss == "ddpg":
+            pi, _ = model.actor(actor_in)
+            q_pi = call_frozen(model.critic, torch.cat([obs_n, pi, w], -1)).squeeze(-1).min(0).values
+            actor_loss = -q_pi.mean() / q_pi.abs().mean().detach().clamp_min(1e-6)
+            actor_loss = actor_loss + cfg.bc_weight * (pi - action).pow(2).sum(-1).mean()
+        else:
+            actor_loss = -(weight * model.actor.log_prob(actor_in, action)).mean()
         self._step(
             self.policy_opt, value_loss + critic_loss + actor_loss,
             [p for g in self.policy_opt.param_groups for p in g["params"]],

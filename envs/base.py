@@ -18,7 +18,10 @@ it into a :data:`RewardFn`.
 
 Optional hooks, each with a default on :class:`Domain` (override what your domain has):
 
-* goal space — ``goals``, ``goal_distance``, ``goal_threshold``, ``sample_goals``;
+* goal space — ``goals``, ``goal_distance``, ``goal_threshold``, ``goal_dwell_steps``,
+  ``sample_goals``; or ship a goal file (``goals_file``, ``goal_dims``: see
+  :mod:`zsrl.envs.goals`) and get five dataset goals with a standardised distance. Every goal
+  ``g`` also is a dense task ``dense_<g>`` (``r = −goal_distance(s', g)``) in :attr:`all_tasks`;
 * features — ``features(obs)``, the inputs of reward priors (FRE);
 * a task-specific env — ``make_task_env(task, seed, render_mode)``, whose own reward (and
   drawn scene) is the task's;
@@ -33,12 +36,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
 from zsrl.utils import UserError
+
+if TYPE_CHECKING:
+    from .goals import GoalSet
 
 
 class UnknownTaskError(UserError, KeyError):
@@ -99,8 +107,15 @@ class Domain(ABC):
     episode_length: ClassVar[int] = 1000
     #: whether ``info["physics"]`` carries a simulator state worth storing for relabelling
     has_physics: ClassVar[bool] = False
-    #: goal success: ``goal_distance(obs, goal) <= goal_threshold``
+    #: within a goal: ``goal_distance(obs, goal) <= goal_threshold``
     goal_threshold: ClassVar[float] = 0.1
+    #: goal success: 0 — the episode's final state is within the goal; ``k > 0`` — at least
+    #: ``k`` of its states are (FRE's ExORL rule: 101 of 500 decisions, 20% of an episode)
+    goal_dwell_steps: ClassVar[int] = 0
+    #: a goal file (:mod:`zsrl.envs.goals`): its goals and σ define ``goals`` and ``goal_distance``
+    goals_file: ClassVar[Path | None] = None
+    #: the observation coordinates a goal file's distance compares (None: all)
+    goal_dims: ClassVar[tuple[int, ...] | None] = None
     #: whether :meth:`draw_layout` draws a floor plan in the plane of ``obs[..., :2]``
     has_layout: ClassVar[bool] = False
     #: steps per episode when collecting reward-free data (``None``: :attr:`episode_length`).
@@ -120,18 +135,47 @@ class Domain(ABC):
 
     @property
     def goals(self) -> Mapping[str, np.ndarray]:
-        """Goal name → goal observation (float32, ``(obs_dim,)``)."""
-        return {}
+        """Goal name → goal observation (float32, ``(obs_dim,)``): the goal file's, if any."""
+        return {} if self.goal_set is None else self.goal_set.observations
+
+    @cached_property
+    def goal_set(self) -> GoalSet | None:
+        """The goals shipped in :attr:`goals_file`, read once (None without a file)."""
+        if self.goals_file is None:
+            return None
+        from .goals import GoalSet
+
+        return GoalSet.load(self.goals_file, self.name)
+
+    @property
+    def goal_tasks(self) -> Mapping[str, RewardFn]:
+        """``dense_<goal>`` → ``r(s, a, s') = −goal_distance(s', goal)``, one per goal."""
+        from .goals import DENSE_PREFIX, DenseGoalReward
+
+        return {f"{DENSE_PREFIX}{goal}": DenseGoalReward(self, goal) for goal in self.goals}
+
+    @property
+    def all_tasks(self) -> Mapping[str, RewardFn]:
+        """:attr:`tasks` (the benchmark's) and :attr:`goal_tasks`: every task a run can name."""
+        return {**self.tasks, **self.goal_tasks}
+
+    def goal_of_task(self, task: str) -> str | None:
+        """The goal whose dense task is ``task``, else None."""
+        from .goals import DENSE_PREFIX
+
+        goal = task.removeprefix(DENSE_PREFIX)
+        return goal if task.startswith(DENSE_PREFIX) and goal in self.goals else None
 
     # ---- derived helpers -------------------------------------------------------------
     def reward(self, task: str, transitions: Transitions) -> np.ndarray:
-        """Rewards of ``task`` on ``transitions``, as float32 ``(N,)``."""
+        """Rewards of ``task`` (one of :attr:`all_tasks`) on ``transitions``, float32 ``(N,)``."""
+        tasks = self.all_tasks
         try:
-            fn = self.tasks[task]
+            fn = tasks[task]
         except KeyError:
             raise UnknownTaskError(
                 f"domain {self.name!r} has no task {task!r}; its tasks are: "
-                f"{', '.join(self.tasks)}"
+                f"{', '.join(tasks)}"
             ) from None
         rewards = np.asarray(fn(transitions), dtype=np.float32).reshape(-1)
         if rewards.shape[0] != len(transitions):
@@ -151,8 +195,25 @@ class Domain(ABC):
             ) from None
 
     def goal_distance(self, observation: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        """Distance between observations and goals (broadcast over leading dims)."""
+        """Distance between observations and goals (broadcast over leading dims).
+
+        The goal file's standardised RMS over :attr:`goal_dims` when the domain ships one,
+        else the Euclidean distance in observation space.
+        """
+        if self.goal_set is not None:
+            return self.goal_set.distance(observation, goal, self.goal_dims)
         return np.linalg.norm(np.asarray(observation) - np.asarray(goal), axis=-1)
+
+    def goal_success(self, distance: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """Which episodes reached their goal, from distances ``(T, E)`` of their steps.
+
+        ``alive[t, e]`` marks the steps episode ``e`` took. See :attr:`goal_dwell_steps`.
+        """
+        within = (np.asarray(distance) <= self.goal_threshold) & alive
+        if self.goal_dwell_steps > 0:
+            return within.sum(0) >= self.goal_dwell_steps
+        last = alive.sum(0) - 1
+        return within[last, np.arange(alive.shape[1])]
 
     def sample_goals(
         self, observations: np.ndarray, n: int, rng: np.random.Generator
@@ -214,5 +275,7 @@ class Domain(ABC):
             "collection_episode_length": self.collection_episode_length or self.episode_length,
             "tasks": list(self.tasks),
             "goals": list(self.goals),
+            "goal_threshold": self.goal_threshold,
+            "goal_dwell_steps": self.goal_dwell_steps,
             "has_physics": self.has_physics,
         }

@@ -13,6 +13,13 @@ Each reward rises linearly from 0 at rest to 1 at the target speed. Episodes las
 the physics step of 0.01 s = 1000 steps. Observations (17-D): joint positions without the
 horizontal root position (8), generalised velocities (9). Actions: 6 joint torques.
 
+Goals (:mod:`zsrl.envs.goals`): five states of zsrl's own RND dataset (``zsrl collect
+--domain cheetah --collector rnd --transitions 50000 --seed 0``), shipped in
+``assets/goals/cheetah.json``, with the standardised RMS distance over all 17 coordinates; a
+goal is reached when an episode spends at least 200 of its 1000 steps within 0.35 (FRE's
+ExORL rule: ``‖(s − g)/σ‖/18 < 0.08`` with one σ = 100 auxiliary coordinate). Each goal
+``g`` also is the dense task ``dense_g``.
+
 Differences from the reference: ExORL's custom cheetah XML makes the ground plane's size 200
 instead of dm_control's 100. MuJoCo planes are infinite for collisions, so this only changes
 how far the floor is drawn; zsrl uses dm_control's model unchanged.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dm_control.rl import control
@@ -31,6 +39,7 @@ from dm_control.suite import cheetah
 from dm_control.utils import rewards
 
 from .dmc import DMCDomain
+from .goals import GOALS_DIR
 
 _TIME_LIMIT = 10.0
 _RUN_SPEED = 10.0
@@ -61,6 +70,9 @@ class Cheetah(DMCDomain):
     name: ClassVar[str] = "cheetah"
     episode_length: ClassVar[int] = 1000
     camera_id: ClassVar[int | str] = "side"
+    goals_file: ClassVar[Path | None] = GOALS_DIR / "cheetah.json"
+    goal_threshold: ClassVar[float] = 0.35
+    goal_dwell_steps: ClassVar[int] = 200
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

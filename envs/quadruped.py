@@ -15,6 +15,16 @@ without contacts. Episodes last 20 s at a 0.02 s control step = 1000 steps. Obse
 (78-D): egocentric joint state with actuator activations (44), torso velocity (3), torso
 uprightness (1), IMU (6), toe force/torque sensors (24). Actions: 12 actuators.
 
+Goals (:mod:`zsrl.envs.goals`): five states of a uniform-random dataset (``zsrl collect
+--domain quadruped --collector random --transitions 100000 --seed 0``; an RND collection of
+that size did not fit the CPU session that made the file), shipped in
+``assets/goals/quadruped.json``, with the standardised RMS distance over 51 coordinates:
+joints, torso velocity, uprightness and gyro (the accelerometer and the toe force/torque
+sensors, which depend on the applied control and jump at contacts, are left out); a goal is
+reached when an episode spends at least 200 of its 1000 steps within 1.10 (FRE's ExORL rule;
+FRE has no quadruped goals, so the threshold is walker's). Each goal ``g`` also is the dense
+task ``dense_g``.
+
 Differences from the reference: every task runs on one model, dm_control's *walk* model
 (floor half-size 10 m; no walls, ball, target or terrain), as URLB does for stand and jump;
 dm_control's ``run`` draws a floor of half-size 100 m instead. MuJoCo planes are infinite
@@ -25,6 +35,7 @@ relabelled from the same stored states.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dm_control.rl import control
@@ -33,6 +44,7 @@ from dm_control.suite import common, quadruped
 from dm_control.utils import rewards
 
 from .dmc import DMCDomain
+from .goals import GOALS_DIR
 
 _TIME_LIMIT = 20.0
 _CONTROL_TIMESTEP = 0.02
@@ -89,6 +101,13 @@ class Quadruped(DMCDomain):
     name: ClassVar[str] = "quadruped"
     episode_length: ClassVar[int] = 1000
     camera_id: ClassVar[int | str] = "y"
+    goals_file: ClassVar[Path | None] = GOALS_DIR / "quadruped.json"
+    goal_threshold: ClassVar[float] = 1.10
+    goal_dwell_steps: ClassVar[int] = 200
+    #: the goal distance reads joints, torso velocity, uprightness and gyro; it leaves out the
+    #: accelerometer (observation[48:51]) and the toe force/torque sensors (observation[54:]),
+    #: acceleration-stage readings that depend on the applied control and jump at contacts
+    goal_dims: ClassVar[tuple[int, ...] | None] = (*range(48), 51, 52, 53)
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

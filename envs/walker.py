@@ -13,12 +13,20 @@ up-axis z component and ``vx`` the torso subtree's horizontal velocity:
 Episodes last 25 s at a 0.025 s control step = 1000 steps. Observations (24-D): body
 orientations (14), torso height (1), generalised velocities (9). Actions: 6 joint torques.
 
+Goals (:mod:`zsrl.envs.goals`): five states of zsrl's own RND dataset (``zsrl collect
+--domain walker --collector rnd --transitions 100000 --seed 0``), shipped in
+``assets/goals/walker.json``, with the standardised RMS distance over all 24 coordinates; a
+goal is reached when an episode spends at least 200 of its 1000 steps within 1.10 (FRE's
+ExORL rule: ``‖(s − g)/σ‖/27 < 0.2`` with three σ = 100 auxiliary coordinates). Each goal
+``g`` also is the dense task ``dense_g``.
+
 Differences from the reference: none in the rewards or dynamics. stand, walk and run use the
 dm_control suite's own task class; flip is re-implemented on top of it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dm_control.rl import control
@@ -27,6 +35,7 @@ from dm_control.suite import walker
 from dm_control.utils import rewards
 
 from .dmc import DMCDomain
+from .goals import GOALS_DIR
 
 _TIME_LIMIT = 25.0
 _CONTROL_TIMESTEP = 0.025
@@ -59,6 +68,9 @@ class Walker(DMCDomain):
     name: ClassVar[str] = "walker"
     episode_length: ClassVar[int] = 1000
     camera_id: ClassVar[int | str] = "side"
+    goals_file: ClassVar[Path | None] = GOALS_DIR / "walker.json"
+    goal_threshold: ClassVar[float] = 1.10
+    goal_dwell_steps: ClassVar[int] = 200
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

@@ -42,6 +42,7 @@ from zsrl.utils import resolve_device, seed_everything, versions
 WIDTH_KEYS = {
     "fb": ("hidden_dim", "embedding_dim", "backward_hidden_dim"),
     "fre": ("hidden_dim",),
+    "hilp": ("hidden_dim", "embedding_dim", "phi_hidden_dim"),
     "td3": ("hidden_dim",),
 }
 

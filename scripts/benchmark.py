@@ -14,7 +14,9 @@ actions held 100 steps for the maze, RND elsewhere; ``--transitions``) and cache
 and is rolled out for ``--episodes`` episodes. With ``--oracle`` an offline TD3 is trained
 per task and seed on the same dataset with the task reward and the same update budget;
 "% of oracle" divides by its mean return (tasks where the oracle scores below
-``MIN_ORACLE_RETURN`` are left out). ``--jobs N`` trains N runs at once (they share the
+``MIN_ORACLE_RETURN`` are left out). For domains with goals, the oracle also trains one TD3
+per goal on its dense task ``dense_<goal>`` (reward ``−distance``) and its rollouts are
+scored by the same success rule as the agents' goal prompts. ``--jobs N`` trains N runs at once (they share the
 machine, or the GPU).
 
 Per task: the mean over training seeds of each run's mean return, with a 95% percentile
@@ -39,6 +41,7 @@ import numpy as np
 from zsrl import plots
 from zsrl.collect import collect_to_disk
 from zsrl.data import OfflineDataset
+from zsrl.envs.goals import DENSE_PREFIX
 from zsrl.evaluate import evaluate_run, pct_of_oracle
 from zsrl.explore import RNDConfig
 from zsrl.registry import make_domain
@@ -77,9 +80,11 @@ def run_job(job: Job) -> Job:
         ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
     ev = evaluate_run(job.run_dir, episodes=job.episodes, seeds=[job.seed], reward_samples=job.reward_samples,
                       goals=["all"] if job.goals else [])
+    goals = {g: r.success for g, r in ev.goals.items()}
+    goals |= {t.removeprefix(DENSE_PREFIX): r.goal.success for t, r in ev.tasks.items() if r.goal is not None}
     job.results = {
         "tasks": {t: r.mean_return for t, r in ev.tasks.items()},
-        "goals": {g: r.success for g, r in ev.goals.items()},
+        "goals": goals,
         "reward_samples": next(iter(ev.tasks.values())).reward_samples if ev.tasks else None,
         "train_seconds": wall, "updates_per_s": float(np.median(ups)),
     }
@@ -113,21 +118,21 @@ def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     return path
 
 
+def over_seeds(values: list[float], key: str = "mean") -> dict[str, Any]:
+    """Mean over training seeds, every seed's value, and a 95% bootstrap CI (two seeds or more)."""
+    col = np.asarray(values, np.float64)[:, None]
+    return {key: float(col.mean()), "per_seed": col[:, 0].tolist(),
+            "ci": bootstrap_ci(col, np.mean) if len(values) > 1 else None}
+
+
 def summarise(jobs: list[Job], tasks: list[str]) -> dict[str, Any]:
     """Per-task means and CIs over training seeds, IQM over (seed, task), goal successes."""
     scores = np.array([[j.results["tasks"][t] for t in tasks] for j in jobs])  # (seeds, tasks)
-    per_task = {}
-    for i, t in enumerate(tasks):
-        col = scores[:, [i]]
-        per_task[t] = {"mean": float(col.mean()), "per_seed": col[:, 0].tolist(),
-                       "ci": bootstrap_ci(col, np.mean) if len(jobs) > 1 else None}
-    goals = {}
-    for g in jobs[0].results["goals"]:
-        s = np.array([[j.results["goals"][g]] for j in jobs])
-        goals[g] = {"success": float(s.mean()), "per_seed": s[:, 0].tolist(),
-                    "ci": bootstrap_ci(s, np.mean) if len(jobs) > 1 else None}
     return {
-        "tasks": per_task, "goals": goals, "aggregate": aggregate(scores),
+        "tasks": {t: over_seeds(scores[:, i].tolist()) for i, t in enumerate(tasks)},
+        "goals": {g: over_seeds([j.results["goals"][g] for j in jobs], "success")
+                  for g in jobs[0].results["goals"]},
+        "aggregate": aggregate(scores),
         "seeds": [j.seed for j in jobs],
         "reward_samples": jobs[0].results["reward_samples"],
         "train_seconds": float(np.mean([j.results["train_seconds"] for j in jobs])),
@@ -176,7 +181,7 @@ def main() -> None:
                 for a in args.agents for s in seeds]
         if args.oracle:
             jobs += [make_job(args, data, runs / f"td3_{t}_s{s}", f"td3/{domain_name}{size}", s, [f"task={t}"], False)
-                     for t in tasks for s in seeds]
+                     for t in [*tasks, *domain.goal_tasks] for s in seeds]
         done = run_jobs(jobs, args.jobs)
 
         entry: dict = {"dataset": str(data), "tasks": tasks, "agents": {}}
@@ -192,8 +197,11 @@ def main() -> None:
             summary["pct_of_oracle"] = float(np.mean(pct)) if pct else None
             entry["agents"][a] = summary
         if oracle:
-            entry["agents"]["td3 (oracle)"] = {"tasks": {t: {"mean": oracle[t], "ci": None} for t in tasks},
-                                               "goals": {}, "aggregate": None}
+            goal_runs = {g: [j.results["goals"][g] for j in done if f"task={DENSE_PREFIX}{g}" in j.overrides]
+                         for g in domain.goals}
+            entry["agents"]["td3 (oracle)"] = {
+                "tasks": {t: {"mean": oracle[t], "ci": None} for t in tasks},
+                "goals": {g: over_seeds(v, "success") for g, v in goal_runs.items() if v}, "aggregate": None}
         report["domains"][domain_name] = entry
         print_table(domain_name, entry)
         atomic_write_json(args.out / "benchmark.json", report)

@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --device cpu --sizes tiny --updates 20 --agents fb   # smallest
 
 For each agent (``fb``, ``fre`` in its encoder phase, ``fre:policy`` in its policy phase,
-``td3``) on one domain (``--domain``, default walker), at the published size (the
+``hilp``, ``td3``, ``vcfb``, ``mcfb``) on one domain (``--domain``, default walker), at the published size (the
 ``<agent>/<domain>`` preset) and a tiny size, and each mode
 
     eager       no compile, no CUDA graphs
@@ -60,6 +60,7 @@ AGENTS = {
     "fb": ("fb", []),
     "fre": ("fre", []),
     "fre:policy": ("fre", ["agent.encoder_steps=0"]),
+    "hilp": ("hilp", []),
     "td3": ("td3", []),
     "vcfb": ("vcfb", []),
     "mcfb": ("mcfb", []),
@@ -69,6 +70,7 @@ TINY = {
     "fre": ["agent.z_dim=16", "agent.hidden_dim=64", "agent.emb_dim=32", "agent.mlp_dim=64",
             "agent.num_random_nets=64", "agent.context_size=8", "agent.trajectory_context=4",
             "agent.prompt_bank_size=64"],
+    "hilp": ["agent.z_dim=16", "agent.hidden_dim=64", "agent.embedding_dim=32", "agent.phi_hidden_dim=64"],
     "td3": ["agent.hidden_dim=64"],
 }
 TINY["vcfb"] = TINY["mcfb"] = TINY["fb"]

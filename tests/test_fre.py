@@ -415,3 +415,41 @@ def test_point_mass_maze_end_to_end(tmp_path):
         traj = rollout(model, domain, z, episodes=1, seed=0, max_steps=5)
         assert traj.action.shape == (5, 1, 2)
         assert math.isfinite(float(np.abs(traj.next_observation).max()))
+
+
+# ---- reference options: prior inputs, MLP blocks, DDPG policy extraction ------------------------
+def test_prior_reads_raw_or_standardized_features():
+    feats = torch.tensor([[10.0, -4.0], [30.0, 0.0]])
+    prior = RewardPrior(2, FREConfig(num_random_nets=2))  # default: raw, as the reference
+    prior.feat_mean.copy_(torch.tensor([20.0, -2.0]))
+    prior.feat_std.copy_(torch.tensor([10.0, 2.0]))
+    assert torch.equal(prior.normalize(feats), feats)
+    prior.cfg = FREConfig(num_random_nets=2, prior_inputs="standardized")
+    assert torch.allclose(prior.normalize(feats), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+
+
+def test_mlp_blocks_follow_the_config():
+    def kinds(net):
+        return [type(m).__name__ for m in net]
+
+    ref = FREModel(4, 2, TINY)  # ln_mish: LayerNorm + Mish after every hidden layer
+    assert kinds(ref.value_net) == ["Linear", "LayerNorm", "Mish", "Linear", "LayerNorm", "Mish", "Linear"]
+    ours = FREModel(4, 2, FREConfig(**{**TINY.__dict__, "mlp_blocks": "ntanh"}))
+    assert kinds(ours.value_net) == ["Linear", "LayerNorm", "Tanh", "Linear", "ReLU", "Linear"]
+
+
+def test_ddpg_actor_loss_is_the_normalised_q_plus_behaviour_cloning():
+    cfg = FREConfig(**{**TINY.__dict__, "actor_loss": "ddpg", "bc_weight": 0.5})
+    agent, data = ready_agent(cfg)
+    agent.update(agent.sample_batch(data, 32))  # the encoder phase
+    batch = agent.sample_batch(data, 32)
+    m = agent.model
+    with torch.no_grad():
+        w, _ = m.encode(batch["context_obs"], batch["context_reward"])
+        pi, _ = m.actor(torch.cat([m.normalize(batch["observation"]), w], -1))
+        q = m.q_values(batch["observation"], w, pi).min(0).values
+        expected = -q.mean() / q.abs().mean() + 0.5 * (pi - batch["action"]).pow(2).sum(-1).mean()
+    critic = _params(m.critic)
+    metrics = agent.update(batch)
+    assert metrics["loss/actor"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(_changed(critic, m.critic))  # the critic still learns from its own loss

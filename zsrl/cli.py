@@ -233,7 +233,7 @@ def _cmd_domains(_: argparse.Namespace) -> None:
 
     for name in known_domains():
         d = make_domain(name)
-        goals = f"; goals: {', '.join(d.goals)}" if d.goals else ""
+        goals = f"; goals: {', '.join(d.goals)} (dense tasks: dense_<goal>)" if d.goals else ""
         length = d.collection_episode_length
         collects = f"; collected in {length:,}-step episodes" if length and length != d.episode_length else ""
         print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}{collects}")

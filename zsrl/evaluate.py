@@ -10,7 +10,11 @@ reward functions are scored exactly like built-in ones).
 
 For a goal ``g``: ``z = model.infer_z_from_goal(g)`` (re-inferred every step for models
 whose goal embedding depends on the current state), roll out, and report success
-(``domain.goal_distance(final obs, g) <= domain.goal_threshold``) and distances.
+(``domain.goal_success``: the final state within ``domain.goal_threshold`` of ``g``, or, for
+domains with ``goal_dwell_steps``, that many states within it) and distances. A dense goal
+task (``dense_<g>``, reward ``−goal_distance``) prompted with rewards is scored the same way
+as well as by its return, so goal prompts, reward prompts and an oracle trained on the dense
+reward are compared on one footing.
 
 Two levels:
 
@@ -104,6 +108,17 @@ class ScoredModel:
 
 
 @dataclass
+class GoalResult:
+    """Success rate and distances of rollouts towards one goal, averaged over seeds."""
+
+    success: float
+    final_distance: float
+    min_distance: float
+    time_within: float  # fraction of the episodes' steps within the threshold
+    threshold: float
+
+
+@dataclass
 class TaskResult:
     """Reward-prompted returns of one task over every seed's episodes."""
 
@@ -115,16 +130,7 @@ class TaskResult:
     oracle_return: float | None = None
     oracle: str | None = None
     pct_of_oracle: float | None = None
-
-
-@dataclass
-class GoalResult:
-    """Goal-prompted success rate and distances, averaged over seeds."""
-
-    success: float
-    final_distance: float
-    min_distance: float
-    threshold: float
+    goal: GoalResult | None = None  # for a dense goal task: how close its rollouts came
 
 
 @dataclass
@@ -287,7 +293,26 @@ def evaluate_tasks(
             "label_seconds": round(label_time, 4),
             "z": z.squeeze(0).cpu().tolist(),
         }
+        goal = domain.goal_of_task(name) if isinstance(name, str) else None
+        if goal is not None:
+            results[name]["goal"] = goal_metrics(domain, traj, domain.goal(goal))
     return results
+
+
+def goal_metrics(domain: Domain, traj: Rollout, goal: np.ndarray) -> dict[str, float]:
+    """Success rate, mean final / closest distance and time within the goal of a rollout."""
+    alive = traj.alive
+    last = alive.sum(0) - 1  # index of each env's last transition
+    dist = np.asarray(domain.goal_distance(traj.next_observation, goal))  # (T, E)
+    final = dist[last, np.arange(alive.shape[1])]
+    within = (dist <= domain.goal_threshold) & alive
+    return {
+        "success": float(domain.goal_success(dist, alive).mean()),
+        "final_distance": float(final.mean()),
+        "min_distance": float(np.where(alive, dist, np.inf).min(0).mean()),
+        "time_within": float(within.sum() / max(int(alive.sum()), 1)),
+        "threshold": float(domain.goal_threshold),
+    }
 
 
 def evaluate_goals(
@@ -307,23 +332,14 @@ def evaluate_goals(
         traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1), goal=goal)
         if rollouts is not None:
             rollouts[f"goal:{name}"] = traj
-        alive = traj.alive
-        last = alive.sum(0) - 1  # index of each env's last transition
-        final_obs = traj.next_observation[last, np.arange(alive.shape[1])]
-        dist = domain.goal_distance(traj.next_observation, goal)  # (T, E)
-        final = domain.goal_distance(final_obs, goal)
-        results[name] = {
-            "success": float((final <= domain.goal_threshold).mean()),
-            "final_distance": float(final.mean()),
-            "min_distance": float(np.where(alive, dist, np.inf).min(0).mean()),
-            "threshold": domain.goal_threshold,
-        }
+        results[name] = goal_metrics(domain, traj, goal)
     return results
 
 
 def task_reward_fn(domain: Domain, name: str) -> RewardFn:
-    """The batched reward function of the domain's task ``name`` (validated now, not later)."""
-    if name not in domain.tasks:
+    """The batched reward function of the domain's task ``name`` (one of ``all_tasks``,
+    validated now, not later)."""
+    if name not in domain.all_tasks:
         domain.reward(name, None)  # raises UnknownTaskError listing the domain's tasks
     return lambda batch: domain.reward(name, batch)
 
@@ -434,7 +450,8 @@ def evaluate_run(
         task=cfg.task, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),
         tasks={name: _task_over_seeds(name, per_seed) for name in fns},
         goals={name: _goal_over_seeds(name, per_seed) for name in goals},
-        per_seed=per_seed, aggregate=_aggregate(per_seed, list(fns)), config=config,
+        per_seed=per_seed, config=config,
+        aggregate=_aggregate(per_seed, [n for n in fns if domain.goal_of_task(n) is None]),
         versions=versions(), created=now_iso(), notes=notes, rollouts=rollouts,
     )
 
@@ -448,13 +465,16 @@ def _task_over_seeds(name: str, per_seed: list[dict[str, Any]]) -> TaskResult:
         per_seed_mean=[run["mean_return"] for run in runs],
         reward_samples=runs[0]["reward_samples"],
         label_seconds=float(np.mean([run["label_seconds"] for run in runs])),
+        goal=_mean_goal([run["goal"] for run in runs]) if "goal" in runs[0] else None,
     )
 
 
 def _goal_over_seeds(name: str, per_seed: list[dict[str, Any]]) -> GoalResult:
-    runs = [s["goals"][name] for s in per_seed]
-    return GoalResult(**{k: float(np.mean([run[k] for run in runs]))
-                         for k in ("success", "final_distance", "min_distance", "threshold")})
+    return _mean_goal([s["goals"][name] for s in per_seed])
+
+
+def _mean_goal(runs: list[dict[str, float]]) -> GoalResult:
+    return GoalResult(**{f.name: float(np.mean([run[f.name] for run in runs])) for f in fields(GoalResult)})
 
 
 def _aggregate(per_seed: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any] | None:

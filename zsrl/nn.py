@@ -99,14 +99,17 @@ def mlp(
     ensemble: int = 0,
     first_layernorm_tanh: bool = True,
     activation: type[nn.Module] = nn.ReLU,
+    hidden_layernorm: bool = False,
     final_activation: bool = False,
 ) -> nn.Sequential:
     """An MLP ``in → hidden… → out``.
 
     The first hidden layer is followed by LayerNorm + tanh when ``first_layernorm_tanh``
     (the "ntanh" input block of the FB anchors, which keeps the input scale bounded); the
-    other hidden layers by ``activation``. ``ensemble > 0`` builds ``ensemble`` independent
-    copies evaluated as one batched network on ``(E, N, ·)``.
+    other hidden layers by ``activation``, preceded by LayerNorm when ``hidden_layernorm``
+    (``first_layernorm_tanh=False, activation=nn.Mish, hidden_layernorm=True`` is the
+    LayerNorm + mish block of jaxrl-style IQL code, e.g. FRE's reference). ``ensemble > 0``
+    builds ``ensemble`` independent copies evaluated as one batched network on ``(E, N, ·)``.
     """
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden_dims]
@@ -115,11 +118,11 @@ def mlp(
             layers.append(EnsembleLinear(dims[i], dims[i + 1], ensemble))
         else:
             layers.append(nn.Linear(dims[i], dims[i + 1]))
+        norm = EnsembleLayerNorm(dims[i + 1], ensemble) if ensemble else nn.LayerNorm(dims[i + 1])
         if i == 0 and first_layernorm_tanh:
-            layers.append(EnsembleLayerNorm(dims[1], ensemble) if ensemble else nn.LayerNorm(dims[1]))
-            layers.append(Tanh())
+            layers += [norm, Tanh()]
         else:
-            layers.append(activation())
+            layers += [norm, activation()] if hidden_layernorm else [activation()]
     if out_dim is not None:
         last = dims[-1]
         layers.append(EnsembleLinear(last, out_dim, ensemble) if ensemble else nn.Linear(last, out_dim))
@@ -161,6 +164,17 @@ def call_frozen(module: nn.Module, *args: Any) -> Any:
     return torch.func.functional_call(module, params, args)
 
 
+def optimizer_step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor], clip_grad_norm: float = 0.0
+) -> None:
+    """``zero_grad → backward → (clip the gradient norm of params when > 0) → step``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    opt.step()
+
+
 def make_adam(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], device: torch.device, **kwargs: Any
 ) -> torch.optim.Adam:
@@ -176,9 +190,13 @@ def make_adam(
     return torch.optim.Adam(params, **kwargs)
 
 
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """``mean |τ − 1(diff < 0)| · diff²`` (IQL's asymmetric L2; τ = ``expectile``)."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+def expectile_loss(diff: torch.Tensor, expectile: float, sign: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean |τ − 1(u < 0)| · diff²`` (IQL's asymmetric L2; τ = ``expectile``).
+
+    ``u`` is ``diff`` itself unless ``sign`` is given (broadcast against ``diff``): HILP
+    weighs each head's error by the sign of a shared advantage instead.
+    """
+    weight = torch.where((diff if sign is None else sign) < 0, 1.0 - expectile, expectile)
     return (weight * diff.pow(2)).mean()
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _BUILTIN_AGENTS = {
     "fb": "zsrl.agents.fb:FBAgent",
     "fre": "zsrl.agents.fre:FREAgent",
+    "hilp": "zsrl.agents.hilp:HILPAgent",
     "mcfb": "zsrl.agents.cfb:MCFBAgent",
     "td3": "zsrl.agents.td3:TD3Agent",
     "vcfb": "zsrl.agents.cfb:VCFBAgent",

@@ -180,10 +180,12 @@ def format_table(evaluation: Evaluation) -> str:
                 f"IQM {agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}]  "
                 "(95% bootstrap CI over tasks × seeds)"
             )
-    if goals:
-        lines += ["", "| goal | success | final distance | min distance | threshold |", "|---|---:|---:|---:|---:|"]
-        for name, g in goals.items():
-            lines.append(
-                f"| {name} | {g.success:.0%} | {g.final_distance:.3f} | {g.min_distance:.3f} | {g.threshold} |"
-            )
+    reached = {f"{name} (goal prompt)": g for name, g in goals.items()}
+    reached |= {f"{name} (reward prompt)": r.goal for name, r in tasks.items() if r.goal is not None}
+    if reached:
+        lines += ["", "| goal | success | final distance | min distance | time within | threshold |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, g in reached.items():
+            lines.append(f"| {name} | {g.success:.0%} | {g.final_distance:.3f} | {g.min_distance:.3f} | "
+                         f"{g.time_within:.0%} | {g.threshold:g} |")
     return "\n".join(lines)

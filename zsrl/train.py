@@ -165,7 +165,7 @@ def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.dev
 
 
 def _check_names(cfg: RunConfig, domain: Any) -> None:
-    tasks = list(domain.tasks)
+    tasks = list(domain.all_tasks)
     unknown = [t for t in ([cfg.task] if cfg.task else []) + (cfg.train.eval_tasks if cfg.train.eval_every else [])
                if t not in tasks]
     if unknown:
