@@ -66,6 +66,7 @@ from zsrl.nn import (
     Standardize,
     call_frozen,
     clipped_noise_action,
+    fit_standardizers,
     mlp,
     optimizer_step,
     project_to_sphere,
@@ -96,9 +97,6 @@ class FBConfig(AgentConfig):
     tau: float = param(0.01, gt=0, le=1)
     ortho_coef: float = param(1.0, ge=0)
     mix_ratio: float = param(0.5, ge=0, le=1)
-    #: of the goal ``z``'s (``mix_ratio``), the fraction whose goal is the transition's own
-    #: next state: ``z_i = √d · B(s'_i)/‖B(s'_i)‖`` instead of ``B`` of another batch state
-    own_goal_ratio: float = param(0.0, ge=0, le=1)
     actor_std: float = param(0.2, ge=0)
     std_clip: float = param(0.3, ge=0)
     #: how the target measure combines ensemble heads
@@ -116,11 +114,11 @@ class FBConfig(AgentConfig):
     normalize_obs: bool = False
 
 
-def input_norm(obs_dim: int, cfg: FBConfig) -> nn.Module:
-    """The observation input of one network: :class:`Standardize` with ``normalize_obs``
-    (fitted by :meth:`FBAgent.setup`), else the identity (no buffers: the state dict of a
-    model without it is unchanged)."""
-    return Standardize(obs_dim) if cfg.normalize_obs else nn.Identity()
+def input_norm(obs_dim: int, standardize: bool) -> nn.Module:
+    """The observation input of one network: :class:`Standardize` (fitted by the agent's
+    ``setup`` through :func:`~zsrl.nn.fit_standardizers`), else the identity (no buffers:
+    the state dict of a model without it is unchanged)."""
+    return Standardize(obs_dim) if standardize else nn.Identity()
 
 
 class ForwardMap(nn.Module):
@@ -135,7 +133,7 @@ class ForwardMap(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__()
         h, e, k = cfg.hidden_dim, cfg.embedding_dim, cfg.num_heads
-        self.norm = input_norm(obs_dim, cfg)
+        self.norm = input_norm(obs_dim, cfg.normalize_obs)
         self.embed_sa = mlp(obs_dim + action_dim, [h], e, ensemble=k, final_activation=True)
         self.embed_sz = mlp(obs_dim + cfg.z_dim, [h], e, ensemble=k, final_activation=True)
         self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, cfg.z_dim, ensemble=k, first_layernorm_tanh=False)
@@ -156,7 +154,7 @@ class BackwardMap(nn.Module):
         super().__init__()
         dims = cfg.goal_dims
         self.register_buffer("goal_dims", goal_dims_index(dims, obs_dim), persistent=False)
-        self.norm = input_norm(obs_dim, cfg)
+        self.norm = input_norm(obs_dim, cfg.normalize_obs)
         in_dim = obs_dim if dims is None else len(dims)
         self.net = mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
         self.radius = math.sqrt(cfg.z_dim)
@@ -175,7 +173,7 @@ class Actor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__()
         h, e = cfg.hidden_dim, cfg.embedding_dim
-        self.norm = input_norm(obs_dim, cfg)
+        self.norm = input_norm(obs_dim, cfg.normalize_obs)
         self.embed_s = mlp(obs_dim, [h], e, final_activation=True)
         self.embed_sz = mlp(obs_dim + cfg.z_dim, [h], e, final_activation=True)
         self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, action_dim, first_layernorm_tanh=False)
@@ -327,13 +325,8 @@ class FBAgent(Agent):
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
         """With ``normalize_obs``: fit every network's input standardisation (online and
         target copies alike) to the dataset's next observations."""
-        if not self.cfg.normalize_obs:
-            return
-        next_obs = dataset.data["next", "observation"].to(self.device)
-        for module in self.modules().values():
-            for sub in module.modules():
-                if isinstance(sub, Standardize):
-                    sub.fit(next_obs)
+        if self.cfg.normalize_obs:
+            fit_standardizers(self.modules().values(), dataset.data["next", "observation"].to(self.device))
 
     def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.
@@ -348,9 +341,6 @@ class FBAgent(Agent):
         model = self.model
         z = model.sample_z(n, next_obs.device)
         perm = torch.randperm(n, device=next_obs.device)
-        if self.cfg.own_goal_ratio > 0:  # (no extra draw when off: the random stream is unchanged)
-            own = torch.rand(n, device=next_obs.device) < self.cfg.own_goal_ratio
-            perm = torch.where(own, torch.arange(n, device=next_obs.device), perm)
         with torch.no_grad():
             goal_z = model.backward_map(next_obs.gather(0, perm[:, None].expand_as(next_obs)))
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio

@@ -65,6 +65,7 @@ Differences from the reference:
 * least squares run in float64 with ``gelsd`` (minimum norm: fewer samples than ``d`` or
   collinear features are fine);
 * ``goal_dims`` (as FB's) lets φ read some observation coordinates only (all by default);
+* ``normalize_obs`` (as FB's, off by default) standardises the skill networks' inputs;
 * the φ networks are zsrl's ``mlp`` (orthogonal init) — the same layers
   (``Linear→LayerNorm→tanh→[Linear→ReLU]…→Linear``).
 """
@@ -87,6 +88,7 @@ from zsrl.config import AgentConfig, param
 from zsrl.nn import (
     clipped_noise_action,
     expectile_loss,
+    fit_standardizers,
     mlp,
     optimizer_step,
     project_to_sphere,
@@ -121,6 +123,9 @@ class HILPConfig(AgentConfig):
     #: the observation coordinates φ reads (``None``: all of them), as FB's ``goal_dims``
     goal_dims: list[int] | None = None
     # ---- the skill policy (FB's forward network and actor) ------------------------------
+    #: standardise the inputs of the successor features and the actor, as FB's
+    #: ``normalize_obs`` (φ reads raw coordinates either way)
+    normalize_obs: bool = False
     #: intrinsic reward ``(φ(s') − φ(s))ᵀz`` (diff, the paper) or ``(φ(s') − φ̄)ᵀz`` (state)
     feature_type: Literal["diff", "state"] = "diff"
     #: rate of the running mean φ̄ of φ (the reference: 0.005)
@@ -323,6 +328,8 @@ class HILPAgent(Agent):
     # ---- data --------------------------------------------------------------------------
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
         _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
+        if self.cfg.normalize_obs:
+            fit_standardizers(self.modules().values(), dataset.data["next", "observation"].to(self.device))
 
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
         """Uniform transitions plus a ``goal`` state per transition (no host sync)."""

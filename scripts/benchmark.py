@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from zsrl import plots
-from zsrl.collect import collect_to_disk
+from zsrl.collect import STICKY_DEFAULTS, collect_to_disk
 from zsrl.data import OfflineDataset
 from zsrl.envs.goals import DENSE_PREFIX
 from zsrl.evaluate import evaluate_run, pct_of_oracle
@@ -109,10 +109,12 @@ def make_job(args: argparse.Namespace, data: Path, run_dir: Path, preset: str, s
 
 def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     collector = args.collector or DEFAULT_COLLECTOR.get(domain_name, "rnd")
-    path = args.out / "data" / f"{domain_name}_{collector}_{args.num_transitions}_s{args.data_seed}"
+    sticky = STICKY_DEFAULTS if collector == "sticky" else {}
+    name = "{hold}-{hold_max}r{rest:g}".format(**sticky) if sticky else collector
+    path = args.out / "data" / f"{domain_name}_{name}_{args.num_transitions}_s{args.data_seed}"
     if not path.exists():
         collect_to_disk(make_domain(domain_name), collector, args.num_transitions, path, seed=args.data_seed,
-                        num_envs=8, hold=100, progress=not args.quiet, rnd=RNDConfig(device=args.device))
+                        num_envs=8, progress=not args.quiet, rnd=RNDConfig(device=args.device), **sticky)
     else:
         OfflineDataset.load(path, domain=domain_name)  # validate the cache
     return path

@@ -1,5 +1,7 @@
 """Collectors and the `zsrl collect` / `zsrl data describe` commands."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,40 @@ def test_sticky_random_covers_more_of_the_maze_than_uniform_random():
         ds = collect(domain, RandomExplorer(2, seed=0, hold=hold), 8000, num_envs=8, progress=False)
         cover[hold] = domain.coverage(ds.data["next", "observation"][:, :2].numpy())
     assert cover[50] > 2 * cover[1]
+
+
+def _runs(column: np.ndarray) -> list[tuple[int, bool]]:
+    """(length, is zero action) of each run of one held action in an env's action stream."""
+    change = np.flatnonzero(np.any(column[1:] != column[:-1], axis=-1)) + 1
+    bounds = [0, *change.tolist(), len(column)]
+    return [(b - a, bool(np.all(column[a] == 0))) for a, b in itertools.pairwise(bounds)]
+
+
+def test_sticky_holds_of_random_length_and_rests():
+    """Each env holds every action for its own multiple of `hold` up to `hold_max`; a `rest`
+    fraction of the holds is the zero action; the classic sticky stream is unchanged."""
+    explorer = RandomExplorer(2, seed=0, hold=10, hold_max=50, rest=0.25)
+    assert explorer.name == "sticky10-50-rest0.25"
+    actions = np.stack([explorer.act(np.zeros((4, 4))) for _ in range(20_000)])  # (T, env, 2)
+    runs = [r for env in range(4) for r in _runs(actions[:, env])[1:-1]]  # whole holds only
+    lengths = np.array([n for n, _ in runs])
+    # (consecutive rest holds merge into one run, so lengths are checked on moving holds)
+    moving = lengths[[not zero for _, zero in runs]]
+    assert set(moving.tolist()) == {10, 20, 30, 40, 50}
+    assert 0.2 < np.all(actions == 0, axis=-1).mean() < 0.3  # a quarter of the steps rest
+    starts = [np.flatnonzero(np.any(actions[1:, e] != actions[:-1, e], axis=-1)) for e in range(4)]
+    assert not all(np.array_equal(starts[0], s) for s in starts[1:])  # envs hold independently
+    # defaults: actions change every `hold` steps, all envs at once, as uniform draws of one stream
+    classic, rng = RandomExplorer(2, seed=3, hold=5), np.random.default_rng(3)
+    for t in range(20):
+        if t % 5 == 0:
+            expected = rng.uniform(-1, 1, size=(3, 2)).astype(np.float32)
+        np.testing.assert_array_equal(classic.act(np.zeros((3, 4))), expected)
+    for kwargs, message in [({"hold": 10, "hold_max": 25}, "multiple of --hold"),
+                            ({"hold": 10, "hold_max": 5}, "multiple of --hold"),
+                            ({"rest": 1.5}, "--rest is a probability")]:
+        with pytest.raises(UserError, match=message):
+            RandomExplorer(2, **kwargs)
 
 
 def test_rnd_explorer_learns_online():

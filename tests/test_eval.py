@@ -165,3 +165,21 @@ def test_nan_rewards_on_the_rollouts_are_refused(run, tmp_path, monkeypatch, cap
     err = " ".join(capsys.readouterr().err.split())
     assert "returned NaN or inf on 1000 of 1000 steps of the evaluation rollouts" in err
     assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_pipeline_collects_trains_prompts_and_reports(tmp_path, capsys):
+    """`zsrl pipeline` (README command 1) end to end, with a tiny budget: the default sticky
+    data (holds of 10–100 steps, a fifth resting, 50,000-step episodes), the CPU preset with
+    overrides, every task and goal prompted, a report; a second call reuses the dataset."""
+    out = tmp_path / "qs"
+    args = ["pipeline", "--out", str(out), "--transitions", "3000", "--episodes", "1", "--no-progress", *TINY]
+    assert main(args) == 0
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert meta["collector"] == "sticky10-100-rest0.2" and meta["episode_length"] == 50_000
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert set(results["tasks"]) == set(results["goals"]) == {
+        "reach_top_left", "reach_top_right", "reach_bottom_left", "reach_bottom_right"}
+    assert results["config"]["agent"]["normalize_obs"] and (out / "report" / "trajectories.png").exists()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "reusing the dataset" in capsys.readouterr().out

@@ -42,6 +42,16 @@ run `zsrl COMMAND --help` for the options of each command.
 """
 
 
+def _add_sticky_options(p: argparse.ArgumentParser, hold_max: int | None, rest: float | None,
+                        shown: tuple[int | None, float] | None = None) -> None:
+    shown_max, shown_rest = shown or (hold_max, rest)
+    p.add_argument("--hold-max", type=int, default=hold_max, metavar="STEPS",
+                   help="sticky collector: hold each action a random multiple of --hold steps up to this "
+                   f"(default: {shown_max or 'always --hold'})")
+    p.add_argument("--rest", type=float, default=rest, metavar="P",
+                   help=f"sticky collector: probability that a held action is zero (default: {shown_rest:g})")
+
+
 def _add_collect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "collect",
@@ -54,6 +64,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
                    help="exploration policy: uniform random, sticky random (each action held --hold "
                    "steps), RND (random network distillation), or a saved SB3 policy (default: rnd)")
     p.add_argument("--hold", type=int, default=25, help="sticky collector: steps each random action is held")
+    _add_sticky_options(p, hold_max=None, rest=0.0)
     p.add_argument("--episode-length", type=int, default=None, metavar="STEPS",
                    help="steps per collected episode (default: the domain's collection episode length, "
                    "see `zsrl domains`; the maze's is 50000 so that random walks leave the start room)")
@@ -129,7 +140,10 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain", default="point_mass_maze")
     p.add_argument("--agent", default="fb")
     p.add_argument("--collector", default="sticky", choices=["random", "sticky", "rnd"])
-    p.add_argument("--hold", type=int, default=100, help="sticky collector: steps each action is held")
+    p.add_argument("--hold", type=int, default=None,
+                   help="sticky collector: steps each action is held, the unit of its random length "
+                   "(default 10; the defaults of these three are zsrl.collect.STICKY_DEFAULTS)")
+    _add_sticky_options(p, hold_max=None, rest=None, shown=(100, 0.2))
     p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
     p.add_argument("--episode-length", type=int, default=None, metavar="STEPS",
                    help="steps per collected episode (default: the domain's collection episode length)")
@@ -196,7 +210,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     ds = collect_to_disk(
         domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
-        rnd=RNDConfig(device=args.device), hold=args.hold, overwrite=args.overwrite, progress=not args.no_progress,
+        rnd=RNDConfig(device=args.device), hold=args.hold, hold_max=args.hold_max, rest=args.rest, overwrite=args.overwrite, progress=not args.no_progress,
         domain_spec=args.domain, episode_length=args.episode_length,
     )
     print(
@@ -332,6 +346,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
     from zsrl.pipeline import run_pipeline
 
     run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=args.collector, hold=args.hold,
+                 hold_max=args.hold_max, rest=args.rest,
                  num_transitions=args.num_transitions, episode_length=args.episode_length, seed=args.seed,
                  overrides=args.overrides, episodes=args.episodes, progress=not args.no_progress)
 

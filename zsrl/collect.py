@@ -69,6 +69,12 @@ def reached_states(
     return reached, next_physics
 
 
+#: the sticky-random collector of ``zsrl pipeline`` and the benchmark: each action is held a
+#: random multiple of 10 steps up to 100 (every hold serves ``agent.action_repeat = 10``), and
+#: a fifth of them are the zero action, so the data shows travelling, turning and braking
+STICKY_DEFAULTS: dict[str, Any] = {"hold": 10, "hold_max": 100, "rest": 0.2}
+
+
 def collection_episode_length(domain: Any, episode_length: int | None = None) -> int:
     """Steps per collected episode: ``episode_length``, else the domain's collection length."""
     return episode_length or domain.collection_episode_length or domain.episode_length
@@ -99,11 +105,13 @@ def make_explorer(
     action_noise: float = 0.0,
     rnd: RNDConfig | None = None,
     hold: int = 25,
+    hold_max: int | None = None,
+    rest: float = 0.0,
 ):
     if collector == "random":
         return RandomExplorer(action_dim, seed)
     if collector == "sticky":
-        return RandomExplorer(action_dim, seed, hold=hold)
+        return RandomExplorer(action_dim, seed, hold=hold, hold_max=hold_max, rest=rest)
     if collector == "rnd":
         return RNDExplorer(obs_dim, action_dim, capacity=num_transitions, cfg=rnd, seed=seed)
     if collector == "sb3":
@@ -246,6 +254,8 @@ def collect_to_disk(
     action_noise: float = 0.0,
     rnd: RNDConfig | None = None,
     hold: int = 25,
+    hold_max: int | None = None,
+    rest: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
     domain_spec: str | None = None,
@@ -268,7 +278,8 @@ def collect_to_disk(
         raise UserError(f"--action-noise must be >= 0, got {action_noise!r}")
     check_out(out, "dataset", overwrite)  # fail before collecting
     obs_dim, action_dim = env_dims(domain, seed)
-    explorer = make_explorer(collector, obs_dim, action_dim, num_transitions, seed, policy, action_noise, rnd, hold)
+    explorer = make_explorer(collector, obs_dim, action_dim, num_transitions, seed, policy, action_noise, rnd, hold,
+                             hold_max, rest)
     with writer_lock(out, "dataset"):
         dataset = collect(
             domain, explorer, num_transitions, num_envs=num_envs, seed=seed,

@@ -3,7 +3,8 @@
 An explorer maps a batch of observations (one per parallel environment) to actions in
 ``[-1, 1]`` and may learn from the transitions it produced:
 
-* :class:`RandomExplorer` — uniform random actions (``sticky``: each held for k steps).
+* :class:`RandomExplorer` — uniform random actions (``sticky``: each held for k steps, or for a
+  random multiple of k steps, some of them the zero action).
 * :class:`RNDExplorer` — random network distillation (Burda et al., 2019), as URLB/ExORL
   collect their RND datasets: a DDPG actor-critic trained online on the intrinsic reward
 
@@ -32,27 +33,58 @@ from zsrl.utils import UserError
 
 
 class RandomExplorer:
-    """Uniform random actions in ``[-1, 1]``, each held for ``hold`` consecutive steps.
+    """Uniform random actions in ``[-1, 1]``, each held for a number of consecutive steps.
 
     ``hold=1`` is the classic uniform-random collector. Holding actions (temporally
     correlated noise) lets damped bodies build up speed: on the point-mass maze, ``hold=25``
     visits several times more of the floor than ``hold=1`` for the same budget.
+
+    With ``hold_max > hold`` every environment draws each hold's length independently and
+    uniformly from the multiples of ``hold`` up to ``hold_max`` (long holds travel, short ones
+    turn), and with ``rest > 0`` a held action is the zero action with that probability (the
+    body brakes and stays still, which a goal-reaching policy must learn to do). Holds that
+    last a multiple of ``hold`` keep every ``hold``-step window of one action usable for
+    ``agent.action_repeat = hold``. The defaults draw exactly the classic sticky stream.
     """
 
-    def __init__(self, action_dim: int, seed: int = 0, hold: int = 1):
+    def __init__(self, action_dim: int, seed: int = 0, hold: int = 1, hold_max: int | None = None,
+                 rest: float = 0.0):
+        hold_max = hold if hold_max is None else hold_max
         if hold < 1:
             raise UserError("--hold must be at least 1")
-        self.action_dim, self.hold = action_dim, hold
-        self.name = "random" if hold == 1 else f"sticky{hold}"
+        if hold_max < hold or hold_max % hold:
+            raise UserError(f"--hold-max must be a multiple of --hold ({hold}) and at least it, got {hold_max}")
+        if not 0.0 <= rest <= 1.0:
+            raise UserError(f"--rest is a probability in [0, 1], got {rest!r}")
+        self.action_dim, self.hold, self.hold_max, self.rest = action_dim, hold, hold_max, rest
+        self.name = "random" if hold == hold_max == 1 and rest == 0 else f"sticky{hold}"
+        if hold_max > hold:
+            self.name += f"-{hold_max}"
+        if rest > 0:
+            self.name += f"-rest{rest:g}"
         self.rng = np.random.default_rng(seed)
-        self.t = 0
         self.action: np.ndarray | None = None
+        self.steps_left = np.zeros(0, dtype=np.int64)
+
+    def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` new held actions and their lengths (no extra draws for classic sticky holds)."""
+        action = self.rng.uniform(-1.0, 1.0, size=(n, self.action_dim)).astype(np.float32)
+        if self.rest > 0:
+            action[self.rng.random(n) < self.rest] = 0.0
+        if self.hold_max == self.hold:
+            return action, np.full(n, self.hold)
+        return action, self.hold * self.rng.integers(1, self.hold_max // self.hold + 1, size=n)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        if self.t % self.hold == 0 or self.action is None or self.action.shape[0] != obs.shape[0]:
-            self.action = self.rng.uniform(-1.0, 1.0, size=(obs.shape[0], self.action_dim)).astype(np.float32)
-        self.t += 1
-        return self.action
+        n = obs.shape[0]
+        if self.action is None or self.action.shape[0] != n:
+            self.action, self.steps_left = self._draw(n)
+        else:
+            expired = self.steps_left == 0
+            if expired.any():
+                self.action[expired], self.steps_left[expired] = self._draw(int(expired.sum()))
+        self.steps_left -= 1
+        return self.action.copy()
 
     def observe(self, obs, action, next_obs, terminated) -> None:
         pass

@@ -241,6 +241,15 @@ class Standardize(nn.Module):
         return ((x - self.mean) / self.std).clamp(-self.clip, self.clip)
 
 
+@torch.no_grad()
+def fit_standardizers(modules: Iterable[nn.Module], x: torch.Tensor) -> None:
+    """Fit every :class:`Standardize` inside ``modules`` (online and target copies alike) to ``x``."""
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, Standardize):
+                sub.fit(x)
+
+
 class RunningMeanStd(nn.Module):
     """Running mean and variance (parallel Welford), kept as buffers so they checkpoint."""
 
