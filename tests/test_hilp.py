@@ -334,7 +334,8 @@ def test_goal_prompts_reach_maze_goals_a_random_policy_does_not(tmp_path):
 
     torch.manual_seed(0)
     domain = make_domain("point_mass_maze")
-    data = collect(domain, RandomExplorer(2, seed=0, hold=100), 40_000, num_envs=8, progress=False)
+    data = collect(domain, RandomExplorer(2, seed=0, hold=100), 40_000, num_envs=8, progress=False,
+                   episode_length=domain.episode_length)  # 1000-step episodes, as the test was sized
     data.save(tmp_path / "data")
     cfg = run_config_from_dict({
         "domain": "point_mass_maze",
