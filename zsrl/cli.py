@@ -210,8 +210,9 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     ds = collect_to_disk(
         domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
         asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
-        rnd=RNDConfig(device=args.device), hold=args.hold, hold_max=args.hold_max, rest=args.rest, overwrite=args.overwrite, progress=not args.no_progress,
-        domain_spec=args.domain, episode_length=args.episode_length,
+        rnd=RNDConfig(device=args.device), hold=args.hold, hold_max=args.hold_max, rest=args.rest,
+        overwrite=args.overwrite, progress=not args.no_progress, domain_spec=args.domain,
+        episode_length=args.episode_length,
     )
     print(
         f"wrote {len(ds):,} transitions ({ds.meta['transitions_per_second']:,.0f} transitions/s) "
