@@ -75,10 +75,11 @@ from zsrl.nn import (
 
 
 @dataclass
-class FBConfig(AgentConfig):
-    """FB hyper-parameters (defaults: metamotivo's DMC settings)."""
+class SkillPolicyConfig(AgentConfig):
+    """What :class:`ForwardMap`, :class:`Actor` and :func:`td3_actor_loss` read, and the
+    training settings around them: shared by FB and HILP (whose successor features are a
+    :class:`ForwardMap`). Defaults: metamotivo's DMC settings."""
 
-    name: str = "fb"
     z_dim: int = param(50, ge=1)
     #: width of the F and actor embeddings' first layer and of their trunks
     hidden_dim: int = param(1024, ge=1)
@@ -86,32 +87,41 @@ class FBConfig(AgentConfig):
     embedding_dim: int = param(512, ge=1)
     #: hidden layers of the F / actor trunk after the concatenated embeddings
     trunk_layers: int = param(1, ge=0)
-    backward_hidden_dim: int = param(256, ge=1)
-    backward_layers: int = param(2, ge=1)
     num_heads: int = param(2, ge=1)
-    lr_f: float = param(1e-4, gt=0)
-    lr_b: float = param(1e-4, gt=0)
     lr_actor: float = param(1e-4, gt=0)
-    weight_decay: float = param(0.0, ge=0)
     discount: float = param(0.98, ge=0, lt=1)
     tau: float = param(0.01, gt=0, le=1)
-    ortho_coef: float = param(1.0, ge=0)
+    #: fraction of training z's taken from dataset states instead of the prior
     mix_ratio: float = param(0.5, ge=0, le=1)
     actor_std: float = param(0.2, ge=0)
     std_clip: float = param(0.3, ge=0)
-    #: how the target measure combines ensemble heads
-    target_reduction: Literal["mean", "min"] = "mean"
     #: gradient-norm clipping for all networks (0 = off)
     clip_grad_norm: float = param(0.0, ge=0)
     #: reward samples used by default to infer z at evaluation
     inference_samples: int = param(10_000, ge=1)
+    #: standardise the observation input of every network built from this config by the
+    #: dataset's mean and standard deviation, ``s̄ = clamp((s − μ)/σ, ±10)`` (module
+    #: docstring); off: raw observations
+    normalize_obs: bool = False
+
+
+@dataclass
+class FBConfig(SkillPolicyConfig):
+    """FB hyper-parameters (defaults: metamotivo's DMC settings)."""
+
+    name: str = "fb"
+    backward_hidden_dim: int = param(256, ge=1)
+    backward_layers: int = param(2, ge=1)
+    lr_f: float = param(1e-4, gt=0)
+    lr_b: float = param(1e-4, gt=0)
+    weight_decay: float = param(0.0, ge=0)
+    ortho_coef: float = param(1.0, ge=0)
+    #: how the target measure combines ensemble heads
+    target_reduction: Literal["mean", "min"] = "mean"
     #: the goal space: observation coordinates that ``B`` reads (``None``: all of them).
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).
     goal_dims: list[int] | None = None
-    #: standardise every network's observation input by the dataset's mean and standard
-    #: deviation, ``s̄ = clamp((s − μ)/σ, ±10)`` (module docstring); off: raw observations
-    normalize_obs: bool = False
 
 
 def input_norm(obs_dim: int, standardize: bool) -> nn.Module:
@@ -126,11 +136,11 @@ class ForwardMap(nn.Module):
 
     Two embeddings, ``φ(s, a)`` and ``ψ(s, z)`` (Linear→LayerNorm→tanh→Linear→ReLU), are
     concatenated and passed through an MLP trunk; every layer is an ensemble layer.
-    Reads ``hidden_dim, embedding_dim, trunk_layers, num_heads, z_dim`` from ``cfg`` (HILP's
+    Reads its sizes and ``normalize_obs`` from a :class:`SkillPolicyConfig` (HILP's
     successor features ψ are this network, built from a HILPConfig).
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
+    def __init__(self, obs_dim: int, action_dim: int, cfg: SkillPolicyConfig):
         super().__init__()
         h, e, k = cfg.hidden_dim, cfg.embedding_dim, cfg.num_heads
         self.norm = input_norm(obs_dim, cfg.normalize_obs)
@@ -170,7 +180,7 @@ class Actor(nn.Module):
     """Deterministic policy mean ``μ(s, z) ∈ [-1, 1]`` from embeddings of ``s`` and ``(s, z)``
     (reads ``hidden_dim, embedding_dim, trunk_layers, z_dim``; HILP's actor too)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
+    def __init__(self, obs_dim: int, action_dim: int, cfg: SkillPolicyConfig):
         super().__init__()
         h, e = cfg.hidden_dim, cfg.embedding_dim
         self.norm = input_norm(obs_dim, cfg.normalize_obs)

@@ -83,8 +83,8 @@ from torch import nn
 
 from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.agents.common import goal_dims_index, sample_goal_indices
-from zsrl.agents.fb import Actor, ForwardMap, td3_actor_loss
-from zsrl.config import AgentConfig, param
+from zsrl.agents.fb import Actor, ForwardMap, SkillPolicyConfig, td3_actor_loss
+from zsrl.config import param
 from zsrl.nn import (
     clipped_noise_action,
     expectile_loss,
@@ -101,11 +101,10 @@ SUCCESS_EPS = 1e-6
 
 
 @dataclass
-class HILPConfig(AgentConfig):
+class HILPConfig(SkillPolicyConfig):
     """HILP hyper-parameters (defaults: the reference's ExORL settings, seohongpark/HILP)."""
 
     name: str = "hilp"
-    z_dim: int = param(50, ge=1)
     # ---- the Hilbert representation φ ------------------------------------------------
     phi_hidden_dim: int = param(512, ge=1)
     #: hidden layers of each φ network (LayerNorm+tanh after the first, ReLU after the others)
@@ -122,33 +121,17 @@ class HILPConfig(AgentConfig):
     goal_future: float = param(0.99, gt=0, lt=1)
     #: the observation coordinates φ reads (``None``: all of them), as FB's ``goal_dims``
     goal_dims: list[int] | None = None
-    # ---- the skill policy (FB's forward network and actor) ------------------------------
-    #: standardise the inputs of the successor features and the actor, as FB's
-    #: ``normalize_obs`` (φ reads raw coordinates either way)
-    normalize_obs: bool = False
+    # ---- the skill policy (FB's forward network and actor; the rest in SkillPolicyConfig,
+    # whose normalize_obs standardises ψ's and the actor's inputs, not φ's) --------------
     #: intrinsic reward ``(φ(s') − φ(s))ᵀz`` (diff, the paper) or ``(φ(s') − φ̄)ᵀz`` (state)
     feature_type: Literal["diff", "state"] = "diff"
     #: rate of the running mean φ̄ of φ (the reference: 0.005)
     feature_mean_tau: float = param(0.005, gt=0, le=1)
-    hidden_dim: int = param(1024, ge=1)
-    embedding_dim: int = param(512, ge=1)
-    trunk_layers: int = param(1, ge=0)
-    num_heads: int = param(2, ge=1)
     lr_sf: float = param(1e-4, gt=0)
-    lr_actor: float = param(1e-4, gt=0)
-    discount: float = param(0.98, ge=0, lt=1)
-    tau: float = param(0.01, gt=0, le=1)
     #: fit ψᵀz to yᵀz (True) instead of ψ to y
     q_loss: bool = True
-    mix_ratio: float = param(0.5, ge=0, le=1)
     #: the task-like z of the mix: whitened features of batch rows, or the rows' goal directions
     mix_z: Literal["whitened", "goal"] = "whitened"
-    actor_std: float = param(0.2, ge=0)
-    std_clip: float = param(0.3, ge=0)
-    #: gradient-norm clipping for all networks (0 = off)
-    clip_grad_norm: float = param(0.0, ge=0)
-    #: reward-labelled transitions used by default to infer z at evaluation
-    inference_samples: int = param(10_000, ge=1)
 
     def check(self) -> None:
         if self.goal_from_current + self.goal_from_trajectory > 1:
