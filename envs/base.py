@@ -18,8 +18,8 @@ it into a :data:`RewardFn`.
 
 Optional hooks, each with a default on :class:`Domain` (override what your domain has):
 
-* goal space — ``goals``, ``goal_distance``, ``goal_threshold``, ``goal_dwell_steps``,
-  ``sample_goals``; or ship a goal file (``goals_file``, ``goal_dims``: see
+* goal space — ``goals``, ``goal_distance``, ``goal_threshold``, ``goal_dwell_steps``;
+  or ship a goal file (``goals_file``, ``goal_dims``: see
   :mod:`zsrl.envs.goals`) and get five dataset goals with a standardised distance. Every goal
   ``g`` also is a dense task ``dense_<g>`` (``r = −goal_distance(s', g)``) in :attr:`all_tasks`;
 * features — ``features(obs)``, the inputs of reward priors (FRE);
@@ -214,13 +214,6 @@ class Domain(ABC):
             return within.sum(0) >= self.goal_dwell_steps
         last = alive.sum(0) - 1
         return within[last, np.arange(alive.shape[1])]
-
-    def sample_goals(
-        self, observations: np.ndarray, n: int, rng: np.random.Generator
-    ) -> np.ndarray:
-        """``n`` goal observations drawn uniformly from dataset observations."""
-        idx = rng.integers(0, observations.shape[0], size=n)
-        return np.asarray(observations[idx], dtype=np.float32)
 
     def features(self, observation: Any) -> Any:
         """Inputs for reward priors (FRE). The observation itself unless overridden."""

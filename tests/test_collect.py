@@ -171,3 +171,16 @@ def test_plugin_domain_collects_by_path(tmp_path, domain):
                  "--out", str(tmp_path / "p"), "--no-progress"]) == 0
     ds = OfflineDataset.load(tmp_path / "p")
     assert ds.meta["domain_spec"] == domain and not ds.has_physics
+
+
+def test_pipeline_help_states_the_sticky_defaults_it_collects_with(capsys):
+    """`zsrl pipeline --help` writes its sticky defaults out (the CLI does not import the
+    collectors to build its parser); they must be the ones `zsrl.collect` applies."""
+    from zsrl.collect import STICKY_DEFAULTS
+
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {STICKY_DEFAULTS['hold']};" in text
+    assert f"(default: {STICKY_DEFAULTS['hold_max']})" in text
+    assert f"(default: {STICKY_DEFAULTS['rest']:g})" in text
