@@ -98,6 +98,8 @@ from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.agents.common import goal_position_probs, sample_categorical
 from zsrl.config import AgentConfig, param
 from zsrl.nn import (
+    Standardize,
+    accept_renamed_keys,
     call_frozen,
     expectile_loss,
     gaussian_log_prob,
@@ -286,8 +288,8 @@ class GaussianActor(nn.Module):
 class FREModel(Model):
     """Inference side of FRE: reward encoder, reward decoder, IQL value/critic/actor.
 
-    Buffers (saved with the model): ``obs_mean`` / ``obs_std`` (dataset statistics used to
-    standardise every network input and goal distances) and ``prompt_bank`` (dataset states
+    Buffers (saved with the model): ``obs_norm`` (a :class:`~zsrl.nn.Standardize` holding the
+    dataset statistics that standardise every network input and goal distances) and ``prompt_bank`` (dataset states
     for goal prompting), filled by :meth:`FREAgent.setup`.
     """
 
@@ -301,8 +303,8 @@ class FREModel(Model):
         self.value_net = mlp(obs_dim + cfg.z_dim, hidden, 1, **blocks)
         self.critic = mlp(obs_dim + action_dim + cfg.z_dim, hidden, 1, ensemble=2, **blocks)
         self.actor = GaussianActor(obs_dim + cfg.z_dim, action_dim, hidden, blocks)
-        self.register_buffer("obs_mean", torch.zeros(obs_dim))
-        self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.obs_norm = Standardize(obs_dim)
+        accept_renamed_keys(self, {"obs_mean": "obs_norm.mean", "obs_std": "obs_norm.std"})
         self.register_buffer("prompt_bank", torch.zeros(cfg.prompt_bank_size, obs_dim))
         self.register_buffer("prompt_bank_ready", torch.zeros((), dtype=torch.bool))
         dims = cfg.goal_dims or list(range(obs_dim))
@@ -310,13 +312,11 @@ class FREModel(Model):
 
     # ---- building blocks ---------------------------------------------------------------
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.normalize_obs:
-            return obs
-        return ((obs - self.obs_mean) / self.obs_std).clamp(-10.0, 10.0)
+        return self.obs_norm(obs) if self.cfg.normalize_obs else obs
 
     def goal_space(self, obs: torch.Tensor) -> torch.Tensor:
         """Standardised ``goal_dims`` of observations (where goal distances are measured)."""
-        return ((obs - self.obs_mean) / self.obs_std).index_select(-1, self.goal_dims)
+        return self.obs_norm.scale(obs).index_select(-1, self.goal_dims)
 
     def encode(self, states: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ, log σ)`` of contexts: raw states ``(B, K, obs_dim)``, rewards ``(B, K)``."""
@@ -417,8 +417,8 @@ class RewardPrior(nn.Module):
         self.cfg = cfg
         g = torch.Generator().manual_seed(cfg.prior_seed)
         n, h = cfg.num_random_nets, cfg.random_net_hidden
-        self.register_buffer("feat_mean", torch.zeros(feature_dim))
-        self.register_buffer("feat_std", torch.ones(feature_dim))
+        self.feat_norm = Standardize(feature_dim)
+        accept_renamed_keys(self, {"feat_mean": "feat_norm.mean", "feat_std": "feat_norm.std"})
         self.register_buffer("mlp_w1", torch.randn(n, feature_dim, h, generator=g) * math.sqrt(1 / 32))
         self.register_buffer("mlp_b1", torch.randn(n, h, generator=g) * math.sqrt(16))
         self.register_buffer("mlp_w2", torch.randn(n, h, generator=g) * math.sqrt(1 / 16))
@@ -428,11 +428,11 @@ class RewardPrior(nn.Module):
         (``prior_inputs``)."""
         if self.cfg.prior_inputs == "raw":
             return feats
-        return ((feats - self.feat_mean) / self.feat_std).clamp(-10.0, 10.0)
+        return self.feat_norm(feats)
 
     def sample_linear(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights ``(n, F)`` (sparse, at least one nonzero) and clip-to-[0,1] flags ``(n,)``."""
-        f = self.feat_mean.shape[0]
+        f = self.feat_norm.mean.shape[0]
         w = torch.rand(n, f, device=device) * 2 - 1
         keep = torch.rand(n, f, device=device) < self.cfg.linear_keep_prob
         keep[torch.arange(n, device=device), torch.randint(f, (n,), device=device)] = True
@@ -517,9 +517,7 @@ class FREAgent(Agent):
         if dataset.device != self.device:
             dataset = dataset.to(self.device)
         next_obs = dataset.data["next", "observation"]
-        mean, std = next_obs.mean(0), next_obs.std(0)
-        model.obs_mean.copy_(mean)
-        model.obs_std.copy_(std.clamp_min(1e-4))
+        model.obs_norm.fit(next_obs)
         features = None
         if domain is not None and type(domain).features is not Domain.features:
             chunks = []
@@ -532,8 +530,7 @@ class FREAgent(Agent):
         feats = next_obs if features is None else features
         self._modules.pop("prior", None)  # a new setup rebuilds it (same seed, same bank)
         self.prior = self.add_module("prior", RewardPrior(feats.shape[1], cfg))
-        self.prior.feat_mean.copy_(feats.mean(0))
-        self.prior.feat_std.copy_(feats.std(0).clamp_min(1e-4))
+        self.prior.feat_norm.fit(feats)
         bank_idx = torch.randint(len(dataset), (cfg.prompt_bank_size,), device=next_obs.device)
         model.prompt_bank.copy_(next_obs[bank_idx])
         model.prompt_bank_ready.fill_(True)

@@ -148,10 +148,10 @@ class _FeatureDomain(Domain):
 
 def test_prior_uses_domain_features_when_overridden():
     agent, data = ready_agent(domain=_FeatureDomain())
-    assert agent.prior.feat_mean.shape == (8,) and agent.prior.mlp_w1.shape[1] == 8
+    assert agent.prior.feat_norm.mean.shape == (8,) and agent.prior.mlp_w1.shape[1] == 8
     assert agent.sample_batch(data, 30)["context_reward"].shape == (30, TINY.context_size)
     plain, _ = ready_agent()
-    assert plain.prior.feat_mean.shape == (4,)
+    assert plain.prior.feat_norm.mean.shape == (4,)
 
 
 # ---- updates ---------------------------------------------------------------------------
@@ -249,7 +249,19 @@ def test_save_load_roundtrip(tmp_path):
     torch.testing.assert_close(loaded.infer_z_from_rewards(obs, rewards), z)
     torch.testing.assert_close(loaded.infer_z_from_goal(obs[0]), model.infer_z_from_goal(obs[0]))
     torch.testing.assert_close(loaded.act(obs, z.expand(40, -1)), model.act(obs, z.expand(40, -1)))
-    torch.testing.assert_close(loaded.obs_std, model.obs_std)
+    torch.testing.assert_close(loaded.obs_norm.std, model.obs_norm.std)
+    # models saved before the statistics moved into a Standardize (keys obs_mean / obs_std) load
+    from safetensors.torch import load_file, save_file
+
+    from zsrl.agents.base import MODEL_WEIGHTS
+
+    weights = tmp_path / "m" / MODEL_WEIGHTS
+    state = load_file(str(weights))
+    state["obs_mean"], state["obs_std"] = state.pop("obs_norm.mean"), state.pop("obs_norm.std")
+    save_file(state, str(weights))
+    old = Model.load(tmp_path / "m")
+    torch.testing.assert_close(old.obs_norm.mean, model.obs_norm.mean)
+    torch.testing.assert_close(old.act(obs, z.expand(40, -1)), model.act(obs, z.expand(40, -1)))
 
 
 def test_config_is_validated():
@@ -421,8 +433,8 @@ def test_point_mass_maze_end_to_end(tmp_path):
 def test_prior_reads_raw_or_standardized_features():
     feats = torch.tensor([[10.0, -4.0], [30.0, 0.0]])
     prior = RewardPrior(2, FREConfig(num_random_nets=2))  # default: raw, as the reference
-    prior.feat_mean.copy_(torch.tensor([20.0, -2.0]))
-    prior.feat_std.copy_(torch.tensor([10.0, 2.0]))
+    prior.feat_norm.mean.copy_(torch.tensor([20.0, -2.0]))
+    prior.feat_norm.std.copy_(torch.tensor([10.0, 2.0]))
     assert torch.equal(prior.normalize(feats), feats)
     prior.cfg = FREConfig(num_random_nets=2, prior_inputs="standardized")
     assert torch.allclose(prior.normalize(feats), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))

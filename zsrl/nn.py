@@ -237,8 +237,25 @@ class Standardize(nn.Module):
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0).clamp_min(self.min_std))
 
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − μ) / σ`` without the clamp (e.g. for distances)."""
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std).clamp(-self.clip, self.clip)
+        return self.scale(x).clamp(-self.clip, self.clip)
+
+
+def accept_renamed_keys(module: nn.Module, renamed: dict[str, str]) -> None:
+    """Let ``module.load_state_dict`` read state saved under old key names: ``renamed`` maps
+    each old name (relative to ``module``) to its new one. Checkpoints written before a
+    refactor keep loading; new ones are saved under the new names only."""
+
+    def hook(mod: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        for old, new in renamed.items():
+            if prefix + old in state and prefix + new not in state:
+                state[prefix + new] = state.pop(prefix + old)
+
+    module.register_load_state_dict_pre_hook(hook)
 
 
 @torch.no_grad()
