@@ -289,8 +289,8 @@ class FREModel(Model):
     """Inference side of FRE: reward encoder, reward decoder, IQL value/critic/actor.
 
     Buffers (saved with the model): ``obs_norm`` (a :class:`~zsrl.nn.Standardize` holding the
-    dataset statistics that standardise every network input and goal distances) and ``prompt_bank`` (dataset states
-    for goal prompting), filled by :meth:`FREAgent.setup`.
+    dataset statistics that standardise every network input and goal distances) and
+    ``prompt_bank`` (dataset states for goal prompting), filled by :meth:`FREAgent.setup`.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: FREConfig):
