@@ -43,7 +43,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.config import AgentConfig, from_dict
-from zsrl.nn import make_adam
+from zsrl.nn import Standardize, fit_standardizers, make_adam
 from zsrl.utils import UserError, atomic_write_bytes, atomic_write_json
 
 MODEL_FORMAT_VERSION = 1
@@ -257,8 +257,18 @@ class Agent:
         return dict(self._optimizers)
 
     # ---- data hooks --------------------------------------------------------------------
+    @torch.no_grad()
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
-        """Called once before training with the dataset and the domain (e.g. to relabel)."""
+        """Called once before training with the dataset and the domain (e.g. to relabel).
+
+        By default it fits every :class:`~zsrl.nn.Standardize` inside the agent's modules
+        (online and target copies alike; e.g. FB's ``normalize_obs``) to the dataset's next
+        observations, and does nothing where there is none. An override that has such
+        inputs calls ``super().setup(...)`` or fits them itself.
+        """
+        modules = list(self.modules().values())
+        if any(isinstance(m, Standardize) for module in modules for m in module.modules()):
+            fit_standardizers(modules, dataset.data["next", "observation"].to(self.device))
 
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
         """The training batch of one update (uniform transitions by default)."""

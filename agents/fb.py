@@ -53,7 +53,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from tensordict import TensorDict
@@ -66,7 +66,6 @@ from zsrl.nn import (
     Standardize,
     call_frozen,
     clipped_noise_action,
-    fit_standardizers,
     mlp,
     optimizer_step,
     project_to_sphere,
@@ -330,13 +329,6 @@ class FBAgent(Agent):
         self.actor_opt = self.add_optimizer(
             "actor_opt", m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay
         )
-
-    @torch.no_grad()
-    def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
-        """With ``normalize_obs``: fit every network's input standardisation (online and
-        target copies alike) to the dataset's next observations."""
-        if self.cfg.normalize_obs:
-            fit_standardizers(self.modules().values(), dataset.data["next", "observation"].to(self.device))
 
     def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.

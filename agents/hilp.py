@@ -88,7 +88,6 @@ from zsrl.config import param
 from zsrl.nn import (
     clipped_noise_action,
     expectile_loss,
-    fit_standardizers,
     mlp,
     optimizer_step,
     project_to_sphere,
@@ -311,8 +310,7 @@ class HILPAgent(Agent):
     # ---- data --------------------------------------------------------------------------
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
         _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
-        if self.cfg.normalize_obs:
-            fit_standardizers(self.modules().values(), dataset.data["next", "observation"].to(self.device))
+        super().setup(dataset, domain, task)  # normalize_obs: fit ψ's and the actor's inputs
 
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
         """Uniform transitions plus a ``goal`` state per transition (no host sync)."""

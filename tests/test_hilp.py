@@ -361,3 +361,17 @@ def test_goal_prompts_reach_maze_goals_a_random_policy_does_not(tmp_path):
         assert success >= 0.75 and random_success <= 0.25, summary
         assert dist[name].mean() < 0.5 * random.mean(), summary
         assert all(dist[name].mean() < d.mean() for n, d in dist.items() if n != name), summary
+
+
+def test_normalize_obs_fits_the_skill_networks_inputs_in_setup(data):
+    """``normalize_obs``: setup fits ψ's, its target's and the actor's input standardisation to
+    the dataset's next observations (φ reads raw observations); off, no network has one."""
+    agent = HILPAgent(4, 2, HILPConfig(**{**vars(TINY), "normalize_obs": True}), CPU)
+    agent.setup(data, None)
+    next_obs = data.data["next", "observation"]
+    for net in (agent.model.successor_features, agent.sf_target, agent.model.actor):
+        torch.testing.assert_close(net.norm.mean, next_obs.mean(0))
+        torch.testing.assert_close(net.norm.std, next_obs.std(0))
+    plain = HILPAgent(4, 2, TINY, CPU)
+    plain.setup(data, None)
+    assert isinstance(plain.model.successor_features.norm, nn.Identity)
