@@ -28,8 +28,25 @@ diagonal has no gradient; it is kept so the logged loss is complete.)
 .. math:: L_{ortho} = \tfrac12 \operatorname{mean}_{i\ne j} (B_i^\top B_j)^2
                       - \operatorname{mean}_i B_i^\top B_i
 
+**Auxiliary Q loss** (``q_loss_coef`` > 0; metamotivo's FB-CPR): the measure loss fits
+``F`` in every direction of ``B``'s span, while the policy only reads ``Q = Fᵀz``. This term
+also regresses ``Q`` directly onto its own TD target, for the reward that ``z`` stands for in
+``B``'s span, ``r_z(s') = B(s')ᵀ Cov⁻¹ z`` with ``Cov = mean_j B(s'_j)B(s'_j)ᵀ`` (then
+``E_ρ[r_z B] = z``):
+
+.. math:: L_Q = \tfrac12 \sum_{heads} \operatorname{mean}_i
+                \big(F(s_i,a_i,z_i)^\top z_i - r_{z_i}(s'_i) - \gamma (1-d_i) \bar Q_i\big)^2,
+          \qquad \bar Q_i = \bar F(s'_i, a'_i, z_i)^\top z_i
+
+with ``r`` and ``Q̄`` held fixed (no gradient) and ``Q̄`` reduced over heads like ``M̄``.
+
 **z prior**: ``z = √d · u``, ``u`` uniform on the unit sphere; a fraction ``mix_ratio`` of
-the batch instead uses ``z = √d · B(s̃)/‖B(s̃)‖`` for dataset states ``s̃`` (goal-like tasks).
+the batch instead uses ``z = √d · B(g)/‖B(g)‖`` for goal states ``g`` (goal-like tasks):
+random dataset states, or, with probability ``goal_from_trajectory``, a state the
+transition's own trajectory reaches later, ``g = s'_{i+k}`` with ``k ~ Geometric(1 −
+goal_future)`` rows (hindsight goals, controllable_agent's ``future_ratio``). A random goal
+is rarely near ``s_i``, so the measure and the actor almost never train on the last steps
+towards a goal; hindsight goals put a share of the batch there.
 
 **Actor** (TD3-style): ``a = π(s, z) + clip(ε σ, ±c)``, maximising
 ``min_heads F(s, a, z)ᵀ z``.
@@ -60,8 +77,9 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Agent, Metrics, Model
-from zsrl.agents.common import goal_dims_index
+from zsrl.agents.common import goal_dims_index, sample_goal_indices
 from zsrl.config import AgentConfig, param
+from zsrl.data import OfflineDataset
 from zsrl.nn import (
     Standardize,
     call_frozen,
@@ -115,8 +133,16 @@ class FBConfig(SkillPolicyConfig):
     lr_b: float = param(1e-4, gt=0)
     weight_decay: float = param(0.0, ge=0)
     ortho_coef: float = param(1.0, ge=0)
-    #: how the target measure combines ensemble heads
+    #: how the target measure (and the target Q of ``q_loss_coef``) combines ensemble heads
     target_reduction: Literal["mean", "min"] = "mean"
+    #: weight of the auxiliary Q loss (metamotivo's ``q_loss_coef``; module docstring):
+    #: TD on ``Q = F(s,a,z)ᵀz`` with the implicit reward ``B(s')ᵀCov⁻¹z``; 0 = off
+    q_loss_coef: float = param(0.0, ge=0)
+    #: fraction of the goal z's (the ``mix_ratio`` part) taken from a later state of the
+    #: transition's own trajectory (hindsight goals) instead of a random dataset state
+    goal_from_trajectory: float = param(0.0, ge=0, le=1)
+    #: geometric discount (per dataset row) of the offset of trajectory goals
+    goal_future: float = param(0.99, gt=0, lt=1)
     #: the goal space: observation coordinates that ``B`` reads (``None``: all of them).
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).
@@ -270,6 +296,33 @@ def fb_measure_loss(
     return off_diag + diag, off_diag, diag
 
 
+def implicit_reward(b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``r_i = B(s'_i)ᵀ Cov⁻¹ z_i`` ``(N,)`` with ``Cov = bᵀb / N``: the reward in ``B``'s span
+    whose FB prompt is ``z`` (for one ``z``, ``mean_i r_i B(s'_i) = z``).
+
+    ``b``: ``B(s')`` ``(N, d)``; ``z``: ``(N, d)``. ``Cov⁻¹z`` is one solve (``solve_ex``: no
+    host sync to check for singularity; Cov is near-singular only before B spreads out, while
+    the orthonormality loss dominates).
+    """
+    cov = b.T @ b / b.shape[0]
+    return (b * torch.linalg.solve_ex(cov, z.T)[0].T).sum(-1)  # Cov symmetric: Bᵀ(Cov⁻¹z)
+
+
+def implicit_q_loss(
+    f: torch.Tensor, b: torch.Tensor, z: torch.Tensor, next_q: torch.Tensor, discount: torch.Tensor
+) -> torch.Tensor:
+    """``½ Σ_heads mean_i (F_iᵀz_i − r_i − γ(1−d_i) Q̄_i)²`` with ``r`` the
+    :func:`implicit_reward` of ``b`` (held fixed: pass it without gradient).
+
+    Args:
+        f: ``F(s, a, z)`` per head, ``(E, N, d)`` (carries gradients).
+        b: ``B(s')``, ``(N, d)``. z: ``(N, d)``.
+        next_q: the target ``Q̄``, ``(N,)``. discount: ``γ(1 − d_i)``, ``(N,)``.
+    """
+    target = implicit_reward(b, z) + discount * next_q
+    return 0.5 * ((f * z).sum(-1) - target).pow(2).mean(-1).sum()
+
+
 def orthonormality_loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``½ mean_{i≠j} (B_iᵀB_j)² − mean_i B_iᵀB_i`` → ``(loss, off_diagonal, diagonal)``."""
     n = b.shape[0]
@@ -284,7 +337,8 @@ def orthonormality_loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 class FBStep:
     """What the F/B step hands to the actor step (and to variants' extra terms): the batch
     tensors and z it used, the online ``F(s, a, z)`` ``(E, N, d)`` and ``B(s')`` ``(N, d)``
-    (detached, *before* the F/B optimiser step), and the metrics so far."""
+    (detached, *before* the F/B optimiser step), the metrics so far and the target
+    ``Q̄ = F̄(s', a', z)ᵀz`` ``(N,)`` (reduced over heads; ``None`` where no target was taken)."""
 
     obs: torch.Tensor
     action: torch.Tensor
@@ -294,6 +348,7 @@ class FBStep:
     f: torch.Tensor
     b: torch.Tensor
     metrics: Metrics = field(default_factory=dict)
+    next_q: torch.Tensor | None = None
 
 
 class FBAgent(Agent):
@@ -330,8 +385,22 @@ class FBAgent(Agent):
             "actor_opt", m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay
         )
 
-    def sample_training_z(self, next_obs: torch.Tensor) -> torch.Tensor:
-        """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(s̃))`` of permuted states.
+    def sample_batch(self, dataset: OfflineDataset, batch_size: int) -> TensorDict:
+        """Uniform transitions; with ``goal_from_trajectory`` > 0, plus the ``goal`` state of
+        each (a later state of its trajectory w.p. ``goal_from_trajectory``, else a random
+        dataset state) that :meth:`sample_training_z` reads (no host sync)."""
+        if self.cfg.goal_from_trajectory == 0:
+            return dataset.sample(batch_size)
+        idx = dataset.sample_indices(batch_size)
+        goal_idx = sample_goal_indices(dataset, idx, 0.0, self.cfg.goal_from_trajectory, self.cfg.goal_future)
+        batch = dataset.data[idx]
+        batch["goal"] = dataset.data["next", "observation"][goal_idx]
+        return batch
+
+    def sample_training_z(self, next_obs: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
+        """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(g))``: ``g`` from
+        ``goal`` (``(N, obs_dim)``, the batch's goal states) or else the batch's permuted
+        next states.
 
         The permuted states are taken with ``gather``, not ``x[torch.randperm(n)]`` (nor
         ``index_select``, which decomposes to the same ``aten.index``): that pattern trips
@@ -342,9 +411,11 @@ class FBAgent(Agent):
         n = next_obs.shape[0]
         model = self.model
         z = model.sample_z(n, next_obs.device)
-        perm = torch.randperm(n, device=next_obs.device)
+        if goal is None:
+            perm = torch.randperm(n, device=next_obs.device)
+            goal = next_obs.gather(0, perm[:, None].expand_as(next_obs))
         with torch.no_grad():
-            goal_z = model.backward_map(next_obs.gather(0, perm[:, None].expand_as(next_obs)))
+            goal_z = model.backward_map(goal)
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio
         return torch.where(use_goal, goal_z, z)
 
@@ -352,8 +423,9 @@ class FBAgent(Agent):
         optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
 
     # ---- the F/B step --------------------------------------------------------------------
-    def target_measure(self, next_obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``M̄ = F̄(s', a', z) B̄(s')ᵀ`` reduced over heads, ``(N, N)``, ``a' ~ π_z(s')``.
+    def target_measure(self, next_obs: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M̄, Q̄)``: ``M̄ = F̄(s', a', z) B̄(s')ᵀ`` ``(N, N)`` and ``Q̄ = F̄(s', a', z)ᵀz``
+        ``(N,)``, each reduced over heads, with ``a' ~ π_z(s')``.
 
         The head mean is taken on F̄ before the product (the product is linear in F̄): one
         N×N matmul instead of one per head.
@@ -364,8 +436,9 @@ class FBAgent(Agent):
             target_f = self.forward_target(next_obs, z, next_action)  # (E, N, d)
             target_b = self.backward_target(next_obs)  # (N, d)
             if cfg.target_reduction == "mean":
-                return target_f.mean(0) @ target_b.T
-            return (target_f @ target_b.T).min(0).values
+                mean_f = target_f.mean(0)
+                return mean_f @ target_b.T, (mean_f * z).sum(-1)
+            return (target_f @ target_b.T).min(0).values, (target_f * z).sum(-1).min(0).values
 
     def fb_loss(self, step: FBStep, target_m: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """The loss of the F/B step: measure loss + ``ortho_coef`` × orthonormality."""
@@ -385,7 +458,12 @@ class FBAgent(Agent):
                 "diag/M_diag": m_diag,
                 "diag/M_offdiag": (m.mean() * n - m_diag) / (n - 1),
             }
-        return fb_loss + self.cfg.ortho_coef * ortho_loss, metrics
+        loss = fb_loss + self.cfg.ortho_coef * ortho_loss
+        if self.cfg.q_loss_coef > 0:
+            q_loss = implicit_q_loss(step.f, step.b.detach(), step.z, step.next_q, step.discount)
+            loss = loss + self.cfg.q_loss_coef * q_loss
+            metrics["loss/q"] = q_loss.detach()
+        return loss, metrics
 
     def update_fb(self, batch: TensorDict, z: torch.Tensor) -> FBStep:
         """One optimiser step of F and B; returns what the actor step needs."""
@@ -393,10 +471,10 @@ class FBAgent(Agent):
         obs, action = batch["observation"], batch["action"]
         next_obs = batch["next", "observation"]
         discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
-        target_m = self.target_measure(next_obs, z)
+        target_m, next_q = self.target_measure(next_obs, z)
         f = model.forward_map(obs, z, action)
         b = model.backward_map(next_obs)
-        step = FBStep(obs, action, next_obs, discount, z, f, b)
+        step = FBStep(obs, action, next_obs, discount, z, f, b, next_q=next_q)
         loss, metrics = self.fb_loss(step, target_m)
         self._step(self.fb_opt, loss, [*model.forward_map.parameters(), *model.backward_map.parameters()])
         with torch.no_grad():
@@ -432,7 +510,7 @@ class FBAgent(Agent):
         soft_update(self.backward_target, self.model.backward_map, self.cfg.tau)
 
     def _update(self, batch: TensorDict) -> Metrics:
-        z = self.sample_training_z(batch["next", "observation"])
+        z = self.sample_training_z(batch["next", "observation"], batch.get("goal"))
         step = self.update_fb(batch, z)
         actor_metrics = self.update_actor(step)
         self.update_targets()

@@ -1,10 +1,19 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from zsrl.agents.base import CheckpointError, Model
-from zsrl.agents.fb import FBAgent, FBConfig, FBModel, fb_measure_loss, orthonormality_loss
+from zsrl.agents.fb import (
+    FBAgent,
+    FBConfig,
+    FBModel,
+    fb_measure_loss,
+    implicit_q_loss,
+    implicit_reward,
+    orthonormality_loss,
+)
 
 TINY = FBConfig(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32, discount=0.9)
 
@@ -133,3 +142,58 @@ def test_normalize_obs_standardises_every_network_input(tiny_dataset, tmp_path):
     assert torch.equal(loaded.act(obs, z), agent.model.act(obs, z))
     plain = _fitted_agent(tiny_dataset, TINY)
     assert not any("norm." in k for k in plain.model.state_dict())  # unchanged format when off
+
+
+def test_implicit_reward_is_the_reward_whose_prompt_is_z_and_q_loss_is_its_td_error():
+    torch.manual_seed(0)
+    b = torch.randn(64, 8, dtype=torch.float64)
+    z = torch.randn(8, dtype=torch.float64).expand(64, 8)
+    reward = implicit_reward(b, z)
+    # prompting with these rewards gives back z: mean_i r_i B(s'_i) = z
+    assert torch.allclose((reward[:, None] * b).mean(0), z[0], atol=1e-10)
+    next_q = torch.randn(64, dtype=torch.float64)
+    discount = torch.full((64,), 0.9, dtype=torch.float64)
+    # an F whose Q = Fᵀz equals the TD target has zero loss; an error e in one head costs ½e²/N
+    target = reward + discount * next_q
+    f = (target / z.pow(2).sum(-1))[:, None] * z  # (N, d): Fᵀz = target
+    heads = torch.stack([f, f])
+    assert implicit_q_loss(heads, b, z, next_q, discount).item() == pytest.approx(0.0, abs=1e-18)
+    heads[1, 0] += z[0] / z[0].pow(2).sum()  # Q of head 1, sample 0 off by 1
+    assert implicit_q_loss(heads, b, z, next_q, discount).item() == pytest.approx(0.5 / 64)
+
+
+def test_q_loss_coef_adds_the_q_loss_to_the_fb_step(tiny_dataset):
+    batch = tiny_dataset.sample(32)
+    for coef in (0.0, 0.5):
+        torch.manual_seed(0)
+        agent = FBAgent(4, 2, dataclasses.replace(TINY, q_loss_coef=coef), torch.device("cpu"))
+        metrics = agent.update(batch)
+        assert ("loss/q" in metrics) == (coef > 0)
+        if coef == 0:
+            f_without = [p.clone() for p in agent.model.forward_map.parameters()]
+            b_without = [p.clone() for p in agent.model.backward_map.parameters()]
+    assert metrics["loss/q"] > 0 and torch.isfinite(metrics["loss/q"])
+    # the Q loss changes F's step; B's gradient comes from the measure and ortho losses only
+    assert any(not torch.equal(a, b) for a, b in zip(f_without, agent.model.forward_map.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(b_without, agent.model.backward_map.parameters()))
+
+
+def test_hindsight_goals_are_later_states_of_the_transitions_own_trajectory(tiny_dataset):
+    torch.manual_seed(0)
+    assert "goal" not in FBAgent(4, 2, TINY, torch.device("cpu")).sample_batch(tiny_dataset, 8)
+    cfg = dataclasses.replace(TINY, goal_from_trajectory=1.0, goal_future=0.9, mix_ratio=1.0)
+    agent = FBAgent(4, 2, cfg, torch.device("cpu"))
+    batch = agent.sample_batch(tiny_dataset, 256)
+    data = tiny_dataset.data
+
+    def rows(x, column):  # dataset row of each batch entry (the random floats are unique)
+        match = (x[:, None] == column[None]).all(-1)
+        assert match.sum(1).eq(1).all()
+        return match.float().argmax(1)
+
+    start, goal = rows(batch["observation"], data["observation"]), rows(batch["goal"], data["next", "observation"])
+    assert (data["episode"][goal] == data["episode"][start]).all() and (goal >= start).all()
+    assert (goal > start).float().mean() > 0.5  # offsets ~ Geometric(0.1): mostly later states
+    # with mix_ratio 1 every training z is the goal's B
+    z = agent.sample_training_z(batch["next", "observation"], batch["goal"])
+    assert torch.allclose(z, agent.model.backward_map(batch["goal"]))
