@@ -301,11 +301,14 @@ def implicit_reward(b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     whose FB prompt is ``z`` (for one ``z``, ``mean_i r_i B(s'_i) = z``).
 
     ``b``: ``B(s')`` ``(N, d)``; ``z``: ``(N, d)``. ``Cov⁻¹z`` is one solve (``solve_ex``: no
-    host sync to check for singularity; Cov is near-singular only before B spreads out, while
-    the orthonormality loss dominates).
+    host sync to check for singularity), in float64: before B spreads out (while the
+    orthonormality loss dominates) Cov is ill-conditioned, and in float32 the rounding of
+    ``bᵀb`` alone then moves the reward by ~1e-3 relative between kernels (compiled vs eager).
     """
-    cov = b.T @ b / b.shape[0]
-    return (b * torch.linalg.solve_ex(cov, z.T)[0].T).sum(-1)  # Cov symmetric: Bᵀ(Cov⁻¹z)
+    b64 = b.double()
+    cov = b64.T @ b64 / b.shape[0]
+    cov_inv_z = torch.linalg.solve_ex(cov, z.double().T)[0].T
+    return (b64 * cov_inv_z).sum(-1).to(b.dtype)  # Cov symmetric: Bᵀ(Cov⁻¹z)
 
 
 def implicit_q_loss(

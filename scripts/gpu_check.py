@@ -3,7 +3,8 @@
     python scripts/gpu_check.py                       # on a CUDA machine: the full check
     python scripts/gpu_check.py --device cpu --sizes tiny --updates 20 --agents fb   # smallest
 
-For each agent (``fb``, ``fre`` in its encoder phase, ``fre:policy`` in its policy phase,
+For each agent (``fb``, ``fb:qloss+hindsight`` with FB's auxiliary Q loss and hindsight
+goals, ``fre`` in its encoder phase, ``fre:policy`` in its policy phase,
 ``hilp``, ``td3``, ``vcfb``, ``mcfb``) on one domain (``--domain``, default walker), at the published size (the
 ``<agent>/<domain>`` preset) and a tiny size, and each mode
 
@@ -58,6 +59,7 @@ MODES = {  # name -> (compile, cudagraphs, precision); None: the device default
 #: agent -> (preset agent name, extra overrides)
 AGENTS = {
     "fb": ("fb", []),
+    "fb:qloss+hindsight": ("fb", ["agent.q_loss_coef=0.1", "agent.goal_from_trajectory=0.5"]),
     "fre": ("fre", []),
     "fre:policy": ("fre", ["agent.encoder_steps=0"]),
     "hilp": ("hilp", []),

@@ -278,7 +278,7 @@ def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agent_key", ["fb", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
+@pytest.mark.parametrize("agent_key", ["fb", "fb:qloss+hindsight", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
 def test_compiled_update_agrees_with_eager(agent_key):
     """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
     eager within 1e-4 relative on the metrics of one update and the parameters after it."""

@@ -31,6 +31,7 @@ def test_run_layout(maze_data, tmp_path):
     assert cfg["agent"]["z_dim"] == 8 and cfg["train"]["steps"] == 20
     meta = json.loads((run / "run.json").read_text())
     assert meta["seed"] == 0 and "torch" in meta["versions"]
+    assert meta["cpu_threads"] == torch.get_num_threads()
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,time,updates_per_s,loss/fb") and len(rows) == 1 + 4
 
@@ -50,6 +51,14 @@ def test_resume_reaches_identical_parameters(maze_data, tmp_path):
     # the metrics log has each step once
     steps = [line.split(",")[0] for line in (part / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == ["5", "10", "15", "20", "25", "30"]
+
+
+def test_resume_with_another_cpu_thread_count_warns(maze_data, tmp_path):
+    run = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=10"])
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "cpu_threads": meta["cpu_threads"] + 1}))
+    with pytest.warns(UserWarning, match=f"started with {meta['cpu_threads'] + 1} CPU threads and resumes with"):
+        resume_run(run)
 
 
 def test_truncated_checkpoint_and_wrong_domain(maze_data, tmp_path):

@@ -33,6 +33,7 @@ import csv
 import io
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,9 @@ def start_run(
         "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
         "seed": cfg.train.seed,
         "device": str(agent.device),
+        # CPU float reductions split by thread: the same seed on another thread count trains
+        # a different (equally valid) network, so the count is part of what reproduces a run
+        "cpu_threads": torch.get_num_threads(),
         "started": now_iso(),
         "command": " ".join(sys.argv),
         "versions": versions(),
@@ -276,6 +280,17 @@ def _checkpointed_before(run_dir: Path, cfg: RunConfig) -> str | None:
     return None
 
 
+def _warn_other_thread_count(run: dict[str, Any], device: torch.device) -> None:
+    threads = run.get("cpu_threads")
+    if device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
+        warnings.warn(
+            f"this run started with {threads} CPU threads and resumes with {torch.get_num_threads()}: "
+            "the resumed updates will not match an uninterrupted run bit for bit (float reductions "
+            f"split by thread). For an exact resume, set OMP_NUM_THREADS={threads}.",
+            stacklevel=3,
+        )
+
+
 def resume_run(run_dir: str | Path, dataset: str | Path | None = None) -> Path:
     """Continue an interrupted run from its checkpoint (or restart one that never made one).
 
@@ -289,6 +304,7 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None) -> Path:
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
         data_path = _dataset_of(run_dir, run, dataset)
         domain, data, train_data, agent = _prepare(cfg, data_path)
+        _warn_other_thread_count(run, agent.device)
         for sub in (CHECKPOINT, FINAL_MODEL):
             remove_stale_partials(run_dir / sub)  # debris of killed writers (we hold the lock)
         start, loop = 0, {}
