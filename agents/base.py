@@ -261,11 +261,14 @@ class Agent:
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
         """Called once before training with the dataset and the domain (e.g. to relabel).
 
-        By default it fits every :class:`~zsrl.nn.Standardize` inside the agent's modules
-        (online and target copies alike; e.g. FB's ``normalize_obs``) to the dataset's next
-        observations, and does nothing where there is none. An override that has such
-        inputs calls ``super().setup(...)`` or fits them itself.
+        By default it computes ``dataset.episode_end`` (which synchronises: the goal samplers
+        then draw future states inside a compiled or graphed step without it) and fits every
+        :class:`~zsrl.nn.Standardize` inside the agent's modules (online and target copies
+        alike; e.g. FB's ``normalize_obs``) to the dataset's next observations, and does
+        nothing where there is none. An override calls ``super().setup(...)`` or does both
+        itself.
         """
+        _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
         modules = list(self.modules().values())
         if any(isinstance(m, Standardize) for module in modules for m in module.modules()):
             fit_standardizers(modules, dataset.data["next", "observation"].to(self.device))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tensordict import TensorDict
 
 from zsrl.utils import UserError
 
@@ -68,6 +69,28 @@ def sample_goal_indices(
     future = dataset.sample_future(idx, discount)
     random = torch.randint(len(dataset), idx.shape, device=idx.device)
     return torch.where(u < p_current, idx, torch.where(u < p_current + p_trajectory, future, random))
+
+
+def sample_batch_with_goals(
+    dataset: Any, batch_size: int, p_current: float, p_trajectory: float, discount: float
+) -> TensorDict:
+    """Uniform transitions (observation, action, next observation and terminal flag) plus a
+    ``goal`` state per transition drawn by :func:`sample_goal_indices` (HILP's goals, FB's
+    hindsight goals); no host sync once ``dataset.episode_end`` exists (``Agent.setup``)."""
+    idx = dataset.sample_indices(batch_size)
+    goal_idx = sample_goal_indices(dataset, idx, p_current, p_trajectory, discount)
+    data = dataset.data
+    next_obs = data["next", "observation"]
+    return TensorDict(
+        {
+            "observation": data["observation"][idx],
+            "action": data["action"][idx],
+            "next": {"observation": next_obs[idx], "terminated": data["next", "terminated"][idx]},
+            "goal": next_obs[goal_idx],
+        },
+        batch_size=[batch_size],
+        device=next_obs.device,
+    )
 
 
 def goal_dims_index(dims: list[int] | None, obs_dim: int) -> torch.Tensor | None:

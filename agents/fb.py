@@ -77,7 +77,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Agent, Metrics, Model
-from zsrl.agents.common import goal_dims_index, sample_goal_indices
+from zsrl.agents.common import goal_dims_index, sample_batch_with_goals
 from zsrl.config import AgentConfig, param
 from zsrl.data import OfflineDataset
 from zsrl.nn import (
@@ -392,13 +392,10 @@ class FBAgent(Agent):
         """Uniform transitions; with ``goal_from_trajectory`` > 0, plus the ``goal`` state of
         each (a later state of its trajectory w.p. ``goal_from_trajectory``, else a random
         dataset state) that :meth:`sample_training_z` reads (no host sync)."""
-        if self.cfg.goal_from_trajectory == 0:
+        cfg = self.cfg
+        if cfg.goal_from_trajectory == 0:
             return dataset.sample(batch_size)
-        idx = dataset.sample_indices(batch_size)
-        goal_idx = sample_goal_indices(dataset, idx, 0.0, self.cfg.goal_from_trajectory, self.cfg.goal_future)
-        batch = dataset.data[idx]
-        batch["goal"] = dataset.data["next", "observation"][goal_idx]
-        return batch
+        return sample_batch_with_goals(dataset, batch_size, 0.0, cfg.goal_from_trajectory, cfg.goal_future)
 
     def sample_training_z(self, next_obs: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(g))``: ``g`` from

@@ -82,7 +82,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Agent, Metrics, Model
-from zsrl.agents.common import goal_dims_index, sample_goal_indices
+from zsrl.agents.common import goal_dims_index, sample_batch_with_goals
 from zsrl.agents.fb import Actor, ForwardMap, SkillPolicyConfig, td3_actor_loss
 from zsrl.config import param
 from zsrl.nn import (
@@ -308,26 +308,11 @@ class HILPAgent(Agent):
         self.actor_opt = self.add_optimizer("actor_opt", m.actor.parameters(), lr=cfg.lr_actor)
 
     # ---- data --------------------------------------------------------------------------
-    def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
-        _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
-        super().setup(dataset, domain, task)  # normalize_obs: fit ψ's and the actor's inputs
-
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
         """Uniform transitions plus a ``goal`` state per transition (no host sync)."""
         cfg = self.cfg
-        idx = dataset.sample_indices(batch_size)
-        goal_idx = sample_goal_indices(dataset, idx, cfg.goal_from_current, cfg.goal_from_trajectory, cfg.goal_future)
-        data = dataset.data
-        next_obs = data["next", "observation"]
-        return TensorDict(
-            {
-                "observation": data["observation"][idx],
-                "action": data["action"][idx],
-                "next": {"observation": next_obs[idx], "terminated": data["next", "terminated"][idx]},
-                "goal": next_obs[goal_idx],
-            },
-            batch_size=[batch_size],
-            device=next_obs.device,
+        return sample_batch_with_goals(
+            dataset, batch_size, cfg.goal_from_current, cfg.goal_from_trajectory, cfg.goal_future
         )
 
     # ---- z -------------------------------------------------------------------------------
