@@ -336,6 +336,14 @@ def orthonormality_loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return off_diag + diag, off_diag, diag
 
 
+def effective_rank(cov: torch.Tensor) -> torch.Tensor:
+    """Participation ratio ``(Σλ)² / Σλ² = tr(C)² / ‖C‖_F²`` of a symmetric ``(d, d)`` matrix
+    ``C`` with eigenvalues ``λ`` (no eigendecomposition): ``d`` for B orthonormal under ρ
+    (``C = I``), 1 when every ``B(s)`` lies on one line. A low value means B spends its ``d``
+    dimensions on few directions, so the goal kernel ``B(s)ᵀB(g)`` is wide."""
+    return cov.diagonal().sum().square() / cov.square().sum()
+
+
 @dataclass
 class FBStep:
     """What the F/B step hands to the actor step (and to variants' extra terms): the batch
@@ -480,9 +488,11 @@ class FBAgent(Agent):
         with torch.no_grad():
             b = b.detach()
             cov = b.T @ b / b.shape[0]  # (d, d); identity when B is orthonormal under ρ
+            eff_rank = effective_rank(cov)
             cov.diagonal().sub_(1.0)
             metrics.update({
                 "diag/orth_linf": cov.abs().max(),
+                "diag/B_eff_rank": eff_rank,
                 "diag/B_norm": b.norm(dim=-1).mean(),
                 "diag/F_norm": f.detach().norm(dim=-1).mean(),
                 "diag/z_norm": z.norm(dim=-1).mean(),

@@ -9,6 +9,7 @@ from zsrl.agents.fb import (
     FBAgent,
     FBConfig,
     FBModel,
+    effective_rank,
     fb_measure_loss,
     implicit_q_loss,
     implicit_reward,
@@ -72,7 +73,9 @@ def test_update_returns_device_tensors_and_changes_params(tiny_dataset):
     before = [p.clone() for p in agent.model.parameters()]
     metrics = agent.update(tiny_dataset.sample(32))
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
-    assert {"loss/fb_offdiag", "loss/fb_diag", "diag/orth_linf", "diag/B_norm", "diag/z_norm", "diag/actor_q"} <= set(metrics)
+    assert {"loss/fb_offdiag", "loss/fb_diag", "diag/orth_linf", "diag/B_norm", "diag/B_eff_rank",
+            "diag/z_norm", "diag/actor_q"} <= set(metrics)
+    assert 1.0 <= float(metrics["diag/B_eff_rank"]) <= TINY.z_dim + 1e-4
     assert all(not torch.equal(a, b) for a, b in zip(before, agent.model.parameters()))
     # the target networks move by Polyak averaging only
     assert not agent.forward_target.embed_sa[0].weight.requires_grad
@@ -197,3 +200,18 @@ def test_hindsight_goals_are_later_states_of_the_transitions_own_trajectory(tiny
     # with mix_ratio 1 every training z is the goal's B
     z = agent.sample_training_z(batch["next", "observation"], batch["goal"])
     assert torch.allclose(z, agent.model.backward_map(batch["goal"]))
+
+
+def test_effective_rank_counts_the_directions_b_spans():
+    """d for an orthonormal B, 1 for B on one line, k for B spread evenly over k directions;
+    equal to the participation ratio of the covariance's eigenvalues."""
+    d = 6
+    assert float(effective_rank(torch.eye(d))) == pytest.approx(d)
+    v = torch.randn(d, 1)
+    assert float(effective_rank(v @ v.T)) == pytest.approx(1.0, rel=1e-5)
+    half = torch.diag(torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0, 0.0]))
+    assert float(effective_rank(half)) == pytest.approx(3.0)
+    b = torch.randn(500, d) @ torch.randn(d, d)
+    cov = b.T @ b / 500
+    eig = torch.linalg.eigvalsh(cov)
+    assert float(effective_rank(cov)) == pytest.approx(float(eig.sum() ** 2 / eig.square().sum()), rel=1e-4)
