@@ -51,6 +51,18 @@ towards a goal; hindsight goals put a share of the batch there.
 **Actor** (TD3-style): ``a = π(s, z) + clip(ε σ, ±c)``, maximising
 ``min_heads F(s, a, z)ᵀ z``.
 
+**Myopic term** (``myopic_coef`` = λ > 0). One action moves ``Q`` by about ``1 − γ`` of its
+scale (the action gap), and ``F`` is smoother than ``B``'s kernel: near a goal ``Q`` is nearly
+flat, and the actor comes to rest a few cm short as readily as on the goal. A one-step
+predictor ``P(s, a) ≈ E[B(s') | s, a]``, regressed on the online ``B(s')`` (held fixed),
+
+.. math:: L_P = \tfrac12 \operatorname{mean}_i \lVert P(s_i, a_i) - B(s'_i) \rVert^2,
+
+gives the reward of the next decision, ``P(s, a)ᵀz`` (for a goal prompt ``z = B(g)``, the
+kernel ``B(s')ᵀB(g)``, peaked at ``g``), and the actor maximises
+``min_heads F(s, a, z)ᵀz + λ P(s, a)ᵀz``. ``P`` trains no other network and is part of the
+agent's training state only: the exported model and its prompting are unchanged.
+
 **Prompting**: ``z = √d · normalise(Σ_i r_i B(s'_i))`` for reward samples, and
 ``z = √d · normalise(B(g))`` for a goal ``g``.
 
@@ -69,6 +81,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -143,6 +156,9 @@ class FBConfig(SkillPolicyConfig):
     goal_from_trajectory: float = param(0.0, ge=0, le=1)
     #: geometric discount (per dataset row) of the offset of trajectory goals
     goal_future: float = param(0.99, gt=0, lt=1)
+    #: weight λ of the next decision's reward ``P(s, a)ᵀz`` in the actor's objective, with
+    #: ``P(s, a) ≈ E[B(s') | s, a]`` a one-step predictor of B (module docstring); 0 = off
+    myopic_coef: float = param(0.0, ge=0)
     #: the goal space: observation coordinates that ``B`` reads (``None``: all of them).
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).
@@ -199,6 +215,20 @@ class BackwardMap(nn.Module):
         if self.goal_dims is not None:
             obs = obs.index_select(-1, self.goal_dims)
         return project_to_sphere(self.net(obs), self.radius)
+
+
+class OneStepB(nn.Module):
+    """``P(s, a) ≈ E[B(s') | s, a]``, the backward embedding one decision ahead: an MLP (two
+    hidden layers of ``hidden_dim``, LayerNorm+tanh input block) of the (optionally
+    standardised) state and the action."""
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
+        super().__init__()
+        self.norm = input_norm(obs_dim, cfg.normalize_obs)
+        self.net = mlp(obs_dim + action_dim, [cfg.hidden_dim] * 2, cfg.z_dim)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([self.norm(obs), action], -1))
 
 
 class Actor(nn.Module):
@@ -260,18 +290,27 @@ class FBModel(Model):
 
 
 def td3_actor_loss(
-    actor: nn.Module, forward_map: nn.Module, obs: torch.Tensor, z: torch.Tensor, std: float, clip: float
+    actor: nn.Module,
+    forward_map: nn.Module,
+    obs: torch.Tensor,
+    z: torch.Tensor,
+    std: float,
+    clip: float,
+    bonus: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(−mean q, q)`` with ``q = min_heads F(s, a, z)ᵀz`` and ``a = π(s, z) + clipped noise``.
+    """``(−mean (q + bonus(a)), q)`` with ``q = min_heads F(s, a, z)ᵀz`` and
+    ``a = π(s, z) + clipped noise``.
 
-    The actor loss of FB (and of HILP's successor features ψ, the same network). F is
-    evaluated with frozen (detached) parameters: the gradient flows into the action only,
-    so F's weight gradients are never computed.
+    The actor loss of FB (and of HILP's successor features ψ, the same network); ``bonus``
+    maps the actions to a per-sample term added to ``q`` (FB's myopic term; none by default).
+    F is evaluated with frozen (detached) parameters: the gradient flows into the action
+    only, so F's weight gradients are never computed.
     """
     a = clipped_noise_action(actor(obs, z), std, clip)
     f = call_frozen(forward_map, obs, z, a)  # (E, N, d)
     q = (f * z).sum(-1).min(0).values
-    return -q.mean(), q
+    objective = q if bonus is None else q + bonus(a)
+    return -objective.mean(), q
 
 
 def fb_measure_loss(
@@ -395,6 +434,12 @@ class FBAgent(Agent):
         self.actor_opt = self.add_optimizer(
             "actor_opt", m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay
         )
+        self.next_b: OneStepB | None = None
+        if cfg.myopic_coef > 0:
+            self.next_b = self.add_module("next_b", OneStepB(obs_dim, action_dim, cfg))
+            self.next_b_opt = self.add_optimizer(
+                "next_b_opt", self.next_b.parameters(), lr=cfg.lr_f, weight_decay=cfg.weight_decay
+            )
 
     def sample_batch(self, dataset: OfflineDataset, batch_size: int) -> TensorDict:
         """Uniform transitions; with ``goal_from_trajectory`` > 0, plus the ``goal`` state of
@@ -503,10 +548,35 @@ class FBAgent(Agent):
     # ---- the actor step ------------------------------------------------------------------
     def actor_loss(self, step: FBStep) -> tuple[torch.Tensor, Metrics]:
         """``−mean min_heads F(s, a, z)ᵀz`` with ``a = π(s, z) + clipped noise``
-        (:func:`td3_actor_loss`)."""
+        (:func:`td3_actor_loss`), minus ``myopic_coef · mean P(s, a)ᵀz`` where it is on."""
         cfg, model = self.cfg, self.model
-        loss, q = td3_actor_loss(model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip)
-        return loss, {"loss/actor": loss.detach(), "diag/actor_q": q.mean().detach()}
+        loss, q = td3_actor_loss(
+            model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip, self.myopic_bonus(step)
+        )
+        metrics = {"loss/actor": loss.detach(), "diag/actor_q": q.mean().detach()}
+        if self.next_b is not None:  # mean P(s, a)ᵀz, from −loss = mean(q + λ P(s, a)ᵀz)
+            metrics["diag/actor_next_r"] = ((-loss - q.mean()) / cfg.myopic_coef).detach()
+        return loss, metrics
+
+    def myopic_bonus(self, step: FBStep) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``a ↦ myopic_coef · P(s, a)ᵀz`` on the step's states and z (``P`` frozen: the
+        gradient reaches the action only); ``None`` when ``myopic_coef`` is 0."""
+        next_b, coef = self.next_b, self.cfg.myopic_coef
+        if next_b is None:
+            return None
+
+        def bonus(action: torch.Tensor) -> torch.Tensor:
+            return coef * (call_frozen(next_b, step.obs, action) * step.z).sum(-1)
+
+        return bonus
+
+    def update_next_b(self, step: FBStep) -> Metrics:
+        """One optimiser step of the one-step predictor ``P`` (``myopic_coef`` > 0) on
+        ``½ mean ‖P(s, a) − B(s')‖²``, with the B of the F/B step (detached)."""
+        assert self.next_b is not None
+        loss = 0.5 * (self.next_b(step.obs, step.action) - step.b).pow(2).sum(-1).mean()
+        self._step(self.next_b_opt, loss, list(self.next_b.parameters()))
+        return {"loss/next_b": loss.detach()}
 
     def update_actor(self, step: FBStep) -> Metrics:
         """One optimiser step of the actor (after the F/B step, so with the updated F)."""
@@ -522,6 +592,8 @@ class FBAgent(Agent):
     def _update(self, batch: TensorDict) -> Metrics:
         z = self.sample_training_z(batch["next", "observation"], batch.get("goal"))
         step = self.update_fb(batch, z)
+        if self.next_b is not None:
+            step.metrics.update(self.update_next_b(step))
         actor_metrics = self.update_actor(step)
         self.update_targets()
         return {**step.metrics, **actor_metrics}

@@ -183,3 +183,28 @@ def test_pipeline_collects_trains_prompts_and_reports(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "reusing the dataset" in capsys.readouterr().out
+
+
+def test_maze_goal_grid_reports_every_goals_final_distance(tmp_path, capsys):
+    from scripts.maze_goal_grid import goal_grid
+    from scripts.maze_goal_grid import main as goal_grid_main
+    from zsrl.agents.fb import FBConfig, FBModel
+
+    goals = goal_grid()
+    assert len(goals) == 24 and len({tuple(g) for _, g in goals}) == 24
+    for room, g in goals:  # each goal lies in its own room, clear of the central cross (±0.02 m)
+        assert (g[0] > 0) == room.endswith("right") and (g[1] > 0) == room.startswith("top")
+        assert min(abs(g[0]), abs(g[1])) >= 0.07 and not g[2:].any()
+    cfg = FBConfig(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32)
+    FBModel(4, 2, cfg).save(tmp_path / "run" / "model", extra={"domain": "point_mass_maze"})
+    out = tmp_path / "grid.json"
+    assert goal_grid_main([str(tmp_path), "--episodes", "1", "--max-steps", "20", "--json", str(out)]) == 0
+    assert "≤3cm per room" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["results"]
+    distances = row["final_distances"]
+    assert {room: len(d) for room, d in distances.items()} == dict.fromkeys(distances, 6) and len(distances) == 4
+    every = [d for room in distances.values() for d in room]
+    assert row["within_3cm"] == pytest.approx(sum(d <= 0.03 for d in every) / 24)
+    assert 0 <= row["within_3cm"] <= row["within_5cm"] <= row["within_8cm"] <= 1
+    assert goal_grid_main([str(tmp_path / "nothing"), "--json", str(out)]) == 2
+    assert "no model/" in capsys.readouterr().err

@@ -215,3 +215,36 @@ def test_effective_rank_counts_the_directions_b_spans():
     cov = b.T @ b / 500
     eig = torch.linalg.eigvalsh(cov)
     assert float(effective_rank(cov)) == pytest.approx(float(eig.sum() ** 2 / eig.square().sum()), rel=1e-4)
+
+
+def test_myopic_coef_adds_the_one_step_predictors_reward_to_the_actor(tiny_dataset):
+    """``myopic_coef`` λ: ``P(s, a)`` is regressed on ``B(s')``, the actor's loss is
+    ``−mean(min_heads F(s,a,z)ᵀz + λ P(s,a)ᵀz)`` with ``P`` frozen, and ``P`` belongs to the
+    agent's training state, not to the exported model."""
+    batch = tiny_dataset.sample(64)
+    off = FBAgent(4, 2, TINY, torch.device("cpu"))
+    assert off.next_b is None and "loss/next_b" not in off.update(batch)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, myopic_coef=2.0, actor_std=0.0, lr_f=1e-3)  # no action noise
+    agent = FBAgent(4, 2, cfg, torch.device("cpu"))
+    metrics = agent.update(batch)
+    assert torch.isfinite(metrics["loss/next_b"]) and torch.isfinite(metrics["diag/actor_next_r"])
+    step = agent.update_fb(batch, agent.sample_training_z(batch["next", "observation"]))
+    loss, metrics = agent.actor_loss(step)
+    with torch.no_grad():
+        a = agent.model.actor(step.obs, step.z)
+        q = agent.model.q_values(step.obs, step.z, a).min(0).values
+        next_r = (agent.next_b(step.obs, a) * step.z).sum(-1)
+    assert loss.item() == pytest.approx(-(q + 2.0 * next_r).mean().item(), rel=1e-5)
+    assert metrics["diag/actor_next_r"].item() == pytest.approx(next_r.mean().item(), rel=1e-4, abs=1e-5)
+    for p in [*agent.next_b.parameters(), *agent.model.actor.parameters()]:
+        p.grad = None
+    loss.backward()  # the gradient reaches the actor, not P
+    assert all(p.grad is None for p in agent.next_b.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.model.actor.parameters())
+    # P fits its regression target (B of the fixed step)
+    first = agent.update_next_b(step)["loss/next_b"]
+    for _ in range(100):
+        last = agent.update_next_b(step)["loss/next_b"]
+    assert last < 0.5 * first
+    assert "next_b" in agent.modules() and not any("next_b" in k for k in agent.model.state_dict())
