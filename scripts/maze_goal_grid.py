@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsrl.checkpoint import load_model_dir
+from zsrl.checkpoint import load_run_model
 from zsrl.evaluate import rollout
 from zsrl.registry import make_domain
 from zsrl.utils import UserError, atomic_write_json, versions
@@ -37,17 +37,15 @@ def goal_grid() -> list[tuple[str, np.ndarray]]:
             for room, (sx, sy) in ROOMS.items() for x, y in OFFSETS]
 
 
-def model_dir(run: Path) -> Path:
-    for candidate in (run / "model", run / "run" / "model"):
-        if candidate.is_dir():
-            return candidate
-    raise UserError(f"{run}: no model/ (nor run/model/) in it; pass a zsrl train or zsrl pipeline output")
+def run_dir(path: Path) -> Path:
+    """``path`` itself (a ``zsrl train`` output), or the ``run/`` of a ``zsrl pipeline`` output."""
+    return path / "run" if (path / "run").is_dir() else path
 
 
 def final_distances(run: Path, episodes: int, seed: int, max_steps: int | None) -> dict[str, np.ndarray]:
     """Final distance (m) of every episode, ``{room: (6 · episodes,)}``."""
     domain = make_domain("point_mass_maze")
-    model = load_model_dir(model_dir(run), device="cpu")
+    model = load_run_model(run_dir(run), domain)
     model.eval()
     out: dict[str, list[np.ndarray]] = {room: [] for room in ROOMS}
     for room, goal in goal_grid():

@@ -207,4 +207,4 @@ def test_maze_goal_grid_reports_every_goals_final_distance(tmp_path, capsys):
     assert row["within_3cm"] == pytest.approx(sum(d <= 0.03 for d in every) / 24)
     assert 0 <= row["within_3cm"] <= row["within_5cm"] <= row["within_8cm"] <= 1
     assert goal_grid_main([str(tmp_path / "nothing"), "--json", str(out)]) == 2
-    assert "no model/" in capsys.readouterr().err
+    assert "has no trained model" in capsys.readouterr().err
