@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from zsrl.checkpoint import load_run_model
+from zsrl.envs.point_mass_maze import PointMassMaze
 from zsrl.evaluate import rollout
 from zsrl.registry import make_domain
 from zsrl.utils import UserError, atomic_write_json, versions
 
 ROOMS = {"top_left": (-1, 1), "top_right": (1, 1), "bottom_left": (-1, -1), "bottom_right": (1, -1)}
 OFFSETS = [(x, y) for x in (0.07, 0.15, 0.23) for y in (0.08, 0.22)]
-RADII = (0.03, 0.05, 0.08)
+RADII = (PointMassMaze.goal_threshold, 0.05, 0.08)  # the success radius (3 cm), then nearer misses
 
 
 def goal_grid() -> list[tuple[str, np.ndarray]]:
@@ -51,7 +52,7 @@ def final_distances(run: Path, episodes: int, seed: int, max_steps: int | None) 
     for room, goal in goal_grid():
         z = model.infer_z_from_goal(torch.as_tensor(goal))
         traj = rollout(model, domain, z, episodes, seed=seed, goal=goal, max_steps=max_steps)
-        out[room].append(np.linalg.norm(traj.next_observation[-1, :, :2] - goal[:2], axis=-1))
+        out[room].append(domain.goal_distance(traj.next_observation[-1], goal))
     return {room: np.concatenate(d) for room, d in out.items()}
 
 
