@@ -217,10 +217,10 @@ def test_effective_rank_counts_the_directions_b_spans():
     assert float(effective_rank(cov)) == pytest.approx(float(eig.sum() ** 2 / eig.square().sum()), rel=1e-4)
 
 
-def test_myopic_coef_adds_the_one_step_predictors_reward_to_the_actor(tiny_dataset):
+def test_myopic_coef_adds_the_next_decisions_embedding_distance_to_the_actor(tiny_dataset):
     """``myopic_coef`` λ: ``P(s, a)`` is regressed on ``B(s')``, the actor's loss is
-    ``−mean(min_heads F(s,a,z)ᵀz + λ P(s,a)ᵀz)`` with ``P`` frozen, and ``P`` belongs to the
-    agent's training state, not to the exported model."""
+    ``−mean(min_heads F(s,a,z)ᵀz − λ d ‖P̂(s,a) − ẑ‖)`` with ``P`` frozen, and ``P`` belongs
+    to the agent's training state, not to the exported model."""
     batch = tiny_dataset.sample(64)
     off = FBAgent(4, 2, TINY, torch.device("cpu"))
     assert off.next_b is None and "loss/next_b" not in off.update(batch)
@@ -228,15 +228,18 @@ def test_myopic_coef_adds_the_one_step_predictors_reward_to_the_actor(tiny_datas
     cfg = dataclasses.replace(TINY, myopic_coef=2.0, actor_std=0.0, lr_f=1e-3)  # no action noise
     agent = FBAgent(4, 2, cfg, torch.device("cpu"))
     metrics = agent.update(batch)
-    assert torch.isfinite(metrics["loss/next_b"]) and torch.isfinite(metrics["diag/actor_next_r"])
+    assert torch.isfinite(metrics["loss/next_b"]) and torch.isfinite(metrics["diag/actor_next_dist"])
     step = agent.update_fb(batch, agent.sample_training_z(batch["next", "observation"]))
     loss, metrics = agent.actor_loss(step)
     with torch.no_grad():
         a = agent.model.actor(step.obs, step.z)
         q = agent.model.q_values(step.obs, step.z, a).min(0).values
-        next_r = (agent.next_b(step.obs, a) * step.z).sum(-1)
-    assert loss.item() == pytest.approx(-(q + 2.0 * next_r).mean().item(), rel=1e-5)
-    assert metrics["diag/actor_next_r"].item() == pytest.approx(next_r.mean().item(), rel=1e-4, abs=1e-5)
+        p = agent.next_b(step.obs, a)
+        # the angle between the next decision's embedding and z, as a chord: 2 sin(θ/2)
+        cos = (p * step.z).sum(-1) / (p.norm(dim=-1) * step.z.norm(dim=-1))
+        dist = 2 * torch.sin(torch.acos(cos.clamp(-1, 1)) / 2)
+    assert loss.item() == pytest.approx(-(q - 2.0 * cfg.z_dim * dist).mean().item(), rel=1e-4)
+    assert metrics["diag/actor_next_dist"].item() == pytest.approx(dist.mean().item(), rel=1e-3)
     for p in [*agent.next_b.parameters(), *agent.model.actor.parameters()]:
         p.grad = None
     loss.backward()  # the gradient reaches the actor, not P
