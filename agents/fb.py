@@ -49,7 +49,8 @@ is rarely near ``s_i``, so the measure and the actor almost never train on the l
 towards a goal; hindsight goals put a share of the batch there.
 
 **Actor** (TD3-style): ``a = π(s, z) + clip(ε σ, ±c)``, maximising
-``min_heads F(s, a, z)ᵀ z``.
+``min_heads F(s, a, z)ᵀ z``, or with ``actor_reduction="mean"`` the heads' mean. The min is
+pessimistic where the heads disagree, which is where the data is thin.
 
 **Myopic term** (``myopic_coef`` = λ > 0). One action moves ``Q`` by about ``1 − γ`` of its
 scale (the action gap), and ``F`` is smoother than ``B``'s kernel: near a goal ``Q`` is nearly
@@ -157,6 +158,9 @@ class FBConfig(SkillPolicyConfig):
     ortho_coef: float = param(1.0, ge=0)
     #: how the target measure (and the target Q of ``q_loss_coef``) combines ensemble heads
     target_reduction: Literal["mean", "min"] = "mean"
+    #: how the actor's objective combines the heads' ``Q = F(s, a, z)ᵀz``: the pessimistic
+    #: min (metamotivo's, TD3's) or their mean
+    actor_reduction: Literal["min", "mean"] = "min"
     #: weight of the auxiliary Q loss (metamotivo's ``q_loss_coef``; module docstring):
     #: TD on ``Q = F(s,a,z)ᵀz`` with the implicit reward ``B(s')ᵀCov⁻¹z``; 0 = off
     q_loss_coef: float = param(0.0, ge=0)
@@ -307,9 +311,10 @@ def td3_actor_loss(
     std: float,
     clip: float,
     bonus: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reduction: Literal["min", "mean"] = "min",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(−mean (q + bonus(a)), q)`` with ``q = min_heads F(s, a, z)ᵀz`` and
-    ``a = π(s, z) + clipped noise``.
+    """``(−mean (q + bonus(a)), q)`` with ``q = min_heads F(s, a, z)ᵀz`` (``reduction``:
+    or the heads' mean) and ``a = π(s, z) + clipped noise``.
 
     The actor loss of FB (and of HILP's successor features ψ, the same network); ``bonus``
     maps the actions to a per-sample term added to ``q`` (FB's myopic term; none by default).
@@ -318,7 +323,8 @@ def td3_actor_loss(
     """
     a = clipped_noise_action(actor(obs, z), std, clip)
     f = call_frozen(forward_map, obs, z, a)  # (E, N, d)
-    q = (f * z).sum(-1).min(0).values
+    q_heads = (f * z).sum(-1)  # (E, N)
+    q = q_heads.min(0).values if reduction == "min" else q_heads.mean(0)
     objective = q if bonus is None else q + bonus(a)
     return -objective.mean(), q
 
@@ -567,7 +573,8 @@ class FBAgent(Agent):
         (:func:`td3_actor_loss`), plus ``myopic_coef · d · mean ‖P̂(s, a) − ẑ‖`` where it is on."""
         cfg, model = self.cfg, self.model
         loss, q = td3_actor_loss(
-            model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip, self.myopic_bonus(step)
+            model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip, self.myopic_bonus(step),
+            cfg.actor_reduction,
         )
         metrics = {"loss/actor": loss.detach(), "diag/actor_q": q.mean().detach()}
         if self.next_b is not None:  # mean ‖P̂ − ẑ‖, from −loss = mean(q − λ d ‖P̂ − ẑ‖)

@@ -251,3 +251,20 @@ def test_myopic_coef_adds_the_next_decisions_embedding_distance_to_the_actor(tin
         last = agent.update_next_b(step)["loss/next_b"]
     assert last < 0.5 * first
     assert "next_b" in agent.modules() and not any("next_b" in k for k in agent.model.state_dict())
+
+
+def test_actor_reduction_takes_the_min_or_the_mean_of_the_heads(tiny_dataset):
+    """The actor maximises the heads' min of ``F(s, a, z)ᵀz`` by default, their mean with
+    ``actor_reduction="mean"``; nothing else in the step changes."""
+    batch = tiny_dataset.sample(64)
+    for reduction in ("min", "mean"):
+        torch.manual_seed(0)
+        agent = FBAgent(4, 2, dataclasses.replace(TINY, actor_std=0.0, actor_reduction=reduction), torch.device("cpu"))
+        step = agent.update_fb(batch, agent.sample_training_z(batch["next", "observation"]))
+        loss, metrics = agent.actor_loss(step)
+        with torch.no_grad():
+            q_heads = agent.model.q_values(step.obs, step.z, agent.model.actor(step.obs, step.z))
+        q = q_heads.min(0).values if reduction == "min" else q_heads.mean(0)
+        assert (q_heads[0] - q_heads[1]).abs().max() > 1e-3  # the heads differ, so the two objectives do
+        assert loss.item() == pytest.approx(-q.mean().item(), rel=1e-5)
+        assert metrics["diag/actor_q"].item() == pytest.approx(q.mean().item(), rel=1e-5)
