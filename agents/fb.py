@@ -67,8 +67,9 @@ says where the next decision lands in ``B``'s embedding, and the actor maximises
 the (chordal) distance from the next decision's embedding direction to the task's. The next
 decision's reward ``B(s')ᵀz = d cos θ`` (θ the angle between ``B(s')`` and ``z``; both have
 norm ``√d``) is flat at its peak: ``d(1 − θ²/2)``. Its pull on the actor fades near a goal,
-below F's errors (on the maze, 2–4 cm short of it). The distance ``‖P̂ − ẑ‖ = 2 sin(θ/2) ≈ θ`` grows linearly
-away from it, so the pull holds up to the goal. It orders actions like the next reward does.
+below F's errors (on the maze, 2–4 cm short of it). The distance ``‖P̂ − ẑ‖ = 2 sin(θ/2) ≈ θ``
+grows linearly away from it, so the pull holds up to the goal. It orders actions like the
+next reward does.
 ``P`` trains no other network and is part of the agent's training state only: the exported
 model and its prompting are unchanged.
 
@@ -97,7 +98,6 @@ from typing import Literal
 import torch
 from tensordict import TensorDict
 from torch import nn
-from torch.nn.functional import normalize
 
 from zsrl.agents.base import Agent, Metrics, Model
 from zsrl.agents.common import goal_dims_index, sample_batch_with_goals
@@ -382,9 +382,10 @@ def implicit_q_loss(
 
 
 def chord_distance(u: torch.Tensor, v: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """``√(‖u − v‖² + eps²)`` over the last dimension: the distance between unit vectors
-    ``u, v`` (``2 sin(θ/2)``), smoothed at 0 so its gradient stays finite when they meet."""
-    return ((u - v).pow(2).sum(-1) + eps**2).sqrt()
+    """``√(‖û − v̂‖² + eps²)`` over the last dimension, ``x̂ = x/‖x‖``: the distance between
+    the directions of ``u`` and ``v`` (``2 sin(θ/2)``), smoothed at 0 so its gradient stays
+    finite where they meet."""
+    return ((project_to_sphere(u, 1.0) - project_to_sphere(v, 1.0)).pow(2).sum(-1) + eps**2).sqrt()
 
 
 def orthonormality_loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -569,8 +570,8 @@ class FBAgent(Agent):
 
     # ---- the actor step ------------------------------------------------------------------
     def actor_loss(self, step: FBStep) -> tuple[torch.Tensor, Metrics]:
-        """``−mean min_heads F(s, a, z)ᵀz`` with ``a = π(s, z) + clipped noise``
-        (:func:`td3_actor_loss`), plus ``myopic_coef · d · mean ‖P̂(s, a) − ẑ‖`` where it is on."""
+        """``−mean min_heads F(s, a, z)ᵀz`` (or the heads' mean: ``actor_reduction``) with
+        ``a = π(s, z) + clipped noise`` (:func:`td3_actor_loss`), plus ``myopic_coef · d · mean ‖P̂(s, a) − ẑ‖`` where it is on."""
         cfg, model = self.cfg, self.model
         loss, q = td3_actor_loss(
             model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip, self.myopic_bonus(step),
@@ -587,10 +588,9 @@ class FBAgent(Agent):
         next_b, coef = self.next_b, self.cfg.myopic_coef * self.cfg.z_dim
         if next_b is None:
             return None
-        z_dir = normalize(step.z, dim=-1)
 
         def bonus(action: torch.Tensor) -> torch.Tensor:
-            return -coef * chord_distance(normalize(call_frozen(next_b, step.obs, action), dim=-1), z_dir)
+            return -coef * chord_distance(call_frozen(next_b, step.obs, action), step.z)
 
         return bonus
 
