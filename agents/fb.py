@@ -571,11 +571,12 @@ class FBAgent(Agent):
     # ---- the actor step ------------------------------------------------------------------
     def actor_loss(self, step: FBStep) -> tuple[torch.Tensor, Metrics]:
         """``−mean min_heads F(s, a, z)ᵀz`` (or the heads' mean: ``actor_reduction``) with
-        ``a = π(s, z) + clipped noise`` (:func:`td3_actor_loss`), plus ``myopic_coef · d · mean ‖P̂(s, a) − ẑ‖`` where it is on."""
+        ``a = π(s, z) + clipped noise`` (:func:`td3_actor_loss`), plus
+        ``myopic_coef · d · mean ‖P̂(s, a) − ẑ‖`` where it is on."""
         cfg, model = self.cfg, self.model
         loss, q = td3_actor_loss(
-            model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip, self.myopic_bonus(step),
-            cfg.actor_reduction,
+            model.actor, model.forward_map, step.obs, step.z, cfg.actor_std, cfg.std_clip,
+            bonus=self.myopic_bonus(step), reduction=cfg.actor_reduction,
         )
         metrics = {"loss/actor": loss.detach(), "diag/actor_q": q.mean().detach()}
         if self.next_b is not None:  # mean ‖P̂ − ẑ‖, from −loss = mean(q − λ d ‖P̂ − ẑ‖)
