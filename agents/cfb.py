@@ -128,11 +128,8 @@ class CFBAgent(FBAgent):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(penalty, mean log-sum-exp, mean data value)`` for sampled ``actions`` ``(K, N, A)``;
         each summed over heads. ``step.f`` / ``step.b`` carry gradients."""
-        k, n = actions.shape[:2]
-        obs = step.obs.unsqueeze(0).expand(k, *step.obs.shape).reshape(k * n, -1)
-        z = step.z.unsqueeze(0).expand(k, *step.z.shape).reshape(k * n, -1)
-        f_ood = self.model.forward_map(obs, z, actions.reshape(k * n, -1))  # (E, K·N, d)
-        f_all = torch.cat([f_ood.unflatten(1, (k, n)), step.f.unsqueeze(1)], 1)  # (E, K+1, N, d)
+        f_ood = self.model.forward_map.forward_actions(step.obs, step.z, actions)  # (E, K, N, d)
+        f_all = torch.cat([f_ood, step.f.unsqueeze(1)], 1)  # (E, K+1, N, d)
         if self.penalty == "value":
             values = (f_all * step.z).sum(-1)  # (E, K+1, N)
         else:

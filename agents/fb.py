@@ -209,6 +209,17 @@ class ForwardMap(nn.Module):
         sz = self.embed_sz(torch.cat([obs, z], -1))
         return self.trunk(torch.cat([sa, sz], -1))
 
+    def forward_actions(self, obs: torch.Tensor, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``F(s_i, a_ki, z_i)`` for ``K`` actions per state: ``actions (K, N, A) → (E, K, N, d)``.
+        Equal to :meth:`forward` on the ``K·N`` repeated rows, with ``ψ(s, z)`` computed once
+        per state instead of ``K`` times."""
+        k, n = actions.shape[:2]
+        obs = self.norm(obs)
+        sa = self.embed_sa(torch.cat([obs.expand(k, n, -1), actions], -1).flatten(0, 1))  # (E, K·N, e)
+        sz = self.embed_sz(torch.cat([obs, z], -1))  # (E, N, e)
+        sz = sz.unsqueeze(1).expand(-1, k, -1, -1).flatten(1, 2)
+        return self.trunk(torch.cat([sa, sz], -1)).unflatten(1, (k, n))
+
 
 class BackwardMap(nn.Module):
     """``B(s) = √d · b(g(s̄))/‖b(g(s̄))‖`` with ``b`` an MLP (LayerNorm+tanh input block),

@@ -37,6 +37,9 @@ class _LinearF(nn.Module):
     def forward(self, obs, z, action):
         return torch.stack([1.0 * action, 2.0 * action])
 
+    def forward_actions(self, obs, z, actions):
+        return self(obs, z, actions)
+
 
 def _lse(xs):
     return math.log(sum(math.exp(x) for x in xs))

@@ -268,3 +268,18 @@ def test_actor_reduction_takes_the_min_or_the_mean_of_the_heads(tiny_dataset):
         assert (q_heads[0] - q_heads[1]).abs().max() > 1e-3  # the heads differ, so the two objectives do
         assert loss.item() == pytest.approx(-q.mean().item(), rel=1e-5)
         assert metrics["diag/actor_q"].item() == pytest.approx(q.mean().item(), rel=1e-5)
+
+
+def test_forward_actions_equals_forward_on_repeated_rows():
+    """``F`` for K actions per state, ``ψ(s, z)`` computed once: the same values and parameter
+    gradients as :meth:`forward` on the K·N repeated rows."""
+    torch.manual_seed(0)
+    f_map = FBModel(4, 2, dataclasses.replace(TINY, normalize_obs=True)).forward_map
+    obs, z, actions = torch.randn(5, 4), torch.randn(5, 8), torch.rand(3, 5, 2) * 2 - 1
+    shared = f_map.forward_actions(obs, z, actions)
+    repeated = f_map(obs.repeat(3, 1), z.repeat(3, 1), actions.flatten(0, 1)).unflatten(1, (3, 5))
+    assert shared.shape == (2, 3, 5, 8)
+    torch.testing.assert_close(shared, repeated)
+    grads = [torch.autograd.grad(out.square().sum(), list(f_map.parameters())) for out in (shared, repeated)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
