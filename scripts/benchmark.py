@@ -6,7 +6,7 @@
         point_mass_maze --seeds 0,1,2 --oracle --jobs 4 --out bench_gpu
 
 For each domain a reward-free dataset is collected once (``--collector``: sticky random
-actions held 100 steps for the maze, RND elsewhere; ``--transitions``) and cached under
+actions with :data:`zsrl.collect.STICKY_DEFAULTS` for the maze, RND elsewhere; ``--transitions``) and cached under
 ``OUT/data``. Each agent trains one run per training seed (``--seeds``) of its preset —
 ``configs/<agent>/<domain>_cpu.yaml`` by default, the published size
 ``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
@@ -19,37 +19,51 @@ per goal on its dense task ``dense_<goal>`` (reward ``−distance``) and its rol
 scored by the same success rule as the agents' goal prompts. ``--jobs N`` trains N runs at once (they share the
 machine, or the GPU).
 
+**Rerunning the same command continues an interrupted one**: a job's result is cached in its
+run directory (``benchmark_result.json``) and reused, a run with a checkpoint resumes from it
+(training stops with a checkpoint on SIGTERM or Ctrl-C), a trained one is only evaluated. So
+the GPU protocol can be split over time-limited commands, e.g. on a machine that allows 10
+minutes per command, ``timeout -s TERM 540 python scripts/benchmark.py --gpu ...`` repeated
+until it prints the tables (``timeout`` signals the whole process group, workers included).
+
 Per task: the mean over training seeds of each run's mean return, with a 95% percentile
 bootstrap CI over seeds; per agent: IQM over (seed, task) scores with a stratified
 bootstrap CI (Agarwal et al. 2021, :mod:`zsrl.stats`). ``OUT/benchmark.json`` records every
-seed's returns and goal successes; ``OUT/benchmark.png`` draws the means.
+seed's returns and goal successes, per domain with the protocol it ran under; domains that an
+earlier invocation wrote to the same ``OUT`` are kept (walker with three seeds, then the other
+domains with one, make one report). ``OUT/benchmark.png`` draws the means.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import multiprocessing
-import time
+import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from zsrl import plots
+from zsrl.checkpoint import find_final_model
 from zsrl.collect import STICKY_DEFAULTS, collect_to_disk
+from zsrl.config import load_run_config
 from zsrl.data import OfflineDataset
 from zsrl.envs.goals import DENSE_PREFIX
 from zsrl.evaluate import evaluate_run, pct_of_oracle
 from zsrl.explore import RNDConfig
 from zsrl.registry import make_domain
 from zsrl.stats import aggregate, bootstrap_ci
-from zsrl.train import start_run
+from zsrl.train import resume_run, start_run
 from zsrl.utils import atomic_write_json, versions
 
 DEFAULT_COLLECTOR = {"point_mass_maze": "sticky"}
+#: a finished job's result, cached in its run directory so that a rerun skips it
+RESULT_FILE = "benchmark_result.json"
 #: ``--gpu``: the published presets on CUDA, for this many updates unless ``--steps`` says
 GPU_STEPS = 300_000
 
@@ -70,14 +84,67 @@ class Job:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+def job_spec(job: Job) -> dict[str, Any]:
+    """What a job's result depends on (its cache key in ``RUN_DIR/RESULT_FILE``)."""
+    return {k: getattr(job, k) for k in ("preset", "data", "seed", "overrides", "episodes", "reward_samples", "goals")}
+
+
+def _resolved_config(job: Job) -> dict[str, Any]:
+    """The job's run config as ``config.json`` stores it (progress bars aside)."""
+    cfg = json.loads(json.dumps(asdict(load_run_config(job.preset, [f"train.seed={job.seed}", *job.overrides])),
+                                default=str))
+    cfg["train"].pop("progress", None)
+    return cfg
+
+
+def _same_run(job: Job, run_dir: Path) -> bool:
+    """Whether ``run_dir`` is this job's run, started on its dataset with its resolved config."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        run = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    cfg.get("train", {}).pop("progress", None)
+    return cfg == _resolved_config(job) and run.get("dataset") == str(Path(job.data).resolve())
+
+
+def _training_seconds(metrics: list[dict[str, str]]) -> float:
+    """Training time from ``metrics.csv``: its ``time`` restarts at 0 in each resumed segment,
+    so the total is the sum of every segment's last value."""
+    total = last = 0.0
+    for row in metrics:
+        t = float(row["time"])
+        if t < last:
+            total += last
+        last = t
+    return total + last
+
+
 def run_job(job: Job) -> Job:
-    t0 = time.perf_counter()
-    start_run(job.preset, job.data, job.run_dir,
-              [f"train.seed={job.seed}", *job.overrides, f"train.progress={str(job.progress).lower()}"],
-              overwrite=True)
-    wall = time.perf_counter() - t0
-    with (Path(job.run_dir) / "metrics.csv").open() as f:
-        ups = [float(r["updates_per_s"]) for r in csv.DictReader(f)]
+    """Train (or resume, or reuse) the job's run, evaluate it, cache the result in the run.
+
+    A run directory left by an interrupted benchmark is resumed from its checkpoint when it is
+    the same job (same dataset, same resolved config); one with a final model is only
+    evaluated; one with ``RESULT_FILE`` for the same job is not touched. Anything else there is
+    replaced."""
+    run_dir = Path(job.run_dir)
+    cached = run_dir / RESULT_FILE
+    if cached.is_file():
+        saved = json.loads(cached.read_text())
+        if saved.get("job") == job_spec(job):
+            job.results = saved["results"]
+            return job
+    if not _same_run(job, run_dir):
+        start_run(job.preset, job.data, run_dir,
+                  [f"train.seed={job.seed}", *job.overrides, f"train.progress={str(job.progress).lower()}"],
+                  overwrite=True)
+    elif find_final_model(run_dir) is None:
+        print(f"resuming {run_dir}", flush=True)
+        resume_run(run_dir)
+    with (run_dir / "metrics.csv").open() as f:
+        metrics = list(csv.DictReader(f))
+    ups = [float(r["updates_per_s"]) for r in metrics]
+    wall = _training_seconds(metrics)
     ev = evaluate_run(job.run_dir, episodes=job.episodes, seeds=[job.seed], reward_samples=job.reward_samples,
                       goals=["all"] if job.goals else [])
     goals = {g: r.success for g, r in ev.goals.items()}
@@ -88,13 +155,24 @@ def run_job(job: Job) -> Job:
         "reward_samples": next(iter(ev.tasks.values())).reward_samples if ev.tasks else None,
         "train_seconds": wall, "updates_per_s": float(np.median(ups)),
     }
+    atomic_write_json(cached, {"job": job_spec(job), "results": job.results})
     return job
+
+
+def _share_cores(threads: int) -> None:
+    """Worker initialiser: the machine's cores split between the workers (each torch process
+    would otherwise take them all, and the oversubscribed runs crawl)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def run_jobs(jobs: list[Job], workers: int) -> list[Job]:
     if workers <= 1:
         return [run_job(j) for j in jobs]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_share_cores, initargs=(threads,)) as pool:
         return list(pool.map(run_job, jobs))
 
 
@@ -142,6 +220,20 @@ def summarise(jobs: list[Job], tasks: list[str]) -> dict[str, Any]:
     }
 
 
+def _earlier_domains(path: Path) -> dict[str, Any]:
+    """The domains an earlier invocation wrote to ``OUT/benchmark.json`` (each with the
+    protocol it ran under), kept next to this one's: e.g. walker with three seeds, then the
+    other domains with one, into one report."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text()).get("domains", {})
+    except (OSError, ValueError, AttributeError):
+        print(f"note: {path} is unreadable; it is replaced by this run's domains")
+        return {}
+    return {d: e for d, e in earlier.items() if isinstance(e, dict) and "protocol" in e}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", nargs="+", default=["fb"])
@@ -170,8 +262,8 @@ def main() -> None:
     args.device = "cuda" if args.gpu else "cpu"
     size = "" if args.gpu else "_cpu"
 
-    report: dict = {"protocol": vars(args) | {"out": str(args.out), "seeds": seeds}, "domains": {},
-                    "versions": versions()}
+    protocol = vars(args) | {"out": str(args.out), "seeds": seeds}
+    report: dict = {"domains": _earlier_domains(args.out / "benchmark.json"), "versions": versions()}
     for domain_name in args.domains:
         data = dataset_for(domain_name, args)
         domain = make_domain(domain_name)
@@ -186,7 +278,7 @@ def main() -> None:
                      for t in [*tasks, *domain.goal_tasks] for s in seeds]
         done = run_jobs(jobs, args.jobs)
 
-        entry: dict = {"dataset": str(data), "tasks": tasks, "agents": {}}
+        entry: dict = {"protocol": protocol, "dataset": str(data), "tasks": tasks, "agents": {}}
         oracle: dict[str, float] = {}
         if args.oracle:
             oracle = {t: float(np.mean([j.results["tasks"][t] for j in done if j.preset.startswith("td3/")

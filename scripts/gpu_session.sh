@@ -7,12 +7,16 @@
 #   bash scripts/gpu_session.sh train  OUT   # zsrl collect + zsrl train (metrics.csv updates/s)
 #   bash scripts/gpu_session.sh profile OUT  # torch.profiler of the compiled FB step (kernels)
 #   bash scripts/gpu_session.sh tiny   OUT   # gpu_check.py at the tiny size
+#   bash scripts/gpu_session.sh maze   OUT   # the quickstart on CUDA, compiled + CUDA graphs
+#   bash scripts/gpu_session.sh protocol OUT # benchmark.py --gpu (the published-size protocol),
+#                                            # 540 s per call: repeat the call until it prints
+#                                            # its tables (each call resumes the last)
 #
 # Extra arguments after OUT go to gpu_check.py (check, tiny). OUT receives the JSON, logs and
 # run directories. On the project's device machine, after
 # `bash ../shared/device/bundle.sh` here: `. .devcarry/setup.sh && bash scripts/gpu_session.sh check $OUT`.
 set -euo pipefail
-part=${1:?part: check, tiny, bench, bench2, train or profile}
+part=${1:?part: check, tiny, bench, bench2, train, profile, maze or protocol}
 out=${2:?output directory}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -71,6 +75,22 @@ case "$part" in
     "$py" "$here/bench_updates.py" --presets fb/walker --device cuda --cudagraphs false --steps 20 \
       --warmup 10 --profile 20 --trace "$out/fb_walker_trace.json" \
       --json "$out/profile_fb_walker.json" 2>&1 | tee "$out/profile.log"
+    ;;
+  maze)
+    zsrl pipeline --out "$out/maze_cuda" --no-progress train.device=cuda train.compile=true \
+      train.cudagraphs=true 2>&1 | tee "$out/maze_cuda.log"
+    ;;
+  protocol)  # walker with three training seeds, the other domains with one (README, Benchmark)
+    deadline=$((SECONDS + ${PROTOCOL_SECONDS:-540}))
+    bench() {
+      local left=$((deadline - SECONDS))
+      [ "$left" -gt 30 ] || return 124
+      timeout -s TERM "$left" "$py" "$here/benchmark.py" --gpu --agents fb --oracle \
+        --jobs "${JOBS:-4}" --out "$out/bench_gpu" --quiet "$@" 2>&1 | tee -a "$out/protocol.log"
+    }
+    rc=0
+    { bench --domains walker --seeds 0,1,2 && bench --domains cheetah quadruped point_mass_maze; } || rc=$?
+    [ "$rc" -eq 0 ] || echo "stopped ($rc): run the same command again to continue" | tee -a "$out/protocol.log"
     ;;
   *)
     echo "unknown part $part" >&2

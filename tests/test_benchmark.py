@@ -1,0 +1,76 @@
+"""scripts/benchmark.py: a rerun of the same command reuses finished jobs and resumes
+interrupted runs instead of training them again."""
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
+        "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10", "train.device=cpu"]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("zsrl_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _forbid(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} called")
+    return fail
+
+
+def test_rerun_reuses_finished_jobs_resumes_interrupted_runs_and_restarts_changed_ones(
+        bench, maze_data, tmp_path, monkeypatch):
+    run = tmp_path / "fb_s0"
+    job = bench.Job("fb/point_mass_maze_cpu", str(maze_data), str(run), 0, [*TINY, "train.steps=20"],
+                    episodes=1, reward_samples=200, goals=False, progress=False)
+    first = bench.run_job(dataclasses.replace(job))
+    assert set(first.results["tasks"]) >= {"reach_top_left", "reach_bottom_right"}
+    assert first.results["train_seconds"] > 0 and (run / bench.RESULT_FILE).is_file()
+
+    real = {name: getattr(bench, name) for name in ("start_run", "resume_run", "evaluate_run")}
+    for name in real:  # a finished job: nothing is trained or evaluated again
+        monkeypatch.setattr(bench, name, _forbid(name))
+    assert bench.run_job(dataclasses.replace(job)).results == first.results
+
+    # interrupted after its last checkpoint: resumed from it (not restarted), then evaluated
+    shutil.rmtree(run / "model")
+    (run / bench.RESULT_FILE).unlink()
+    resumed = []
+    monkeypatch.setattr(bench, "resume_run", lambda d: resumed.append(d) or real["resume_run"](d))
+    monkeypatch.setattr(bench, "evaluate_run", real["evaluate_run"])
+    again = bench.run_job(dataclasses.replace(job))
+    assert resumed == [run] and again.results["tasks"] == first.results["tasks"]
+
+    # another budget is another job: its run is replaced
+    started = []
+    monkeypatch.setattr(bench, "start_run", lambda *a, **k: started.append(a[2]) or real["start_run"](*a, **k))
+    bench.run_job(dataclasses.replace(job, overrides=[*TINY, "train.steps=30"]))
+    assert started == [run] and resumed == [run]
+    assert (run / "metrics.csv").read_text().splitlines()[-1].startswith("30,")
+
+
+def test_training_seconds_add_up_resumed_segments(bench):
+    rows = [{"time": t} for t in ("1.0", "2.5", "0.5", "1.5", "3.0")]
+    assert bench._training_seconds(rows) == pytest.approx(5.5)
+
+
+def test_earlier_domains_are_kept_and_a_broken_report_is_replaced(bench, tmp_path):
+    path = tmp_path / "benchmark.json"
+    assert bench._earlier_domains(path) == {}
+    walker = {"protocol": {"seeds": [0, 1, 2]}, "agents": {}}
+    path.write_text(json.dumps({"domains": {"walker": walker, "old_format": {"agents": {}}}}))
+    assert bench._earlier_domains(path) == {"walker": walker}
+    path.write_text("{truncated")
+    assert bench._earlier_domains(path) == {}
