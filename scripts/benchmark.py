@@ -6,8 +6,8 @@
         point_mass_maze --seeds 0,1,2 --oracle --jobs 4 --out bench_gpu
 
 For each domain a reward-free dataset is collected once (``--collector``: sticky random
-actions with :data:`zsrl.collect.STICKY_DEFAULTS` for the maze, RND elsewhere; ``--transitions``) and cached under
-``OUT/data``. Each agent trains one run per training seed (``--seeds``) of its preset —
+actions with :data:`zsrl.collect.STICKY_DEFAULTS` for the maze, RND elsewhere;
+``--transitions``) and cached under ``OUT/data``. Each agent trains one run per training seed (``--seeds``) of its preset —
 ``configs/<agent>/<domain>_cpu.yaml`` by default, the published size
 ``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
 ``--reward-samples`` labelled dataset states per task (and with every goal of the domain),
@@ -17,7 +17,7 @@ per task and seed on the same dataset with the task reward and the same update b
 ``MIN_ORACLE_RETURN`` are left out). For domains with goals, the oracle also trains one TD3
 per goal on its dense task ``dense_<goal>`` (reward ``−distance``) and its rollouts are
 scored by the same success rule as the agents' goal prompts. ``--jobs N`` trains N runs at once (they share the
-machine, or the GPU).
+GPU; on a CPU they split its cores).
 
 **Rerunning the same command continues an interrupted one**: a job's result is cached in its
 run directory (``benchmark_result.json``) and reused, a run with a checkpoint resumes from it
@@ -86,7 +86,8 @@ class Job:
 
 def job_spec(job: Job) -> dict[str, Any]:
     """What a job's result depends on (its cache key in ``RUN_DIR/RESULT_FILE``)."""
-    return {k: getattr(job, k) for k in ("preset", "data", "seed", "overrides", "episodes", "reward_samples", "goals")}
+    keys = ("preset", "data", "seed", "overrides", "episodes", "reward_samples", "goals")
+    return {k: getattr(job, k) for k in keys}
 
 
 def _resolved_config(job: Job) -> dict[str, Any]:
@@ -129,11 +130,13 @@ def run_job(job: Job) -> Job:
     replaced."""
     run_dir = Path(job.run_dir)
     cached = run_dir / RESULT_FILE
-    if cached.is_file():
+    try:
         saved = json.loads(cached.read_text())
-        if saved.get("job") == job_spec(job):
-            job.results = saved["results"]
-            return job
+    except (OSError, ValueError):  # none yet (or unreadable): train / evaluate again
+        saved = {}
+    if isinstance(saved, dict) and saved.get("job") == job_spec(job):
+        job.results = saved["results"]
+        return job
     if not _same_run(job, run_dir):
         start_run(job.preset, job.data, run_dir,
                   [f"train.seed={job.seed}", *job.overrides, f"train.progress={str(job.progress).lower()}"],
