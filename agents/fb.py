@@ -204,10 +204,8 @@ class ForwardMap(nn.Module):
         self.trunk = mlp(2 * e, [h] * cfg.trunk_layers, cfg.z_dim, ensemble=k, first_layernorm_tanh=False)
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        obs = self.norm(obs)
-        sa = self.embed_sa(torch.cat([obs, action], -1))
-        sz = self.embed_sz(torch.cat([obs, z], -1))
-        return self.trunk(torch.cat([sa, sz], -1))
+        """``F(s_i, a_i, z_i)``: ``(N, ·) → (E, N, d)`` (:meth:`forward_actions` with K = 1)."""
+        return self.forward_actions(obs, z, action.unsqueeze(0)).squeeze(1)
 
     def forward_actions(self, obs: torch.Tensor, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """``F(s_i, a_ki, z_i)`` for ``K`` actions per state: ``actions (K, N, A) → (E, K, N, d)``.

@@ -7,9 +7,9 @@
 
 For each domain a reward-free dataset is collected once (``--collector``: sticky random
 actions with :data:`zsrl.collect.STICKY_DEFAULTS` for the maze, RND elsewhere;
-``--transitions``) and cached under ``OUT/data``. Each agent trains one run per training seed (``--seeds``) of its preset —
-``configs/<agent>/<domain>_cpu.yaml`` by default, the published size
-``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
+``--transitions``) and cached under ``OUT/data``. Each agent trains one run per training
+seed (``--seeds``) of its preset — ``configs/<agent>/<domain>_cpu.yaml`` by default, the
+published size ``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
 ``--reward-samples`` labelled dataset states per task (and with every goal of the domain),
 and is rolled out for ``--episodes`` episodes. With ``--oracle`` an offline TD3 is trained
 per task and seed on the same dataset with the task reward and the same update budget;
