@@ -73,8 +73,30 @@ next reward does.
 ``P`` trains no other network and is part of the agent's training state only: the exported
 model and its prompting are unchanged.
 
+**Auxiliary block of B** (``aux_z_dim`` = k > 0). With ``goal_dims`` B reads a few
+coordinates (the maze's position) and cannot represent a reward of the others (a velocity).
+One network over all of them blurs B over the goal coordinates (on the maze, every reach task
+failed). The auxiliary block gives B's last ``k`` coordinates their own MLP ``c`` of the
+coordinates ``aux_dims`` and their own sphere, so the kernel is a sum,
+
+.. math:: B(s)^\top B(s') = b(s)^\top b(s') + c(s)^\top c(s'),
+
+a reward of the goal coordinates and a reward of the auxiliary ones are both in its span, and
+``b`` is what it is alone. Two parts of FB read the goal block only:
+
+* the myopic term: ``P`` predicts ``b(s')`` and ``ẑ`` is z's goal block. One decision changes
+  the velocity, not the position, so a distance over all of B makes the actor match z's
+  velocity block at once (on the maze, with ``z`` from a goal at rest: stop wherever it is;
+  reach-task mean 6 against 715);
+* goal prompts, ``z = √d · normalise([b(g); 0])``: a goal names its goal coordinates, not a
+  velocity to arrive with (on the maze, the far room's goal: 30 / 0 / 10% success with
+  ``B(g)`` of ``g = [x, y, 0, 0]`` over three runs, 80 / 0 / 100% with the block left out).
+
+The price, measured on the maze CPU preset: the goal block reaches goals less precisely
+(``scripts/maze_goal_grid.py``; README), so the maze preset does not use it.
+
 **Prompting**: ``z = √d · normalise(Σ_i r_i B(s'_i))`` for reward samples, and
-``z = √d · normalise(B(g))`` for a goal ``g``.
+``z = √d · normalise(B(g))`` for a goal ``g`` (its auxiliary block, if any, set to 0).
 
 **Standardised inputs** (``normalize_obs``): every network reads ``s̄ = (s − μ)/σ``
 (clamped to ±10), with ``μ, σ`` the per-coordinate mean and standard deviation of the
@@ -112,6 +134,7 @@ from zsrl.nn import (
     project_to_sphere,
     soft_update,
 )
+from zsrl.utils import UserError
 
 
 @dataclass
@@ -177,6 +200,18 @@ class FBConfig(SkillPolicyConfig):
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).
     goal_dims: list[int] | None = None
+    #: size ``k`` of B's auxiliary block: B's last ``k`` coordinates read the observation
+    #: coordinates ``aux_dims`` through their own MLP and sphere (module docstring), so that
+    #: rewards of coordinates outside ``goal_dims`` (the maze's velocities) can be prompted
+    #: without blurring B over the goal coordinates; 0 = no auxiliary block
+    aux_z_dim: int = param(0, ge=0)
+    #: the observation coordinates B's auxiliary block reads (``None``: all of them)
+    aux_dims: list[int] | None = None
+
+    @property
+    def goal_block_dim(self) -> int:
+        """``d − k``: the leading coordinates of B (and z) that read ``goal_dims``."""
+        return self.z_dim - self.aux_z_dim
 
 
 def input_norm(obs_dim: int, standardize: bool) -> nn.Module:
@@ -220,35 +255,58 @@ class ForwardMap(nn.Module):
 
 
 class BackwardMap(nn.Module):
-    """``B(s) = √d · b(g(s̄))/‖b(g(s̄))‖`` with ``b`` an MLP (LayerNorm+tanh input block),
-    ``s̄`` the (optionally standardised) observation and ``g`` the goal-space projection (the
-    coordinates ``cfg.goal_dims``, or the identity)."""
+    """``B(s) = [√(d−k) · b(g(s̄))/‖b(g(s̄))‖ ; √k · c(h(s̄))/‖c(h(s̄))‖]`` with ``b, c`` MLPs
+    (LayerNorm+tanh input block), ``s̄`` the (optionally standardised) observation, ``g`` the
+    goal-space projection (the coordinates ``cfg.goal_dims``, or the identity) and ``h`` the
+    auxiliary block's (``cfg.aux_dims``, or the identity). Without an auxiliary block
+    (``k = cfg.aux_z_dim = 0``) ``B(s) = √d · b(g(s̄))/‖b(g(s̄))‖``."""
 
     def __init__(self, obs_dim: int, cfg: FBConfig):
         super().__init__()
-        dims = cfg.goal_dims
-        self.register_buffer("goal_dims", goal_dims_index(dims, obs_dim), persistent=False)
+        if cfg.aux_z_dim >= cfg.z_dim:
+            raise UserError(f"agent.aux_z_dim={cfg.aux_z_dim} must be smaller than agent.z_dim={cfg.z_dim}")
+        if cfg.aux_dims is not None and not cfg.aux_z_dim:
+            raise UserError(f"agent.aux_dims={cfg.aux_dims} needs agent.aux_z_dim > 0 (the size of B's auxiliary block)")
         self.norm = input_norm(obs_dim, cfg.normalize_obs)
-        in_dim = obs_dim if dims is None else len(dims)
-        self.net = mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, cfg.z_dim)
-        self.radius = math.sqrt(cfg.z_dim)
+        self.register_buffer("goal_dims", goal_dims_index(cfg.goal_dims, obs_dim), persistent=False)
+        self.net = _block_mlp(obs_dim, cfg.goal_dims, cfg.goal_block_dim, cfg)
+        self.radius = math.sqrt(cfg.goal_block_dim)
+        self.aux: nn.Module | None = None
+        if cfg.aux_z_dim:
+            self.register_buffer("aux_dims", goal_dims_index(cfg.aux_dims, obs_dim), persistent=False)
+            self.aux = _block_mlp(obs_dim, cfg.aux_dims, cfg.aux_z_dim, cfg)
+            self.aux_radius = math.sqrt(cfg.aux_z_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         obs = self.norm(obs)
-        if self.goal_dims is not None:
-            obs = obs.index_select(-1, self.goal_dims)
-        return project_to_sphere(self.net(obs), self.radius)
+        b = _sphere_block(self.net, obs, self.goal_dims, self.radius)
+        if self.aux is None:
+            return b
+        return torch.cat([b, _sphere_block(self.aux, obs, self.aux_dims, self.aux_radius)], -1)
+
+
+def _block_mlp(obs_dim: int, dims: list[int] | None, size: int, cfg: FBConfig) -> nn.Module:
+    """The MLP of one block of B: ``dims`` (all ``obs_dim`` if ``None``) to ``size``."""
+    in_dim = obs_dim if dims is None else len(dims)
+    return mlp(in_dim, [cfg.backward_hidden_dim] * cfg.backward_layers, size)
+
+
+def _sphere_block(net: nn.Module, obs: torch.Tensor, dims: torch.Tensor | None, radius: float) -> torch.Tensor:
+    """``radius · net(obs_dims)/‖net(obs_dims)‖`` (``dims=None``: every coordinate)."""
+    if dims is not None:
+        obs = obs.index_select(-1, dims)
+    return project_to_sphere(net(obs), radius)
 
 
 class OneStepB(nn.Module):
-    """``P(s, a) ≈ E[B(s') | s, a]``, the backward embedding one decision ahead: an MLP (two
+    """``P(s, a) ≈ E[b(s') | s, a]``, B's goal block one decision ahead: an MLP (two
     hidden layers of ``hidden_dim``, LayerNorm+tanh input block) of the (optionally
     standardised) state and the action."""
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__()
         self.norm = input_norm(obs_dim, cfg.normalize_obs)
-        self.net = mlp(obs_dim + action_dim, [cfg.hidden_dim] * 2, cfg.z_dim)
+        self.net = mlp(obs_dim + action_dim, [cfg.hidden_dim] * 2, cfg.goal_block_dim)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([self.norm(obs), action], -1))
@@ -309,7 +367,9 @@ class FBModel(Model):
     def infer_z_from_goal(self, goal_obs: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
         goal_obs = goal_obs.reshape(-1, self.obs_dim)
         self._check_prompt(goal_obs)
-        return self.project_z(self.backward_map(goal_obs))
+        b = self.backward_map(goal_obs)
+        goal_block = self.cfg.goal_block_dim  # a goal names its goal coordinates only
+        return self.project_z(torch.cat([b[:, :goal_block], torch.zeros_like(b[:, goal_block:])], -1))
 
 
 def td3_actor_loss(
@@ -596,11 +656,12 @@ class FBAgent(Agent):
         """``a ↦ −myopic_coef · d · ‖P̂(s, a) − ẑ‖`` on the step's states and z (``P``
         frozen: the gradient reaches the action only); ``None`` when ``myopic_coef`` is 0."""
         next_b, coef = self.next_b, self.cfg.myopic_coef * self.cfg.z_dim
+        goal_block = self.cfg.goal_block_dim
         if next_b is None:
             return None
 
         def bonus(action: torch.Tensor) -> torch.Tensor:
-            return -coef * chord_distance(call_frozen(next_b, step.obs, action), step.z)
+            return -coef * chord_distance(call_frozen(next_b, step.obs, action), step.z[..., :goal_block])
 
         return bonus
 
@@ -608,7 +669,8 @@ class FBAgent(Agent):
         """One optimiser step of the one-step predictor ``P`` (``myopic_coef`` > 0) on
         ``½ mean ‖P(s, a) − B(s')‖²``, with the B of the F/B step (detached)."""
         assert self.next_b is not None
-        loss = 0.5 * (self.next_b(step.obs, step.action) - step.b).pow(2).sum(-1).mean()
+        target = step.b[..., : self.cfg.goal_block_dim]
+        loss = 0.5 * (self.next_b(step.obs, step.action) - target).pow(2).sum(-1).mean()
         self._step(self.next_b_opt, loss, list(self.next_b.parameters()))
         return {"loss/next_b": loss.detach()}
 

@@ -15,6 +15,7 @@ from zsrl.agents.fb import (
     implicit_reward,
     orthonormality_loss,
 )
+from zsrl.utils import UserError
 
 TINY = FBConfig(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32, discount=0.9)
 
@@ -251,6 +252,64 @@ def test_myopic_coef_adds_the_next_decisions_embedding_distance_to_the_actor(tin
         last = agent.update_next_b(step)["loss/next_b"]
     assert last < 0.5 * first
     assert "next_b" in agent.modules() and not any("next_b" in k for k in agent.model.state_dict())
+
+
+def test_auxiliary_block_of_b_reads_its_own_coordinates_on_its_own_sphere():
+    """``aux_z_dim`` k: B's first ``d − k`` coordinates read ``goal_dims`` (norm √(d−k)), its
+    last k read ``aux_dims`` (norm √k); a model without the block keeps its parameter names;
+    a goal prompt is ``√d · normalise([b(g); 0])``."""
+    cfg = dataclasses.replace(TINY, goal_dims=[0, 1], aux_dims=[2, 3], aux_z_dim=3)
+    torch.manual_seed(0)
+    b_map = FBModel(4, 2, cfg).backward_map
+    obs = torch.randn(6, 4)
+    b = b_map(obs)
+    assert b.shape == (6, 8)
+    torch.testing.assert_close(b[:, :5].norm(dim=-1), torch.full((6,), math.sqrt(5)))
+    torch.testing.assert_close(b[:, 5:].norm(dim=-1), torch.full((6,), math.sqrt(3)))
+    faster, moved = obs.clone(), obs.clone()
+    faster[:, 2:] += 1.0  # other velocities: only the auxiliary block changes
+    moved[:, :2] += 1.0  # other positions: only the goal block changes
+    torch.testing.assert_close(b_map(faster)[:, :5], b[:, :5])
+    assert (b_map(faster)[:, 5:] - b[:, 5:]).abs().max() > 1e-3
+    torch.testing.assert_close(b_map(moved)[:, 5:], b[:, 5:])
+    assert (b_map(moved)[:, :5] - b[:, :5]).abs().max() > 1e-3
+    plain = FBModel(4, 2, dataclasses.replace(TINY, goal_dims=[0, 1])).state_dict()
+    extra = set(FBModel(4, 2, cfg).state_dict()) - set(plain)
+    assert extra and all(".aux." in k for k in extra)
+    with pytest.raises(UserError, match="aux_z_dim"):
+        FBModel(4, 2, dataclasses.replace(TINY, aux_z_dim=8))
+    with pytest.raises(UserError, match="aux_z_dim > 0"):
+        FBModel(4, 2, dataclasses.replace(TINY, aux_dims=[2, 3]))
+    # a goal prompt reads the goal block: the goal's velocities are not asked for
+    model = FBModel(4, 2, cfg)
+    goal = torch.tensor([0.1, -0.2, 0.0, 0.0])
+    z = model.infer_z_from_goal(goal)
+    assert torch.equal(z[:, 5:], torch.zeros(1, 3))
+    torch.testing.assert_close(z[:, :5], model.backward_map(goal[None])[:, :5] * math.sqrt(8 / 5))
+    torch.testing.assert_close(model.infer_z_from_goal(torch.tensor([0.1, -0.2, 3.0, -3.0])), z)
+
+
+def test_myopic_term_reads_the_goal_block_of_b_only(tiny_dataset):
+    """With an auxiliary block, ``P(s, a)`` predicts B's goal block ``b(s')`` and the actor's
+    distance is to z's goal block: ``−λ d ‖P̂(s, a) − ẑ_{:d−k}‖``."""
+    batch = tiny_dataset.sample(64)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, myopic_coef=2.0, actor_std=0.0, goal_dims=[0, 1], aux_dims=[2, 3], aux_z_dim=3)
+    agent = FBAgent(4, 2, cfg, torch.device("cpu"))
+    assert torch.isfinite(agent.update(batch)["loss/next_b"])
+    step = agent.update_fb(batch, agent.sample_training_z(batch["next", "observation"]))
+    loss, _ = agent.actor_loss(step)
+    with torch.no_grad():
+        a = agent.model.actor(step.obs, step.z)
+        q = agent.model.q_values(step.obs, step.z, a).min(0).values
+        p = agent.next_b(step.obs, a)
+        assert p.shape == (64, 5)
+        goal_z = step.z[:, :5]
+        chord = (p / p.norm(dim=-1, keepdim=True) - goal_z / goal_z.norm(dim=-1, keepdim=True)).norm(dim=-1)
+    assert loss.item() == pytest.approx(-(q - 2.0 * cfg.z_dim * chord).mean().item(), rel=1e-3)
+    target = step.b[:, :5]
+    expected = 0.5 * (agent.next_b(step.obs, step.action) - target).pow(2).sum(-1).mean()
+    assert agent.update_next_b(step)["loss/next_b"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_actor_reduction_takes_the_min_or_the_mean_of_the_heads(tiny_dataset):
