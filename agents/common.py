@@ -93,10 +93,11 @@ def sample_batch_with_goals(
     )
 
 
-def goal_dims_index(dims: list[int] | None, obs_dim: int) -> torch.Tensor | None:
-    """``agent.goal_dims`` as an index tensor (``None``: every coordinate), validated."""
+def goal_dims_index(dims: list[int] | None, obs_dim: int, key: str = "goal_dims") -> torch.Tensor | None:
+    """``agent.<key>`` (observation coordinates, ``goal_dims`` by default) as an index tensor
+    (``None``: every coordinate), validated."""
     if dims is None:
         return None
     if not dims or min(dims) < 0 or max(dims) >= obs_dim:
-        raise UserError(f"agent.goal_dims={dims} must be indices of the {obs_dim} observation coordinates")
+        raise UserError(f"agent.{key}={dims} must be indices of the {obs_dim} observation coordinates")
     return torch.tensor(dims)

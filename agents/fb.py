@@ -273,7 +273,7 @@ class BackwardMap(nn.Module):
         self.radius = math.sqrt(cfg.goal_block_dim)
         self.aux: nn.Module | None = None
         if cfg.aux_z_dim:
-            self.register_buffer("aux_dims", goal_dims_index(cfg.aux_dims, obs_dim), persistent=False)
+            self.register_buffer("aux_dims", goal_dims_index(cfg.aux_dims, obs_dim, "aux_dims"), persistent=False)
             self.aux = _block_mlp(obs_dim, cfg.aux_dims, cfg.aux_z_dim, cfg)
             self.aux_radius = math.sqrt(cfg.aux_z_dim)
 
@@ -667,7 +667,7 @@ class FBAgent(Agent):
 
     def update_next_b(self, step: FBStep) -> Metrics:
         """One optimiser step of the one-step predictor ``P`` (``myopic_coef`` > 0) on
-        ``½ mean ‖P(s, a) − B(s')‖²``, with the B of the F/B step (detached)."""
+        ``½ mean ‖P(s, a) − b(s')‖²``, with ``b`` the goal block of the F/B step's B (detached)."""
         assert self.next_b is not None
         target = step.b[..., : self.cfg.goal_block_dim]
         loss = 0.5 * (self.next_b(step.obs, step.action) - target).pow(2).sum(-1).mean()

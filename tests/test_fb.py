@@ -280,6 +280,8 @@ def test_auxiliary_block_of_b_reads_its_own_coordinates_on_its_own_sphere():
         FBModel(4, 2, dataclasses.replace(TINY, aux_z_dim=8))
     with pytest.raises(UserError, match="aux_z_dim > 0"):
         FBModel(4, 2, dataclasses.replace(TINY, aux_dims=[2, 3]))
+    with pytest.raises(UserError, match=r"aux_dims=\[2, 4\] must be indices"):
+        FBModel(4, 2, dataclasses.replace(TINY, aux_dims=[2, 4], aux_z_dim=3))
     # a goal prompt reads the goal block: the goal's velocities are not asked for
     model = FBModel(4, 2, cfg)
     goal = torch.tensor([0.1, -0.2, 0.0, 0.0])
