@@ -218,6 +218,17 @@ def test_effective_rank_counts_the_directions_b_spans():
     assert float(effective_rank(cov)) == pytest.approx(float(eig.sum() ** 2 / eig.square().sum()), rel=1e-4)
 
 
+@torch.no_grad()
+def _q_and_next_decision_distance(agent, step, goal_block):
+    """The actor's noise-free ``min_heads F(s, π(s,z), z)ᵀz`` and the chord ``2 sin(θ/2)``
+    between ``P(s, π(s,z))`` and z's first ``goal_block`` coordinates (θ their angle)."""
+    a = agent.model.actor(step.obs, step.z)
+    q = agent.model.q_values(step.obs, step.z, a).min(0).values
+    p, z = agent.next_b(step.obs, a), step.z[:, :goal_block]
+    cos = (p * z).sum(-1) / (p.norm(dim=-1) * z.norm(dim=-1))
+    return q, 2 * torch.sin(torch.acos(cos.clamp(-1, 1)) / 2)
+
+
 def test_myopic_coef_adds_the_next_decisions_embedding_distance_to_the_actor(tiny_dataset):
     """``myopic_coef`` λ: ``P(s, a)`` is regressed on ``B(s')``, the actor's loss is
     ``−mean(min_heads F(s,a,z)ᵀz − λ d ‖P̂(s,a) − ẑ‖)`` with ``P`` frozen, and ``P`` belongs
@@ -232,13 +243,7 @@ def test_myopic_coef_adds_the_next_decisions_embedding_distance_to_the_actor(tin
     assert torch.isfinite(metrics["loss/next_b"]) and torch.isfinite(metrics["diag/actor_next_dist"])
     step = agent.update_fb(batch, agent.sample_training_z(batch["next", "observation"]))
     loss, metrics = agent.actor_loss(step)
-    with torch.no_grad():
-        a = agent.model.actor(step.obs, step.z)
-        q = agent.model.q_values(step.obs, step.z, a).min(0).values
-        p = agent.next_b(step.obs, a)
-        # the angle between the next decision's embedding and z, as a chord: 2 sin(θ/2)
-        cos = (p * step.z).sum(-1) / (p.norm(dim=-1) * step.z.norm(dim=-1))
-        dist = 2 * torch.sin(torch.acos(cos.clamp(-1, 1)) / 2)
+    q, dist = _q_and_next_decision_distance(agent, step, goal_block=cfg.z_dim)
     assert loss.item() == pytest.approx(-(q - 2.0 * cfg.z_dim * dist).mean().item(), rel=1e-4)
     assert metrics["diag/actor_next_dist"].item() == pytest.approx(dist.mean().item(), rel=1e-3)
     for p in [*agent.next_b.parameters(), *agent.model.actor.parameters()]:
@@ -301,14 +306,9 @@ def test_myopic_term_reads_the_goal_block_of_b_only(tiny_dataset):
     assert torch.isfinite(agent.update(batch)["loss/next_b"])
     step = agent.update_fb(batch, agent.sample_training_z(batch["next", "observation"]))
     loss, _ = agent.actor_loss(step)
-    with torch.no_grad():
-        a = agent.model.actor(step.obs, step.z)
-        q = agent.model.q_values(step.obs, step.z, a).min(0).values
-        p = agent.next_b(step.obs, a)
-        assert p.shape == (64, 5)
-        goal_z = step.z[:, :5]
-        chord = (p / p.norm(dim=-1, keepdim=True) - goal_z / goal_z.norm(dim=-1, keepdim=True)).norm(dim=-1)
-    assert loss.item() == pytest.approx(-(q - 2.0 * cfg.z_dim * chord).mean().item(), rel=1e-3)
+    assert agent.next_b(step.obs, step.action).shape == (64, 5)
+    q, dist = _q_and_next_decision_distance(agent, step, goal_block=5)
+    assert loss.item() == pytest.approx(-(q - 2.0 * cfg.z_dim * dist).mean().item(), rel=1e-3)
     target = step.b[:, :5]
     expected = 0.5 * (agent.next_b(step.obs, step.action) - target).pow(2).sum(-1).mean()
     assert agent.update_next_b(step)["loss/next_b"].item() == pytest.approx(expected.item(), rel=1e-5)
