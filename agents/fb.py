@@ -368,8 +368,8 @@ class FBModel(Model):
         goal_obs = goal_obs.reshape(-1, self.obs_dim)
         self._check_prompt(goal_obs)
         b = self.backward_map(goal_obs)
-        goal_block = self.cfg.goal_block_dim  # a goal names its goal coordinates only
-        return self.project_z(torch.cat([b[:, :goal_block], torch.zeros_like(b[:, goal_block:])], -1))
+        b[:, self.cfg.goal_block_dim:] = 0  # a goal names its goal coordinates only
+        return self.project_z(b)
 
 
 def td3_actor_loss(
