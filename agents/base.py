@@ -238,7 +238,7 @@ class Agent:
     def add_optimizer(self, name: str, params: Any, **adam_kwargs: Any) -> torch.optim.Adam:
         """Declare an Adam optimizer over ``params`` (tensors or param groups).
 
-        Built by :func:`zsrl.nn.make_adam`: fused and capturable on CUDA.
+        Built by :func:`zsrl.nn.make_adam`: fused (on CPU and CUDA), capturable on CUDA.
         """
         if name in self._optimizers:
             raise ValueError(f"{type(self).__name__}: optimizer {name!r} is declared twice")

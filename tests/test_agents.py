@@ -218,10 +218,11 @@ def test_optimizer_flags_survive_loading_a_state_from_another_device():
     agent.update(batch)
 
 
-def test_make_adam_is_fused_and_capturable_on_cuda_only():
+def test_make_adam_is_fused_on_cpu_and_cuda_and_capturable_on_cuda_only():
     p = [torch.nn.Parameter(torch.zeros(2))]
     g = make_adam(p, CPU, lr=1e-3).param_groups[0]
-    assert not g["capturable"] and not g["fused"]
+    assert g["fused"] and not g["capturable"]
+    assert not make_adam(p, torch.device("meta"), lr=1e-3).param_groups[0]["fused"]
     # the CUDA choice is made from the device alone (checked without a GPU)
     kwargs = {}
     import zsrl.nn as znn
@@ -233,6 +234,21 @@ def test_make_adam_is_fused_and_capturable_on_cuda_only():
     finally:
         znn.torch.optim.Adam = orig
     assert kwargs == {"lr": 1e-3, "fused": True, "capturable": True}
+
+
+def test_fused_adam_on_cpu_takes_the_same_steps_as_the_default_adam():
+    torch.manual_seed(0)
+    start, grads = torch.randn(5, 3), [torch.randn(5, 3) for _ in range(4)]
+    params = {}
+    for fused in (True, False):
+        p = torch.nn.Parameter(start.clone())
+        opt = make_adam([p], CPU, lr=1e-2, weight_decay=1e-3, fused=fused)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        params[fused] = p.detach()
+    assert not torch.equal(params[True], start)
+    torch.testing.assert_close(params[True], params[False])
 
 
 def test_cudagraphs_on_cpu_warns_and_runs(data):

@@ -178,14 +178,17 @@ def optimizer_step(
 def make_adam(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], device: torch.device, **kwargs: Any
 ) -> torch.optim.Adam:
-    """Adam with the fast implementation for ``device``.
-
-    On CUDA: ``fused=True`` (one kernel for all parameters) and ``capturable=True`` (step
-    counters on the device, so the step can be recorded in a CUDA graph). Elsewhere the
-    default (foreach) implementation. The maths is Adam's either way.
+    """Adam with the fast implementation for ``device``: ``fused=True`` (the whole update
+    as one native op instead of a ``foreach`` op per term) on CPU and CUDA, and on CUDA
+    also ``capturable=True`` (step counters on the device, so the step can be recorded in a
+    CUDA graph). Elsewhere the default (foreach) implementation. The maths is Adam's either
+    way (same steps up to float rounding). On the 2-core CPU maze preset fused Adam measured
+    1.08x the updates/s of foreach (median of 12 interleaved blocks of 100 steps, 1.02-1.13).
     """
-    if torch.device(device).type == "cuda":
+    kind = torch.device(device).type
+    if kind in ("cpu", "cuda"):
         kwargs.setdefault("fused", True)
+    if kind == "cuda":
         kwargs.setdefault("capturable", True)
     return torch.optim.Adam(params, **kwargs)
 
