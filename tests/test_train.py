@@ -38,12 +38,10 @@ def test_run_layout(maze_data, tmp_path):
 
 def test_resume_reaches_identical_parameters(maze_data, tmp_path):
     full = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "full", [*TINY, "train.steps=30"])
-    # the same run, stopped after its step-10 checkpoint, then resumed to step 30
+    # a run of 10 steps, trained on to step 30 from its last checkpoint
     part = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "part", [*TINY, "train.steps=10"])
-    cfg = json.loads((part / "config.json").read_text())
-    cfg["train"]["steps"] = 30
-    (part / "config.json").write_text(json.dumps(cfg))
-    resume_run(part)
+    resume_run(part, steps=30)
+    assert json.loads((part / "config.json").read_text())["train"]["steps"] == 30
     a, b = _params(full), _params(part)
     assert a.keys() == b.keys()
     for k in a:
@@ -51,6 +49,22 @@ def test_resume_reaches_identical_parameters(maze_data, tmp_path):
     # the metrics log has each step once
     steps = [line.split(",")[0] for line in (part / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == ["5", "10", "15", "20", "25", "30"]
+
+
+def test_cli_trains_a_finished_run_on_and_refuses_other_changes(maze_data, tmp_path, capsys):
+    """``zsrl train --resume RUN train.steps=N`` continues a finished run to N updates; any
+    other override, or an N below the run's step, is refused and leaves the run as it was."""
+    run = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=10"])
+    config = (run / "config.json").read_text()
+    assert main(["train", "--resume", str(run), "agent.z_dim=4"]) == 2
+    assert "other than train.steps=N" in " ".join(capsys.readouterr().err.split())
+    assert main(["train", "--resume", str(run), "train.steps=5"]) == 2
+    assert "is at step 10: train.steps=5 would take it back" in " ".join(capsys.readouterr().err.split())
+    assert (run / "config.json").read_text() == config
+    assert main(["train", "--resume", str(run), "train.steps=20"]) == 0
+    assert load_run_model(run) is not None and json.loads((run / "model/manifest.json").read_text())["step"] == 20
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["5", "10", "15", "20"]
 
 
 def test_resume_with_another_cpu_thread_count_warns(maze_data, tmp_path):

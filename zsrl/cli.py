@@ -4,7 +4,7 @@
     zsrl data describe DIR
     zsrl train     --config PRESET_OR_YAML --dataset DIR --out RUN_DIR [key=value ...]
     zsrl train     --agent fb --dataset DIR --out RUN_DIR [key=value ...]
-    zsrl train     --resume RUN_DIR
+    zsrl train     --resume RUN_DIR [train.steps=N]
     zsrl eval      RUN_DIR [--tasks a,b] [--goals all] [--episodes M] [--video] [--overwrite]
     zsrl presets | domains
 
@@ -102,7 +102,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset directory from `zsrl collect` (with --resume: the run's "
                    "dataset at a new place)")
     p.add_argument("--out", help="run directory to create")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint; "
+                   "with train.steps=N, train a run (finished or not) on to N updates")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a run directory")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
@@ -258,12 +259,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from zsrl.train import resume_run, start_run
 
     if args.resume:
-        if args.config or args.agent or args.out or args.overrides or args.overwrite:
+        from zsrl.config import parse_overrides
+
+        overrides = parse_overrides(args.overrides)
+        if args.config or args.agent or args.out or args.overwrite or set(overrides) - {"train"} or \
+                set(overrides.get("train", {})) - {"steps"}:
             raise UserError(
-                "--resume RUN_DIR takes no --config, --agent, --out, --overwrite or overrides: the run's "
-                "own config is used (only --dataset, to point at its dataset where it moved)"
+                "--resume RUN_DIR takes no --config, --agent, --out, --overwrite or overrides other than "
+                "train.steps=N (to train the run on to N updates): the run's own config is used (and "
+                "--dataset, to point at its dataset where it moved). To change anything else, start a new run."
             )
-        resume_run(args.resume, dataset=args.dataset)
+        resume_run(args.resume, dataset=args.dataset, steps=overrides.get("train", {}).get("steps"))
         return
     if args.config and args.agent:
         raise UserError("give --config PRESET or --agent AGENT, not both")

@@ -24,7 +24,10 @@ SIGTERM and Ctrl-C save a checkpoint of the current step before exiting.
 
 ``resume_run(RUN_DIR)`` restores agent, optimizers, targets, RNG states, the step and the
 metrics accumulated since the last row, so a run interrupted at step k and resumed reaches
-the same parameters and metric rows at step n as an uninterrupted one.
+the same parameters and metric rows at step n as an uninterrupted one. ``resume_run(RUN_DIR,
+steps=N)`` trains a run on to N updates (its ``config.json`` is updated first): nothing in the
+loop or the agents depends on the planned total, so a run of n updates extended to N is the
+run of N updates.
 """
 
 from __future__ import annotations
@@ -291,16 +294,21 @@ def _warn_other_thread_count(run: dict[str, Any], device: torch.device) -> None:
         )
 
 
-def resume_run(run_dir: str | Path, dataset: str | Path | None = None) -> Path:
+def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: int | None = None) -> Path:
     """Continue an interrupted run from its checkpoint (or restart one that never made one).
 
     ``dataset`` points at the run's dataset where it moved; it must be the same data.
+    ``steps`` replaces the run's ``train.steps`` to train it on further (a finished run too);
+    it may not be below the checkpoint's step.
     """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a zsrl run directory (no run.json); start one with `zsrl train`")
     with writer_lock(run_dir, "run"):
-        cfg = run_config_from_dict(read_json_object(run_dir / "config.json", f"run {run_dir}"))
+        saved = read_json_object(run_dir / "config.json", f"run {run_dir}")
+        if steps is not None:
+            saved = {**saved, "train": {**saved.get("train", {}), "steps": steps}}
+        cfg = run_config_from_dict(saved)
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
         data_path = _dataset_of(run_dir, run, dataset)
         domain, data, train_data, agent = _prepare(cfg, data_path)
@@ -318,6 +326,13 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None) -> Path:
             )
         if dataset is not None and str(data_path.resolve()) != run["dataset"]:
             atomic_write_json(run_dir / "run.json", {**run, "dataset": str(data_path.resolve())})
+        if steps is not None:
+            if steps < start:
+                raise UserError(
+                    f"run {run_dir} is at step {start}: train.steps={steps} would take it back. "
+                    f"Give train.steps >= {start}, or start a new run for a shorter one."
+                )
+            atomic_write_json(run_dir / "config.json", saved)
         _train(cfg, data, train_data, domain, run_dir, agent, start=start, loop=loop, resumed=True)
     return run_dir
 
