@@ -91,6 +91,8 @@ a reward of the goal coordinates and a reward of the auxiliary ones are both in 
 * goal prompts, ``z = √d · normalise([b(g); 0])``: a goal names its goal coordinates, not a
   velocity to arrive with (on the maze, the far room's goal: 30 / 0 / 10% success with
   ``B(g)`` of ``g = [x, y, 0, 0]`` over three runs, 80 / 0 / 100% with the block left out).
+  The goal z's of training (``mix_ratio``) are made the same way, so the policy trains on the
+  z's that goal prompts give it.
 
 The price, measured on the maze CPU preset: the goal block reaches goals less precisely
 (``scripts/maze_goal_grid.py``; README), so the maze preset does not use it.
@@ -367,8 +369,13 @@ class FBModel(Model):
     def infer_z_from_goal(self, goal_obs: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
         goal_obs = goal_obs.reshape(-1, self.obs_dim)
         self._check_prompt(goal_obs)
+        return self.goal_z(goal_obs)
+
+    def goal_z(self, goal_obs: torch.Tensor) -> torch.Tensor:
+        """``z = √d · normalise([b(g); 0])`` for goal states ``(N, obs_dim)``: B(g) with its
+        auxiliary block, if any, set to 0 — a goal names its goal coordinates only (unchecked)."""
         b = self.backward_map(goal_obs)
-        b[:, self.cfg.goal_block_dim:] = 0  # a goal names its goal coordinates only
+        b[:, self.cfg.goal_block_dim:] = 0
         return self.project_z(b)
 
 
@@ -543,9 +550,9 @@ class FBAgent(Agent):
         return sample_batch_with_goals(dataset, batch_size, 0.0, cfg.goal_from_trajectory, cfg.goal_future)
 
     def sample_training_z(self, next_obs: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
-        """Sphere samples, a ``mix_ratio`` fraction replaced by ``proj(B(g))``: ``g`` from
-        ``goal`` (``(N, obs_dim)``, the batch's goal states) or else the batch's permuted
-        next states.
+        """Sphere samples, a ``mix_ratio`` fraction replaced by goal z's ``proj(B(g))`` (with an
+        auxiliary block, :meth:`FBModel.goal_z`: a goal prompt's z): ``g`` from ``goal``
+        (``(N, obs_dim)``, the batch's goal states) or else the batch's permuted next states.
 
         The permuted states are taken with ``gather``, not ``x[torch.randperm(n)]`` (nor
         ``index_select``, which decomposes to the same ``aten.index``): that pattern trips
@@ -559,8 +566,8 @@ class FBAgent(Agent):
         if goal is None:
             perm = torch.randperm(n, device=next_obs.device)
             goal = next_obs.gather(0, perm[:, None].expand_as(next_obs))
-        with torch.no_grad():
-            goal_z = model.backward_map(goal)
+        with torch.no_grad():  # without the block B(g) is already on the sphere: used as is
+            goal_z = model.goal_z(goal) if self.cfg.aux_z_dim else model.backward_map(goal)
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio
         return torch.where(use_goal, goal_z, z)
 

@@ -296,6 +296,21 @@ def test_auxiliary_block_of_b_reads_its_own_coordinates_on_its_own_sphere():
     torch.testing.assert_close(model.infer_z_from_goal(torch.tensor([0.1, -0.2, 3.0, -3.0])), z)
 
 
+def test_training_goal_zs_are_goal_prompts(tiny_dataset):
+    """The goal z's of training (``mix_ratio``) are the z's a goal prompt gives: with an
+    auxiliary block, its part set to 0 (:meth:`FBModel.goal_z`); without one, ``B(g)`` itself."""
+    batch = tiny_dataset.sample(64)
+    next_obs, goal = batch["next", "observation"], batch["observation"]
+    aux = dataclasses.replace(TINY, mix_ratio=1.0, goal_dims=[0, 1], aux_dims=[2, 3], aux_z_dim=3)
+    for cfg in (aux, dataclasses.replace(TINY, mix_ratio=1.0)):
+        agent = FBAgent(4, 2, cfg, torch.device("cpu"))
+        z = agent.sample_training_z(next_obs, goal)
+        torch.testing.assert_close(z, agent.model.infer_z_from_goal(goal))
+    assert torch.equal(z, agent.model.backward_map(goal))
+    z_aux = FBAgent(4, 2, aux, torch.device("cpu")).sample_training_z(next_obs, goal)
+    assert torch.equal(z_aux[:, 5:], torch.zeros(64, 3))
+
+
 def test_myopic_term_reads_the_goal_block_of_b_only(tiny_dataset):
     """With an auxiliary block, ``P(s, a)`` predicts B's goal block ``b(s')`` and the actor's
     distance is to z's goal block: ``−λ d ‖P̂(s, a) − ẑ_{:d−k}‖``."""
