@@ -306,8 +306,8 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
         raise UserError(f"{run_dir} is not a zsrl run directory (no run.json); start one with `zsrl train`")
     with writer_lock(run_dir, "run"):
         saved = read_json_object(run_dir / "config.json", f"run {run_dir}")
-        if steps is not None:
-            saved = {**saved, "train": {**saved.get("train", {}), "steps": steps}}
+        if steps is not None and isinstance(saved.get("train"), dict):  # else parsing says what is wrong
+            saved = {**saved, "train": {**saved["train"], "steps": steps}}
         cfg = run_config_from_dict(saved)
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
         data_path = _dataset_of(run_dir, run, dataset)
