@@ -56,8 +56,9 @@ def test_cli_trains_a_finished_run_on_and_refuses_other_changes(maze_data, tmp_p
     other override, or an N below the run's step, is refused and leaves the run as it was."""
     run = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "run", [*TINY, "train.steps=10"])
     config = (run / "config.json").read_text()
-    assert main(["train", "--resume", str(run), "agent.z_dim=4"]) == 2
-    assert "other than train.steps=N" in " ".join(capsys.readouterr().err.split())
+    for other in ("agent.z_dim=4", "train=5", "train.batch_size=8"):
+        assert main(["train", "--resume", str(run), other]) == 2
+        assert "other than train.steps=N" in " ".join(capsys.readouterr().err.split())
     assert main(["train", "--resume", str(run), "train.steps=5"]) == 2
     assert "is at step 10: train.steps=5 would take it back" in " ".join(capsys.readouterr().err.split())
     assert (run / "config.json").read_text() == config

@@ -262,14 +262,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
         from zsrl.config import parse_overrides
 
         overrides = parse_overrides(args.overrides)
-        if args.config or args.agent or args.out or args.overwrite or set(overrides) - {"train"} or \
-                set(overrides.get("train", {})) - {"steps"}:
+        train = overrides.pop("train", {})
+        if args.config or args.agent or args.out or args.overwrite or overrides or \
+                not isinstance(train, dict) or set(train) - {"steps"}:
             raise UserError(
                 "--resume RUN_DIR takes no --config, --agent, --out, --overwrite or overrides other than "
                 "train.steps=N (to train the run on to N updates): the run's own config is used (and "
                 "--dataset, to point at its dataset where it moved). To change anything else, start a new run."
             )
-        resume_run(args.resume, dataset=args.dataset, steps=overrides.get("train", {}).get("steps"))
+        resume_run(args.resume, dataset=args.dataset, steps=train.get("steps"))
         return
     if args.config and args.agent:
         raise UserError("give --config PRESET or --agent AGENT, not both")
