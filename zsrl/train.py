@@ -324,14 +324,14 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
                 "was removed or damaged. Resuming would restart at step 0 and overwrite its history; "
                 "restore checkpoint/ or start a new run."
             )
+        if steps is not None and steps < start:
+            raise UserError(
+                f"run {run_dir} is at step {start}: train.steps={steps} would take it back. "
+                f"Give train.steps >= {start}, or start a new run for a shorter one."
+            )
         if dataset is not None and str(data_path.resolve()) != run["dataset"]:
             atomic_write_json(run_dir / "run.json", {**run, "dataset": str(data_path.resolve())})
         if steps is not None:
-            if steps < start:
-                raise UserError(
-                    f"run {run_dir} is at step {start}: train.steps={steps} would take it back. "
-                    f"Give train.steps >= {start}, or start a new run for a shorter one."
-                )
             atomic_write_json(run_dir / "config.json", saved)
         _train(cfg, data, train_data, domain, run_dir, agent, start=start, loop=loop, resumed=True)
     return run_dir
