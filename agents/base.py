@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -43,12 +44,45 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.config import AgentConfig, from_dict
-from zsrl.nn import Standardize, fit_standardizers, make_adam
+from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step
 from zsrl.utils import UserError, atomic_write_bytes, atomic_write_json
 
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
+
+
+class compiled_region:
+    """Marks an agent method as a *compile region*: a pure loss computation of an update —
+    forward passes, losses and metrics, no optimiser step or in-place parameter change.
+
+    Where :meth:`Agent.setup_compile` compiles by region (``train.compile`` on a CPU), each
+    region is compiled on its own (one inductor graph whose backward is compiled too) and the
+    optimiser steps between them run eagerly; elsewhere the method is called as written.
+    Compiling the whole step instead splits it at every ``backward()``/optimiser call into
+    graphs with Python resume code in between, which removed little of the per-op overhead
+    that dominates a CPU step of small networks (maze preset, 2 cores: 1.10x eager against
+    1.3-1.5x by region; ``scripts/bench_updates.py``).
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
+        self.__wrapped__ = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, agent: Any, owner: type | None = None) -> Any:
+        if agent is None:
+            return self
+        bound = self.fn.__get__(agent, owner)
+        if not agent.compile_regions:
+            return bound
+        compiled = agent._region_fns.get(self.name)
+        if compiled is None:
+            compiled = agent._region_fns[self.name] = torch.compile(bound)
+        return compiled
 
 
 class CheckpointError(UserError):
@@ -219,6 +253,9 @@ class Agent:
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._optimizer_flags: dict[str, list[dict[str, Any]]] = {}
         self.compile, self.cudagraphs, self.precision = False, False, "fp32"
+        #: compile each :class:`compiled_region` on its own instead of the whole step
+        self.compile_regions = False
+        self._region_fns: dict[str, Callable[..., Any]] = {}
         self._update_fns: dict[str, Callable[[TensorDict], Metrics]] = {}
         self._train_fns: dict[tuple[str, int, int], Callable[[], torch.Tensor]] = {}
         #: the metric names, fixed by the first update (the order of train_step's vector)
@@ -296,6 +333,12 @@ class Agent:
     def _update(self, batch: TensorDict) -> Metrics:
         """One gradient step on ``batch``; returns named 0-dim metric tensors."""
         raise NotImplementedError
+
+    def step_optimizers(self, loss: torch.Tensor, *opts: torch.optim.Optimizer) -> None:
+        """One backward pass of ``loss`` and a step of each of ``opts`` (disjoint parameters;
+        :func:`zsrl.nn.optimizer_step`), clipping gradient norms at the config's
+        ``clip_grad_norm`` where it has one."""
+        optimizer_step(loss, *opts, clip_grad_norm=getattr(self.cfg, "clip_grad_norm", 0.0))
 
     def _check_metrics(self, metrics: Any) -> None:
         if not isinstance(metrics, dict) or not all(
@@ -376,16 +419,28 @@ class Agent:
         self, compile: bool = False, cudagraphs: bool = False, precision: str = "fp32"
     ) -> None:
         """Choose how steps run: ``torch.compile``, CUDA graphs (``train_step`` only; CUDA
-        only) and the matmul precision (``"bf16"``: autocast to bfloat16)."""
+        only) and the matmul precision (``"bf16"``: autocast to bfloat16).
+
+        ``compile`` compiles the whole step (sampling included) on CUDA, where CUDA graphs
+        then replay it in one launch; on a CPU, where nothing replays it, it compiles each
+        :class:`compiled_region` of the agent's update on its own (agents without regions
+        compile the whole step there too).
+        """
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if cudagraphs and self.device.type != "cuda":
-            import warnings
-
             warnings.warn("train.cudagraphs=true needs a CUDA device; running without CUDA graphs", stacklevel=2)
             cudagraphs = False
+        if compile:  # inductor's own use of a deprecated torch helper, on every compile
+            warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
         self.compile, self.cudagraphs, self.precision = compile, cudagraphs, precision
-        self._update_fns, self._train_fns = {}, {}
+        self.compile_regions = compile and self.device.type == "cpu" and bool(self.region_names())
+        self._update_fns, self._train_fns, self._region_fns = {}, {}, {}
+
+    @classmethod
+    def region_names(cls) -> list[str]:
+        """The agent's :class:`compiled_region` methods."""
+        return [n for n in dir(cls) if isinstance(getattr(cls, n, None), compiled_region)]
 
     def _wrap(self, fn: Callable[..., Any], graphs: bool) -> Callable[..., Any]:
         """``fn`` under autocast (bf16), ``torch.compile`` and a CUDA graph, as configured."""
@@ -396,7 +451,7 @@ class Agent:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     return inner(*args)
 
-        if self.compile:
+        if self.compile and not self.compile_regions:
             fn = torch.compile(fn)
         if graphs and self.cudagraphs:
             from tensordict.nn import CudaGraphModule

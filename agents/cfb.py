@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.base import Metrics
@@ -108,6 +107,7 @@ class CFBAgent(FBAgent):
         if cfg.lagrange:
             self.log_alpha = self.add_module("log_alpha", LogAlpha())
             self.alpha_opt = self.add_optimizer("alpha_opt", self.log_alpha.parameters(), lr=cfg.lr_alpha)
+            self.fb_optimizers.append(self.alpha_opt)  # stepped on the F/B step's loss
 
     def sample_actions(self, step: FBStep) -> torch.Tensor:
         """The ``K`` sampled actions per state, ``(K, N, A)``, without gradient."""
@@ -140,7 +140,7 @@ class CFBAgent(FBAgent):
 
     def fb_loss(self, step: FBStep, target_m: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """FB's loss plus ``α·penalty`` and, with Lagrange, the α loss (its gradient reaches
-        ``log α`` only; :meth:`update_fb` steps its optimiser)."""
+        ``log α`` only; its optimiser is one of :attr:`fb_optimizers`)."""
         loss, metrics = super().fb_loss(step, target_m)
         penalty, lse, data = self.conservative_penalty(step, self.sample_actions(step))
         # a fixed α is filled on the device (no host→device copy inside a CUDA graph)
@@ -157,14 +157,6 @@ class CFBAgent(FBAgent):
             loss = loss + alpha_loss
             metrics["loss/alpha"] = alpha_loss.detach()
         return loss, metrics
-
-    def update_fb(self, batch: TensorDict, z: torch.Tensor) -> FBStep:
-        if not self.cfg.lagrange:
-            return super().update_fb(batch, z)
-        self.alpha_opt.zero_grad(set_to_none=True)
-        step = super().update_fb(batch, z)
-        self.alpha_opt.step()
-        return step
 
 
 class VCFBAgent(CFBAgent):

@@ -123,7 +123,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl.agents.base import Agent, Metrics, Model
+from zsrl.agents.base import Agent, Metrics, Model, compiled_region
 from zsrl.agents.common import goal_dims_index, sample_batch_with_goals
 from zsrl.config import AgentConfig, param
 from zsrl.data import OfflineDataset
@@ -132,7 +132,6 @@ from zsrl.nn import (
     call_frozen,
     clipped_noise_action,
     mlp,
-    optimizer_step,
     project_to_sphere,
     soft_update,
 )
@@ -503,11 +502,14 @@ class FBStep:
 class FBAgent(Agent):
     """Trains :class:`FBModel` with the measure loss, orthonormality and a TD3 actor.
 
-    One update is ``z = sample_training_z``; :meth:`update_fb` (measure + orthonormality
-    loss, F/B optimiser step); :meth:`update_actor` (maximise ``min_heads F(s, π(s,z), z)ᵀz``
-    with the *updated* F, as metamotivo); Polyak targets (:meth:`update_targets`).
-    A variant overrides one of them — e.g. conservative FB adds its penalty to
-    :meth:`fb_loss` — and returns its extra metrics by name.
+    One update is ``z = sample_training_z``; :meth:`update_fb` (one backward pass of
+    :meth:`fb_objective` — measure + orthonormality loss, and ``P``'s regression where the
+    myopic term is on — and a step of each optimiser in :attr:`fb_optimizers`);
+    :meth:`update_actor` (maximise ``min_heads F(s, π(s,z), z)ᵀz`` with the *updated* F, as
+    metamotivo); Polyak targets (:meth:`update_targets`). A variant overrides one of them —
+    e.g. conservative FB adds its penalty to :meth:`fb_loss` and its ``α`` optimiser to
+    :attr:`fb_optimizers` — and returns its extra metrics by name. :meth:`fb_objective` and
+    :meth:`actor_loss` are the compile regions (:class:`~zsrl.agents.base.compiled_region`).
     """
 
     config_class = FBConfig
@@ -533,12 +535,15 @@ class FBAgent(Agent):
         self.actor_opt = self.add_optimizer(
             "actor_opt", m.actor.parameters(), lr=cfg.lr_actor, weight_decay=cfg.weight_decay
         )
+        #: the optimisers stepped on :meth:`fb_objective`'s loss (disjoint parameters)
+        self.fb_optimizers: list[torch.optim.Optimizer] = [self.fb_opt]
         self.next_b: OneStepB | None = None
         if cfg.myopic_coef > 0:
             self.next_b = self.add_module("next_b", OneStepB(obs_dim, action_dim, cfg))
             self.next_b_opt = self.add_optimizer(
                 "next_b_opt", self.next_b.parameters(), lr=cfg.lr_f, weight_decay=cfg.weight_decay
             )
+            self.fb_optimizers.append(self.next_b_opt)
 
     def sample_batch(self, dataset: OfflineDataset, batch_size: int) -> TensorDict:
         """Uniform transitions; with ``goal_from_trajectory`` > 0, plus the ``goal`` state of
@@ -570,9 +575,6 @@ class FBAgent(Agent):
             goal_z = model.goal_z(goal) if self.cfg.aux_z_dim else model.backward_map(goal)
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio
         return torch.where(use_goal, goal_z, z)
-
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
-        optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
 
     # ---- the F/B step --------------------------------------------------------------------
     def target_measure(self, next_obs: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -618,19 +620,31 @@ class FBAgent(Agent):
         return loss, metrics
 
     def update_fb(self, batch: TensorDict, z: torch.Tensor) -> FBStep:
-        """One optimiser step of F and B; returns what the actor step needs."""
+        """One optimiser step of F and B (and ``P``) on :meth:`fb_objective`; returns what the
+        actor step needs."""
+        loss, step = self.fb_objective(
+            batch["observation"], batch["action"], batch["next", "observation"], batch["next", "terminated"], z
+        )
+        self.step_optimizers(loss, *self.fb_optimizers)
+        return step
+
+    @compiled_region
+    def fb_objective(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+        z: torch.Tensor,
+    ) -> tuple[torch.Tensor, FBStep]:
+        """The F/B step's loss — :meth:`fb_loss`, plus ``P``'s :meth:`next_b_loss` where the
+        myopic term is on (its own parameters: one backward pass serves both) — and the
+        :class:`FBStep` with ``f``, ``b`` detached and the step's metrics."""
         cfg, model = self.cfg, self.model
-        obs, action = batch["observation"], batch["action"]
-        next_obs = batch["next", "observation"]
-        discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
+        discount = cfg.discount * (~terminated).to(obs.dtype)
         target_m, next_q = self.target_measure(next_obs, z)
         f = model.forward_map(obs, z, action)
         b = model.backward_map(next_obs)
         step = FBStep(obs, action, next_obs, discount, z, f, b, next_q=next_q)
         loss, metrics = self.fb_loss(step, target_m)
-        self._step(self.fb_opt, loss, [*model.forward_map.parameters(), *model.backward_map.parameters()])
+        f, b = f.detach(), b.detach()
         with torch.no_grad():
-            b = b.detach()
             cov = b.T @ b / b.shape[0]  # (d, d); identity when B is orthonormal under ρ
             eff_rank = effective_rank(cov)
             cov.diagonal().sub_(1.0)
@@ -638,13 +652,18 @@ class FBAgent(Agent):
                 "diag/orth_linf": cov.abs().max(),
                 "diag/B_eff_rank": eff_rank,
                 "diag/B_norm": b.norm(dim=-1).mean(),
-                "diag/F_norm": f.detach().norm(dim=-1).mean(),
+                "diag/F_norm": f.norm(dim=-1).mean(),
                 "diag/z_norm": z.norm(dim=-1).mean(),
             })
-        step.f, step.b, step.metrics = f.detach(), b, metrics
-        return step
+        if self.next_b is not None:
+            next_b_loss = self.next_b_loss(obs, action, b)
+            loss = loss + next_b_loss
+            metrics["loss/next_b"] = next_b_loss.detach()
+        step.f, step.b, step.metrics = f, b, metrics
+        return loss, step
 
     # ---- the actor step ------------------------------------------------------------------
+    @compiled_region
     def actor_loss(self, step: FBStep) -> tuple[torch.Tensor, Metrics]:
         """``−mean min_heads F(s, a, z)ᵀz`` (or the heads' mean: ``actor_reduction``) with
         ``a = π(s, z) + clipped noise`` (:func:`td3_actor_loss`), plus
@@ -672,19 +691,16 @@ class FBAgent(Agent):
 
         return bonus
 
-    def update_next_b(self, step: FBStep) -> Metrics:
-        """One optimiser step of the one-step predictor ``P`` (``myopic_coef`` > 0) on
-        ``½ mean ‖P(s, a) − b(s')‖²``, with ``b`` the goal block of the F/B step's B (detached)."""
+    def next_b_loss(self, obs: torch.Tensor, action: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``P``'s regression ``½ mean ‖P(s, a) − b(s')‖²`` (``myopic_coef`` > 0), with ``b`` the
+        goal block of ``B(s')`` (pass it detached)."""
         assert self.next_b is not None
-        target = step.b[..., : self.cfg.goal_block_dim]
-        loss = 0.5 * (self.next_b(step.obs, step.action) - target).pow(2).sum(-1).mean()
-        self._step(self.next_b_opt, loss, list(self.next_b.parameters()))
-        return {"loss/next_b": loss.detach()}
+        return 0.5 * (self.next_b(obs, action) - b[..., : self.cfg.goal_block_dim]).pow(2).sum(-1).mean()
 
     def update_actor(self, step: FBStep) -> Metrics:
         """One optimiser step of the actor (after the F/B step, so with the updated F)."""
         loss, metrics = self.actor_loss(step)
-        self._step(self.actor_opt, loss, list(self.model.actor.parameters()))
+        self.step_optimizers(loss, self.actor_opt)
         return metrics
 
     def update_targets(self) -> None:
@@ -695,8 +711,6 @@ class FBAgent(Agent):
     def _update(self, batch: TensorDict) -> Metrics:
         z = self.sample_training_z(batch["next", "observation"], batch.get("goal"))
         step = self.update_fb(batch, z)
-        if self.next_b is not None:
-            step.metrics.update(self.update_next_b(step))
         actor_metrics = self.update_actor(step)
         self.update_targets()
         return {**step.metrics, **actor_metrics}

@@ -105,7 +105,6 @@ from zsrl.nn import (
     gaussian_log_prob,
     kl_standard_normal,
     mlp,
-    optimizer_step,
     soft_update,
 )
 from zsrl.utils import UserError
@@ -631,9 +630,6 @@ class FREAgent(Agent):
         out["train/policy_phase"] = zero + (1.0 if pol else 0.0)
         return out
 
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
-        optimizer_step(opt, loss, params, self.cfg.clip_grad_norm)
-
     def _update_encoder(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model
         mu, log_std = model.encode(batch["context_obs"], batch["context_reward"])
@@ -642,7 +638,7 @@ class FREAgent(Agent):
         pred_loss = F.mse_loss(pred, batch["query_reward"])
         kl = kl_standard_normal(mu, log_std)
         loss = pred_loss + cfg.kl_weight * kl
-        self._step(self.encoder_opt, loss, [p for g in self.encoder_opt.param_groups for p in g["params"]])
+        self.step_optimizers(loss, self.encoder_opt)
         with torch.no_grad():
             return self._metrics(
                 {
@@ -679,10 +675,7 @@ class FREAgent(Agent):
             actor_loss = actor_loss + cfg.bc_weight * (pi - action).pow(2).sum(-1).mean()
         else:
             actor_loss = -(weight * model.actor.log_prob(actor_in, action)).mean()
-        self._step(
-            self.policy_opt, value_loss + critic_loss + actor_loss,
-            [p for g in self.policy_opt.param_groups for p in g["params"]],
-        )
+        self.step_optimizers(value_loss + critic_loss + actor_loss, self.policy_opt)
         soft_update(self.critic_target, model.critic, cfg.tau)
         with torch.no_grad():
             return self._metrics(

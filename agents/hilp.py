@@ -89,7 +89,6 @@ from zsrl.nn import (
     clipped_noise_action,
     expectile_loss,
     mlp,
-    optimizer_step,
     project_to_sphere,
     soft_update,
 )
@@ -394,13 +393,13 @@ class HILPAgent(Agent):
             reward = (feats * z).sum(-1)
 
         phi_loss, metrics = self.phi_loss(obs, next_obs, goal)
-        optimizer_step(self.phi_opt, phi_loss, list(model.phi.parameters()), cfg.clip_grad_norm)
+        self.step_optimizers(phi_loss, self.phi_opt)
 
         sf_loss, sf_metrics = self.sf_loss(obs, action, next_obs, discount, z, feats)
-        optimizer_step(self.sf_opt, sf_loss, list(model.successor_features.parameters()), cfg.clip_grad_norm)
+        self.step_optimizers(sf_loss, self.sf_opt)
 
         actor_loss, q = td3_actor_loss(model.actor, model.successor_features, obs, z, cfg.actor_std, cfg.std_clip)
-        optimizer_step(self.actor_opt, actor_loss, list(model.actor.parameters()), cfg.clip_grad_norm)
+        self.step_optimizers(actor_loss, self.actor_opt)
 
         soft_update(self.phi_target, model.phi, cfg.phi_tau)
         soft_update(self.sf_target, model.successor_features, cfg.tau)

@@ -122,9 +122,7 @@ class TD3Agent(Agent):
             y = reward + cfg.discount * not_done * target_q
         q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)  # (2, N)
         critic_loss = F.mse_loss(q, y.expand_as(q), reduction="none").mean(-1).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+        self.step_optimizers(critic_loss, self.critic_opt)
 
         pi = torch.tanh(actor(obs))
         # the critic is frozen here: its weight gradients are not computed
@@ -132,9 +130,7 @@ class TD3Agent(Agent):
         lam = 1.0 / q_pi.abs().mean().detach().clamp_min(1e-6) if cfg.bc_weight > 0 else 1.0
         bc = (pi - action).pow(2).sum(-1).mean()
         actor_loss = -lam * q_pi.mean() + cfg.bc_weight * bc
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
+        self.step_optimizers(actor_loss, self.actor_opt)
         soft_update(self.critic_target, self.critic, cfg.tau)
         soft_update(self.actor_target, actor, cfg.tau)
         return {

@@ -2,6 +2,7 @@
 
     python scripts/bench_updates.py --presets fb/walker fre/walker td3/walker --device cuda
     python scripts/bench_updates.py --presets fb/walker --device cuda --scaling --inference
+    python scripts/bench_updates.py --presets fb/point_mass_maze_cpu --compare 'train.compile=false'
     OMP_NUM_THREADS=1 python scripts/bench_updates.py --presets fb/walker_cpu --device cpu \
         --threads 1 agent.hidden_dim=256 agent.embedding_dim=128 train.batch_size=512
 
@@ -19,7 +20,9 @@ eager update: matmuls of forward and backward, which dominate) × updates/s.
 ``--scaling`` adds a table of updates/s and TFLOP/s against batch size (256 … 8192) and
 network width (``--widths``, scaling every hidden width of the preset); ``--inference``
 times reward prompting: ``z`` from 50,000 reward-labelled states; ``--profile N`` prints
-where the time of N steps goes (torch.profiler). Prints tables and writes JSON.
+where the time of N steps goes (torch.profiler); ``--compare VARIANT …`` times variants of
+the first preset against it in interleaved blocks (ratios block by block, robust to a shared
+machine's drift). Prints tables and writes JSON.
 """
 
 from __future__ import annotations
@@ -133,6 +136,48 @@ def bench(preset: str, overrides: list[str], steps: int, warmup: int, flops: boo
     }
 
 
+def compare(preset: str, overrides: list[str], variants: list[str], steps: int, warmup: int,
+            blocks: int) -> list[dict]:
+    """Updates/s of ``preset`` as configured and of each variant (a string of overrides),
+    timed in turn — A B C A B C … — in ``blocks`` blocks of ``steps`` steps in one process.
+    The ratio to the preset is taken block by block, so the drift of a shared machine cancels;
+    ``first_steps_s`` is the time of the ``warmup`` steps before (compilation included)."""
+    runs = []
+    for variant in ["", *variants]:
+        cfg = load_run_config(preset, [*overrides, *variant.split()])
+        device = resolve_device(cfg.train.device)
+        seed_everything(0)
+        data = random_dataset(*domain_dims(cfg.domain), 100_000, device)
+        agent = prepare_agent(cfg, data, device)
+        t0 = time.perf_counter()
+        time_steps(agent, data, cfg.train.batch_size, 1, max(warmup - 1, 0))
+        runs.append({"variant": variant or "(as configured)", "agent": agent, "data": data,
+                     "batch_size": cfg.train.batch_size, "first_steps_s": time.perf_counter() - t0, "ups": []})
+    for _ in range(blocks):
+        for run in runs:
+            run["ups"].append(time_steps(run["agent"], run["data"], run["batch_size"], steps, 0))
+    base = np.array(runs[0]["ups"])
+    rows = []
+    for run in runs:
+        ratios = np.array(run["ups"]) / base
+        rows.append({
+            "preset": preset, "variant": run["variant"], "compile": run["agent"].compile,
+            "updates_per_s": float(np.median(run["ups"])), "ratio": float(np.median(ratios)),
+            "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+            "first_steps_s": run["first_steps_s"], "blocks": blocks, "steps": steps, "threads": torch.get_num_threads(),
+        })
+    return rows
+
+
+def print_comparison(rows: list[dict]) -> None:
+    print(f"{rows[0]['preset']}: median of {rows[0]['blocks']} interleaved blocks of {rows[0]['steps']} steps, "
+          f"{rows[0]['threads']} threads")
+    print(f"{'variant':<48} {'compile':>8} {'upd/s':>8} {'ratio':>6} {'(min-max)':>12} {'first steps':>12}")
+    for r in rows:
+        print(f"{r['variant']:<48} {r['compile']!s:>8} {r['updates_per_s']:>8.1f} {r['ratio']:>6.2f} "
+              f"{r['ratio_min']:>5.2f}-{r['ratio_max']:<5.2f} {r['first_steps_s']:>11.1f}s")
+
+
 def time_reward_inference(preset: str, overrides: list[str], n: int = 50_000, repeats: int = 10) -> dict:
     """Median wall time of ``model.infer_z_from_rewards`` on ``n`` labelled states."""
     cfg = load_run_config(preset, overrides)
@@ -228,6 +273,10 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="print a torch.profiler table of N steps of the first preset")
     p.add_argument("--trace", help="with --profile: also write a Chrome trace here")
+    p.add_argument("--compare", nargs="+", metavar="VARIANT", default=None,
+                   help="variants of the first preset, each a quoted string of overrides (e.g. "
+                        "'train.compile=true'), timed against it in interleaved blocks")
+    p.add_argument("--blocks", type=int, default=10, help="with --compare: blocks of --steps steps each")
     p.add_argument("--json", default="bench_updates.json")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every preset")
     args = p.parse_args()
@@ -238,6 +287,12 @@ def main() -> None:
         value = getattr(args, flag)
         if value:
             overrides.append(f"train.{flag}={value}")
+    if args.compare:
+        rows = compare(args.presets[0], overrides, args.compare, args.steps, args.warmup, args.blocks)
+        print_comparison(rows)
+        with open(args.json, "w") as f:
+            json.dump({"comparison": rows, "versions": versions()}, f, indent=2)
+        return
     rows = [bench(preset, overrides, args.steps, args.warmup) for preset in args.presets]
     print_table(rows)
     out: dict[str, Any] = {"results": rows, "versions": versions(), "threads": torch.get_num_threads()}

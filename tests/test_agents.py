@@ -317,6 +317,67 @@ def test_compiled_update_agrees_with_eager(agent_key):
     assert result["metric_rel_err"] <= 1e-4 and result["param_rel_err"] <= 1e-4, result
 
 
+def test_compile_on_a_cpu_compiles_the_update_regions_not_the_whole_step():
+    """On a CPU, ``compile`` compiles FB's two loss regions (F/B objective, actor loss) and runs
+    the optimiser steps between them eagerly; an agent without regions (TD3) compiles its whole
+    step; without ``compile`` the regions are the plain methods. Nothing is compiled here (the
+    compiled results are checked against eager by test_compiled_update_agrees_with_eager)."""
+    from zsrl.agents.td3 import TD3Agent, TD3Config
+
+    agent = FBAgent(4, 2, TINY, CPU)
+    assert FBAgent.region_names() == ["actor_loss", "fb_objective"]
+    assert agent.fb_objective.__func__ is FBAgent.fb_objective.fn and not agent.compile_regions
+    agent.setup_compile(compile=True)
+    assert agent.compile and agent.compile_regions
+    for name in FBAgent.region_names():
+        region = getattr(agent, name)
+        assert getattr(region, "_torchdynamo_orig_callable", None) is not None, name  # torch.compile'd
+        assert getattr(agent, name) is region  # compiled once per agent
+    assert not hasattr(agent._wrap(lambda: None, graphs=True), "_torchdynamo_orig_callable")
+    td3 = TD3Agent(4, 2, TD3Config(hidden_dim=16), CPU)
+    td3.setup_compile(compile=True)
+    assert not td3.compile_regions
+    assert hasattr(td3._wrap(lambda: None, graphs=True), "_torchdynamo_orig_callable")
+    agent.setup_compile(compile=False)
+    assert agent.fb_objective.__func__ is FBAgent.fb_objective.fn
+
+
+def test_compile_on_a_cpu_without_a_cpp_compiler_warns_and_trains_eagerly(monkeypatch):
+    import zsrl.train
+    from zsrl.config import load_run_config
+
+    tc = load_run_config("fb/point_mass_maze_cpu", ["train.compile=true"]).train
+    assert zsrl.train.configure_device(tc, CPU) == (True, False)
+    monkeypatch.setattr(zsrl.train, "missing_cpp_compiler", lambda: "none was found (test)")
+    with pytest.warns(UserWarning, match=r"needs a C\+\+ compiler and none was found .*train.compile=false"):
+        assert zsrl.train.configure_device(tc, CPU) == (False, False)
+
+
+def test_optimizer_step_shares_one_backward_between_disjoint_optimizers():
+    """One backward of a sum of losses over disjoint parameters, then a step of each
+    optimiser, is the same update as separate steps; gradient norms clip per optimiser."""
+    from zsrl.nn import optimizer_step
+
+    def run(shared: bool, clip: float) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        nets = [mlp(3, [8], 2), mlp(3, [8], 1)]
+        opts = [make_adam(n.parameters(), CPU, lr=1e-2) for n in nets]
+        x = torch.randn(16, 3)
+        for _ in range(3):
+            losses = [nets[0](x).pow(2).sum(), (nets[1](x) - 1).abs().mean()]
+            if shared:
+                optimizer_step(losses[0] + losses[1], *opts, clip_grad_norm=clip)
+            else:
+                for loss, opt in zip(losses, opts):
+                    optimizer_step(loss, opt, clip_grad_norm=clip)
+        return [p.detach() for n in nets for p in n.parameters()]
+
+    for clip in (0.0, 0.1):
+        for a, b in zip(run(True, clip), run(False, clip)):
+            assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(run(True, 0.0), run(True, 0.1)))
+
+
 def test_gpu_switches_default_to_auto_and_resolve_per_device():
     from zsrl.config import load_run_config, resolve_auto
     from zsrl.train import configure_device

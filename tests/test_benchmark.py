@@ -12,7 +12,8 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
-        "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10", "train.device=cpu"]
+        "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10", "train.device=cpu",
+        "train.compile=false"]  # the maze preset compiles its update; a few-step run need not
 
 
 @pytest.fixture
@@ -74,3 +75,17 @@ def test_earlier_domains_are_kept_and_a_broken_report_is_replaced(bench, tmp_pat
     assert bench._earlier_domains(path) == {"walker": walker}
     path.write_text("{truncated")
     assert bench._earlier_domains(path) == {}
+
+
+def test_bench_updates_compares_variants_in_interleaved_blocks(capsys):
+    """``bench_updates.py --compare``: the preset and each variant timed in turn, ratios to the
+    preset block by block (the preset's own ratio is exactly 1)."""
+    from scripts.bench_updates import compare, print_comparison
+
+    rows = compare("fb/point_mass_maze_cpu", TINY, ["train.batch_size=16"], steps=2, warmup=1, blocks=3)
+    assert [r["variant"] for r in rows] == ["(as configured)", "train.batch_size=16"]
+    assert rows[0]["ratio"] == rows[0]["ratio_min"] == rows[0]["ratio_max"] == 1.0
+    assert all(r["updates_per_s"] > 0 and r["blocks"] == 3 and not r["compile"] for r in rows)
+    assert rows[1]["ratio_min"] <= rows[1]["ratio"] <= rows[1]["ratio_max"]
+    print_comparison(rows)
+    assert "interleaved blocks" in capsys.readouterr().out

@@ -22,6 +22,7 @@ SMALL = {"z_dim": 8, "hidden_dim": 32, "embedding_dim": 16, "backward_hidden_dim
 RUN_TINY = [
     "agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
     "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10", "train.progress=false",
+    "train.compile=false",  # the maze preset compiles its update; a few-step run need not
 ]
 AGENTS = {"vcfb": (VCFBAgent, VCFBConfig), "mcfb": (MCFBAgent, MCFBConfig)}
 

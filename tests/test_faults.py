@@ -32,7 +32,7 @@ from zsrl.utils import StorageError, UserError
 
 TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
         "train.batch_size=32", "train.log_every=7", "train.checkpoint_every=10", "train.progress=false",
-        "train.steps=40"]
+        "train.steps=40", "train.compile=false"]  # the preset compiles; a few-step run need not
 PRESET = "fb/point_mass_maze_cpu"
 
 

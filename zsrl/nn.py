@@ -164,15 +164,20 @@ def call_frozen(module: nn.Module, *args: Any) -> Any:
     return torch.func.functional_call(module, params, args)
 
 
-def optimizer_step(
-    opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor], clip_grad_norm: float = 0.0
-) -> None:
-    """``zero_grad → backward → (clip the gradient norm of params when > 0) → step``."""
-    opt.zero_grad(set_to_none=True)
+def optimizer_step(loss: torch.Tensor, *opts: torch.optim.Optimizer, clip_grad_norm: float = 0.0) -> None:
+    """``zero_grad → backward → step`` of every optimiser in ``opts`` on one ``loss``.
+
+    Several optimisers share one backward pass when their parameters are disjoint and
+    ``loss`` is the sum of their losses (each parameter's gradient is then that of its own
+    term). With ``clip_grad_norm`` > 0 each optimiser's gradient norm is clipped on its own.
+    """
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
     loss.backward()
-    if clip_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-    opt.step()
+    for opt in opts:
+        if clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_grad_norm)
+        opt.step()
 
 
 def make_adam(

@@ -197,13 +197,38 @@ def configure_device(tc: Any, device: torch.device) -> tuple[bool, bool]:
     """Device-wide settings of a run; returns the resolved ``(compile, cudagraphs)``.
 
     On CUDA: TF32 matmuls unless ``train.tf32=false``; ``compile`` / ``cudagraphs`` default
-    (``auto``) to on. On CPU both default to off.
+    (``auto``) to on. On CPU both default to off; ``train.compile=true`` there needs the C++
+    compiler inductor builds its kernels with, and without one the run trains eagerly (same
+    maths) after a warning instead of failing at its first update.
     """
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tc.tf32
         torch.backends.cudnn.allow_tf32 = tc.tf32
         torch.set_float32_matmul_precision("high" if tc.tf32 else "highest")
-    return resolve_auto(tc.compile, device), resolve_auto(tc.cudagraphs, device)
+    compile_step = resolve_auto(tc.compile, device)
+    if compile_step and device.type == "cpu":
+        missing = missing_cpp_compiler()
+        if missing:
+            warnings.warn(
+                f"train.compile=true on a CPU needs a C++ compiler and {missing}; training without "
+                "compiling (the same updates, slower). Install g++ (or point $CXX at a compiler) to "
+                "compile, or set train.compile=false to silence this.",
+                stacklevel=2,
+            )
+            compile_step = False
+    return compile_step, resolve_auto(tc.cudagraphs, device)
+
+
+def missing_cpp_compiler() -> str | None:
+    """``None`` where inductor finds the C++ compiler it compiles CPU kernels with, else why not."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except (InvalidCxxCompiler, OSError) as e:
+        return f"none was found ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no compiler'})"
+    return None
 
 
 def start_run(
@@ -387,6 +412,9 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
         return
     compile_step, cudagraphs = configure_device(tc, agent.device)
     agent.setup_compile(compile_step, cudagraphs, tc.precision)
+    if compile_step:
+        print("compiling the update (torch.compile): its first steps take up to a minute or two, "
+              "less where inductor's cache already holds its kernels")
     log = MetricsLog(run_dir / "metrics.csv", run_dir / "tb" if tc.tensorboard else None, start if resumed else None)
     evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None)
 
