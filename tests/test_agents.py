@@ -383,9 +383,10 @@ def test_gpu_switches_default_to_auto_and_resolve_per_device():
     from zsrl.train import configure_device
     from zsrl.utils import UserError
 
-    cfg = load_run_config("fb/point_mass_maze_cpu")
+    cfg = load_run_config("fb/walker_cpu")
     tc = cfg.train
     assert (tc.compile, tc.cudagraphs, tc.tf32, tc.precision) == ("auto", "auto", True, "fp32")
+    assert load_run_config("fb/point_mass_maze_cpu").train.compile is True  # the quickstart compiles
     assert resolve_auto("auto", "cuda:0") and resolve_auto("auto", torch.device("cuda"))
     assert not resolve_auto("auto", "cpu") and resolve_auto(True, "cpu") and not resolve_auto(False, "cuda")
     assert configure_device(tc, CPU) == (False, False)
