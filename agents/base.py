@@ -59,10 +59,10 @@ class compiled_region:
     Where :meth:`Agent.setup_compile` compiles by region (``train.compile`` on a CPU), each
     region is compiled on its own (one inductor graph whose backward is compiled too) and the
     optimiser steps between them run eagerly; elsewhere the method is called as written.
-    Compiling the whole step instead splits it at every ``backward()``/optimiser call into
-    graphs with Python resume code in between, which removed little of the per-op overhead
-    that dominates a CPU step of small networks (maze preset, 2 cores: 1.10x eager against
-    1.3-1.5x by region; ``scripts/bench_updates.py``).
+    Compiling the whole step instead breaks its graph at every ``backward()`` and optimiser
+    call, with Python resume code in between (maze CPU preset, 2 cores, interleaved blocks
+    against eager: whole step 1.10x and 1.17x in two measurements, by region 1.17x-1.22x in
+    three; ``scripts/bench_updates.py --compare``).
     """
 
     def __init__(self, fn: Callable[..., Any]):
