@@ -28,6 +28,7 @@ CUDA-graphed function and returns the metrics packed in one vector (names:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import warnings
 from collections.abc import Callable
@@ -67,8 +68,7 @@ class compiled_region:
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
-        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
-        self.__wrapped__ = fn
+        functools.update_wrapper(self, fn)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name

@@ -118,13 +118,18 @@ def time_steps(agent: Any, data: OfflineDataset, batch_size: int, steps: int, wa
     return steps / (time.perf_counter() - t0)
 
 
-def bench(preset: str, overrides: list[str], steps: int, warmup: int, flops: bool = True) -> dict:
+def seeded_setup(preset: str, overrides: list[str]) -> tuple[RunConfig, OfflineDataset, Any]:
+    """``(config, random dataset of 100,000 transitions, agent)`` of ``preset``, seeded with 0."""
     cfg = load_run_config(preset, overrides)
     device = resolve_device(cfg.train.device)
-    obs_dim, action_dim = domain_dims(cfg.domain)
     seed_everything(0)
-    data = random_dataset(obs_dim, action_dim, 100_000, device)
-    agent = prepare_agent(cfg, data, device)
+    data = random_dataset(*domain_dims(cfg.domain), 100_000, device)
+    return cfg, data, prepare_agent(cfg, data, device)
+
+
+def bench(preset: str, overrides: list[str], steps: int, warmup: int, flops: bool = True) -> dict:
+    cfg, data, agent = seeded_setup(preset, overrides)
+    device = agent.device
     ups = time_steps(agent, data, cfg.train.batch_size, steps, warmup)
     flop = update_flops(cfg, data, device) if flops else float("nan")
     params = sum(p.numel() for p in agent.model.parameters())
@@ -144,11 +149,7 @@ def compare(preset: str, overrides: list[str], variants: list[str], steps: int, 
     ``first_steps_s`` is the time of the ``warmup`` steps before (compilation included)."""
     runs = []
     for variant in ["", *variants]:
-        cfg = load_run_config(preset, [*overrides, *variant.split()])
-        device = resolve_device(cfg.train.device)
-        seed_everything(0)
-        data = random_dataset(*domain_dims(cfg.domain), 100_000, device)
-        agent = prepare_agent(cfg, data, device)
+        cfg, data, agent = seeded_setup(preset, [*overrides, *variant.split()])
         t0 = time.perf_counter()
         time_steps(agent, data, cfg.train.batch_size, 1, max(warmup - 1, 0))
         runs.append({"variant": variant or "(as configured)", "agent": agent, "data": data,
