@@ -97,6 +97,14 @@ a reward of the goal coordinates and a reward of the auxiliary ones are both in 
 The price, measured on the maze CPU preset: the goal block reaches goals less precisely
 (``scripts/maze_goal_grid.py``; README), so the maze preset does not use it.
 
+**Joint update** (``joint_update``): the actor's loss reads ``F`` (and ``P``) as they are
+*before* this update's F/B step, so one backward pass of the sum of the losses serves F, B,
+``P`` and the actor (their parameters are disjoint: each gets its own loss's gradient), as
+JAX agents take one gradient step on their summed losses. Sequentially (the default, as
+metamotivo and TD3) the actor reads the F that the F/B step just changed, which costs a
+second forward and backward pass; on a CPU the joint step is one compiled region instead
+of two (``train.compile``).
+
 **Prompting**: ``z = √d · normalise(Σ_i r_i B(s'_i))`` for reward samples, and
 ``z = √d · normalise(B(g))`` for a goal ``g`` (its auxiliary block, if any, set to 0).
 
@@ -197,6 +205,9 @@ class FBConfig(SkillPolicyConfig):
     #: distance from the next decision's embedding direction, ``P(s, a) ≈ E[B(s') | s, a]``
     #: a one-step predictor of B, to z's (module docstring); 0 = off
     myopic_coef: float = param(0.0, ge=0)
+    #: one backward pass for the F/B and the actor losses, the actor reading F before this
+    #: update's F/B step (module docstring); off: the actor steps after F/B, on the updated F
+    joint_update: bool = False
     #: the goal space: observation coordinates that ``B`` reads (``None``: all of them).
     #: When every task's reward is a function of a few coordinates (the maze's rewards of
     #: the position), ``B`` on those alone generalises across the rest (the velocities).
@@ -506,10 +517,12 @@ class FBAgent(Agent):
     :meth:`fb_objective` — measure + orthonormality loss, and ``P``'s regression where the
     myopic term is on — and a step of each optimiser in :attr:`fb_optimizers`);
     :meth:`update_actor` (maximise ``min_heads F(s, π(s,z), z)ᵀz`` with the *updated* F, as
-    metamotivo); Polyak targets (:meth:`update_targets`). A variant overrides one of them —
-    e.g. conservative FB adds its penalty to :meth:`fb_loss` and its ``α`` optimiser to
-    :attr:`fb_optimizers` — and returns its extra metrics by name. :meth:`fb_objective` and
-    :meth:`actor_loss` are the compile regions (:class:`~zsrl.agents.base.compiled_region`).
+    metamotivo); Polyak targets (:meth:`update_targets`). With ``joint_update``,
+    :meth:`update_joint` replaces the first two: one backward pass of both losses. A variant
+    overrides one of them — e.g. conservative FB adds its penalty to :meth:`fb_loss` and its
+    ``α`` optimiser to :attr:`fb_optimizers` — and returns its extra metrics by name.
+    :meth:`fb_objective`, :meth:`actor_loss` and :meth:`joint_objective` (the two in one) are
+    the compile regions (:class:`~zsrl.agents.base.compiled_region`).
     """
 
     config_class = FBConfig
@@ -703,6 +716,26 @@ class FBAgent(Agent):
         self.step_optimizers(loss, self.actor_opt)
         return metrics
 
+    @compiled_region
+    def joint_objective(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+        z: torch.Tensor,
+    ) -> tuple[torch.Tensor, Metrics]:
+        """:meth:`fb_objective`'s loss plus :meth:`actor_loss` on its step (F as it is before
+        the step), and both metrics."""
+        fb_loss, step = self.fb_objective(obs, action, next_obs, terminated, z)
+        actor_loss, actor_metrics = self.actor_loss(step)
+        return fb_loss + actor_loss, {**step.metrics, **actor_metrics}
+
+    def update_joint(self, batch: TensorDict, z: torch.Tensor) -> Metrics:
+        """One backward pass of :meth:`joint_objective` and a step of every optimiser
+        (``joint_update``)."""
+        loss, metrics = self.joint_objective(
+            batch["observation"], batch["action"], batch["next", "observation"], batch["next", "terminated"], z
+        )
+        self.step_optimizers(loss, *self.fb_optimizers, self.actor_opt)
+        return metrics
+
     def update_targets(self) -> None:
         """Polyak averaging of the F and B targets (one foreach lerp each)."""
         soft_update(self.forward_target, self.model.forward_map, self.cfg.tau)
@@ -710,7 +743,10 @@ class FBAgent(Agent):
 
     def _update(self, batch: TensorDict) -> Metrics:
         z = self.sample_training_z(batch["next", "observation"], batch.get("goal"))
-        step = self.update_fb(batch, z)
-        actor_metrics = self.update_actor(step)
+        if self.cfg.joint_update:
+            metrics = self.update_joint(batch, z)
+        else:
+            step = self.update_fb(batch, z)
+            metrics = {**step.metrics, **self.update_actor(step)}
         self.update_targets()
-        return {**step.metrics, **actor_metrics}
+        return metrics

@@ -60,6 +60,7 @@ MODES = {  # name -> (compile, cudagraphs, precision); None: the device default
 AGENTS = {
     "fb": ("fb", []),
     "fb:qloss+hindsight": ("fb", ["agent.q_loss_coef=0.1", "agent.goal_from_trajectory=0.5"]),
+    "fb:joint": ("fb", ["agent.joint_update=true"]),
     "fre": ("fre", []),
     "fre:policy": ("fre", ["agent.encoder_steps=0"]),
     "hilp": ("hilp", []),

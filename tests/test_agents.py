@@ -127,6 +127,39 @@ def test_actor_step_computes_no_forward_map_gradients(data):
     assert all(p.grad is not None for p in agent.model.actor.parameters())
 
 
+def test_joint_update_steps_the_actor_on_the_forward_map_before_the_fb_step(data):
+    """``joint_update``: F, B and P take the same step as sequentially (the actor does not
+    enter their losses); the actor takes the step of its loss on the pre-update F — one
+    backward pass for both — where sequentially it reads the updated F."""
+    cfg = FBConfig(**{**TINY.__dict__, "myopic_coef": 1.0})
+    torch.manual_seed(0)
+    init = FBAgent(4, 2, cfg, CPU)
+    batch = init.sample_batch(data, 32)
+    agents = {}
+    for mode in ("sequential", "joint", "actor_on_old_f"):
+        agent = FBAgent(4, 2, FBConfig(**{**cfg.__dict__, "joint_update": mode == "joint"}), CPU)
+        agent.load_state_dict(init.state_dict())
+        torch.manual_seed(1)
+        if mode == "actor_on_old_f":  # the actor's step alone, on the unchanged F and P
+            z = agent.sample_training_z(batch["next", "observation"])
+            _, step = agent.fb_objective(batch["observation"], batch["action"], batch["next", "observation"],
+                                         batch["next", "terminated"], z)
+            agent.update_actor(step)
+        else:
+            metrics = agent.update(batch)
+            assert {"loss/fb", "loss/next_b", "loss/actor", "diag/actor_q"} <= metrics.keys()
+        agents[mode] = agent
+    seq, joint, old_f = agents["sequential"], agents["joint"], agents["actor_on_old_f"]
+    for name in ("forward_map", "backward_map"):
+        for p, q in zip(getattr(seq.model, name).parameters(), getattr(joint.model, name).parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for p, q in zip(seq.next_b.parameters(), joint.next_b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for p, q in zip(joint.model.actor.parameters(), old_f.model.actor.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert any(not torch.equal(p, q) for p, q in zip(seq.model.actor.parameters(), joint.model.actor.parameters()))
+
+
 def test_call_frozen_passes_gradients_to_inputs_only():
     net = mlp(3, [8], 2)
     x = torch.randn(5, 3, requires_grad=True)
@@ -294,7 +327,7 @@ def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agent_key", ["fb", "fb:qloss+hindsight", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
+@pytest.mark.parametrize("agent_key", ["fb", "fb:qloss+hindsight", "fb:joint", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
 def test_compiled_update_agrees_with_eager(agent_key):
     """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
     eager within 1e-4 relative on the metrics of one update and the parameters after it."""
@@ -318,14 +351,14 @@ def test_compiled_update_agrees_with_eager(agent_key):
 
 
 def test_compile_on_a_cpu_compiles_the_update_regions_not_the_whole_step():
-    """On a CPU, ``compile`` compiles FB's two loss regions (F/B objective, actor loss) and runs
+    """On a CPU, ``compile`` compiles FB's loss regions (F/B objective, actor loss) and runs
     the optimiser steps between them eagerly; an agent without regions (TD3) compiles its whole
     step; without ``compile`` the regions are the plain methods. Nothing is compiled here (the
     compiled results are checked against eager by test_compiled_update_agrees_with_eager)."""
     from zsrl.agents.td3 import TD3Agent, TD3Config
 
     agent = FBAgent(4, 2, TINY, CPU)
-    assert FBAgent.region_names() == ["actor_loss", "fb_objective"]
+    assert FBAgent.region_names() == ["actor_loss", "fb_objective", "joint_objective"]
     assert agent.fb_objective.__func__ is FBAgent.fb_objective.fn and not agent.compile_regions
     agent.setup_compile(compile=True)
     assert agent.compile and agent.compile_regions
