@@ -719,19 +719,22 @@ class FBAgent(Agent):
     @compiled_region
     def joint_objective(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
-        z: torch.Tensor,
+        goal: torch.Tensor | None,
     ) -> tuple[torch.Tensor, Metrics]:
         """:meth:`fb_objective`'s loss plus :meth:`actor_loss` on its step (F as it is before
-        the step), and both metrics."""
+        the step), and both metrics, for z's drawn by :meth:`sample_training_z` (in the region:
+        on a CPU its forward pass of B is compiled too)."""
+        z = self.sample_training_z(next_obs, goal)
         fb_loss, step = self.fb_objective(obs, action, next_obs, terminated, z)
         actor_loss, actor_metrics = self.actor_loss(step)
         return fb_loss + actor_loss, {**step.metrics, **actor_metrics}
 
-    def update_joint(self, batch: TensorDict, z: torch.Tensor) -> Metrics:
+    def update_joint(self, batch: TensorDict) -> Metrics:
         """One backward pass of :meth:`joint_objective` and a step of every optimiser
         (``joint_update``)."""
         loss, metrics = self.joint_objective(
-            batch["observation"], batch["action"], batch["next", "observation"], batch["next", "terminated"], z
+            batch["observation"], batch["action"], batch["next", "observation"], batch["next", "terminated"],
+            batch.get("goal"),
         )
         self.step_optimizers(loss, *self.fb_optimizers, self.actor_opt)
         return metrics
@@ -742,11 +745,10 @@ class FBAgent(Agent):
         soft_update(self.backward_target, self.model.backward_map, self.cfg.tau)
 
     def _update(self, batch: TensorDict) -> Metrics:
-        z = self.sample_training_z(batch["next", "observation"], batch.get("goal"))
         if self.cfg.joint_update:
-            metrics = self.update_joint(batch, z)
+            metrics = self.update_joint(batch)
         else:
-            step = self.update_fb(batch, z)
+            step = self.update_fb(batch, self.sample_training_z(batch["next", "observation"], batch.get("goal")))
             metrics = {**step.metrics, **self.update_actor(step)}
         self.update_targets()
         return metrics
