@@ -4,7 +4,9 @@
     python scripts/gpu_check.py --device cpu --sizes tiny --updates 20 --agents fb   # smallest
 
 For each agent (``fb``, ``fb:qloss+hindsight`` with FB's auxiliary Q loss and hindsight
-goals, ``fre`` in its encoder phase, ``fre:policy`` in its policy phase,
+goals, ``fb:joint`` / ``fb:sequential`` with FB's joint or sequential update — a key whose
+config is another key's, e.g. ``fb:sequential`` where the preset is sequential, is skipped —
+``fre`` in its encoder phase, ``fre:policy`` in its policy phase,
 ``hilp``, ``td3``, ``vcfb``, ``mcfb``) on one domain (``--domain``, default walker), at the published size (the
 ``<agent>/<domain>`` preset) and a tiny size, and each mode
 
@@ -37,6 +39,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch._inducto
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_updates import domain_dims, prepare_agent, random_dataset, sync, update_flops
 
-from zsrl.config import load_run_config
+from zsrl.config import RunConfig, load_run_config
 from zsrl.utils import resolve_device, versions
 
 MODES = {  # name -> (compile, cudagraphs, precision); None: the device default
@@ -61,6 +64,7 @@ AGENTS = {
     "fb": ("fb", []),
     "fb:qloss+hindsight": ("fb", ["agent.q_loss_coef=0.1", "agent.goal_from_trajectory=0.5"]),
     "fb:joint": ("fb", ["agent.joint_update=true"]),
+    "fb:sequential": ("fb", ["agent.joint_update=false"]),
     "fre": ("fre", []),
     "fre:policy": ("fre", ["agent.encoder_steps=0"]),
     "hilp": ("hilp", []),
@@ -155,13 +159,18 @@ def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: in
             "warmup_s": warmup_s, "first_metrics": m_fast}, fast
 
 
-def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace, device: torch.device) -> dict:
+def resolve(agent_key: str, size: str, args: argparse.Namespace, device: torch.device) -> tuple[str, RunConfig]:
+    """The preset name and the run config that ``agent_key`` at ``size`` checks."""
     name, extra = AGENTS[agent_key]
     preset = f"{name}/{args.domain}"
     overrides = [*extra, f"train.device={device}"]
     if size == "tiny":
         overrides += [*TINY[name], f"train.batch_size={args.tiny_batch}"]
-    cfg = load_run_config(preset, overrides)
+    return preset, load_run_config(preset, overrides)
+
+
+def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    preset, cfg = resolve(agent_key, size, args, device)
     compile_step, graphs, precision = MODES[mode_name]
     auto = device.type == "cuda"
     mode = (auto if compile_step is None else compile_step, auto if graphs is None else graphs, precision)
@@ -239,10 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# device {info['device_name']} ({device}); torch {torch.__version__}; "
           f"CUDA {torch.version.cuda}; versions {json.dumps(info['versions'])}", flush=True)
     rows, failed = [], []
+    checked: dict[str, str] = {}  # resolved config -> the agent key that checks it
     for agent_key in args.agents:
         for size in args.sizes:
+            config = json.dumps(asdict(resolve(agent_key, size, args, device)[1]), sort_keys=True, default=str)
+            same_as = checked.setdefault(config, agent_key)
             for mode_name in args.modes:
                 label = f"{agent_key}/{size}/{mode_name}"
+                if same_as != agent_key:  # e.g. fb:sequential where the preset's update is sequential
+                    row = {"agent": agent_key, "size": size, "mode": mode_name,
+                           "skipped": f"the same config as {same_as}"}
+                    rows.append(row)
+                    _print_row(row)
+                    continue
                 try:
                     row = run_one(agent_key, size, mode_name, args, device)
                 except Exception as exc:  # noqa: BLE001 -- report every failure, then exit 1

@@ -322,21 +322,23 @@ def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
     from scripts.gpu_check import main
 
     out = tmp_path / "gc.json"
-    rc = main(["--device", "cpu", "--sizes", "tiny", "--agents", "fb", "--modes", "eager", "both",
+    rc = main(["--device", "cpu", "--sizes", "tiny", "--agents", "fb", "fb:sequential", "--modes", "eager", "both",
                "--updates", "3", "--warmup", "1", "--tiny-batch", "32", "--dataset-size", "2000",
                "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "skipped: CUDA graphs need a CUDA device" in text and "upd/s" in text and "# device cpu" in text
     result = json.loads(out.read_text())
-    eager, both = result["results"]
+    eager, both, *sequential = result["results"]
     assert eager["finite"] and eager["updates_per_s"] > 0 and eager["gflop_per_update"] > 0
     assert both["skipped"]
+    # the walker preset's FB update is sequential: fb:sequential is fb's config, checked once
+    assert [r["skipped"] for r in sequential] == ["the same config as fb"] * 2
     assert "torch" in result["versions"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agent_key", ["fb", "fb:qloss+hindsight", "fb:joint", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
+@pytest.mark.parametrize("agent_key", ["fb:sequential", "fb:qloss+hindsight", "fb:joint", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
 def test_compiled_update_agrees_with_eager(agent_key):
     """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
     eager within 1e-4 relative on the metrics of one update and the parameters after it."""
