@@ -101,9 +101,10 @@ The price, measured on the maze CPU preset: the goal block reaches goals less pr
 *before* this update's F/B step, so one backward pass of the sum of the losses serves F, B,
 ``P`` and the actor (their parameters are disjoint: each gets its own loss's gradient), as
 JAX agents take one gradient step on their summed losses. Sequentially (the default, as
-metamotivo and TD3) the actor reads the F that the F/B step just changed, which costs a
-second forward and backward pass; on a CPU the joint step is one compiled region instead
-of two (``train.compile``).
+metamotivo and TD3) the actor reads the F that the F/B step just changed, so its forward
+and backward passes run after the F/B step's, as a second pair. The arithmetic is the same;
+the joint step is one pair of passes, and on a CPU one compiled region instead of two
+(``train.compile``).
 
 **Prompting**: ``z = √d · normalise(Σ_i r_i B(s'_i))`` for reward samples, and
 ``z = √d · normalise(B(g))`` for a goal ``g`` (its auxiliary block, if any, set to 0).
