@@ -251,18 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     checked: dict[str, str] = {}  # resolved config -> the agent key that checks it
     for agent_key in args.agents:
         for size in args.sizes:
-            config = json.dumps(asdict(resolve(agent_key, size, args, device)[1]), sort_keys=True, default=str)
-            same_as = checked.setdefault(config, agent_key)
+            same_as = _first_key_with_config(checked, agent_key, size, args, device)
             for mode_name in args.modes:
                 label = f"{agent_key}/{size}/{mode_name}"
-                if same_as != agent_key:  # e.g. fb:sequential where the preset's update is sequential
-                    row = {"agent": agent_key, "size": size, "mode": mode_name,
-                           "skipped": f"the same config as {same_as}"}
-                    rows.append(row)
-                    _print_row(row)
-                    continue
                 try:
-                    row = run_one(agent_key, size, mode_name, args, device)
+                    if same_as != agent_key:  # e.g. fb:sequential where the preset's update is sequential
+                        row = {"agent": agent_key, "size": size, "mode": mode_name,
+                               "skipped": f"the same config as {same_as}"}
+                    else:
+                        row = run_one(agent_key, size, mode_name, args, device)
                 except Exception as exc:  # noqa: BLE001 -- report every failure, then exit 1
                     row = {"agent": agent_key, "size": size, "mode": mode_name, "error": repr(exc),
                            "traceback": traceback.format_exc()}
@@ -277,6 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {len(rows)} runs, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
           f"JSON in {args.json}")
     return 1 if failed else 0
+
+
+def _first_key_with_config(
+    checked: dict[str, str], agent_key: str, size: str, args: argparse.Namespace, device: torch.device
+) -> str:
+    """The first agent key (``agent_key`` if none before it) whose resolved config at ``size``
+    is ``agent_key``'s; ``checked`` maps each config seen to that key. A config that cannot be
+    resolved is ``agent_key``'s own: :func:`run_one` then reports the error for every mode."""
+    try:
+        config = json.dumps(asdict(resolve(agent_key, size, args, device)[1]), sort_keys=True, default=str)
+    except Exception:  # noqa: BLE001 -- reported by run_one, per mode
+        return agent_key
+    return checked.setdefault(config, agent_key)
 
 
 def _print_row(r: dict) -> None:

@@ -362,10 +362,11 @@ def test_compiled_update_agrees_with_eager(agent_key):
 
 
 def test_compile_on_a_cpu_compiles_the_update_regions_not_the_whole_step():
-    """On a CPU, ``compile`` compiles FB's loss regions (F/B objective, actor loss) and runs
-    the optimiser steps between them eagerly; an agent without regions (TD3) compiles its whole
-    step; without ``compile`` the regions are the plain methods. Nothing is compiled here (the
-    compiled results are checked against eager by test_compiled_update_agrees_with_eager)."""
+    """On a CPU, ``compile`` compiles FB's loss regions (F/B objective, actor loss, or both in
+    one for the joint update) and runs the optimiser steps between them eagerly; an agent
+    without regions (TD3) compiles its whole step; without ``compile`` the regions are the plain
+    methods. Nothing is compiled here (the compiled results are checked against eager by
+    test_compiled_update_agrees_with_eager)."""
     from zsrl.agents.td3 import TD3Agent, TD3Config
 
     agent = FBAgent(4, 2, TINY, CPU)
