@@ -49,18 +49,19 @@ class _SigmoidTanh(torch.autograd.Function):
 
 
 class ReLU(nn.Module):
-    """``max(x, 0)`` whose backward reads the output: ``∂y/∂x = sign(y)`` (1 where y > 0, else 0).
+    """``max(x, 0)``; compiled for a CPU, its backward reads the output: ``g · sign(y)``.
 
-    The same function and gradient as ``nn.ReLU``. On CPU it keeps inductor from saving a
-    boolean ``y ≤ 0`` mask for the backward pass: its vectorised C++ code stores bool
-    tensors ~30x slower than float ones (65k elements: 610 µs against 22 µs, torch 2.13,
-    AVX-512), and those stores were ~15% of a compiled FB maze update. Saving nothing new
-    (``y`` feeds the next layer's weight gradient anyway), the backward is one fused
-    ``g · sign(y)``. CUDA keeps the native kernel.
+    The same function and gradient as ``nn.ReLU`` (``sign(y)`` is 1 where y > 0, else 0).
+    Inside ``torch.compile`` on a CPU the native op makes inductor save a boolean ``y ≤ 0``
+    mask for the backward pass, and its vectorised C++ stores bool tensors ~30x slower than
+    float ones (65k elements: 610 µs against 22 µs, torch 2.13, AVX-512): those stores were
+    ~15% of a compiled FB maze update. ``g · sign(y)`` saves nothing new (``y`` feeds the next
+    layer's weight gradient anyway) and fuses into one float kernel. Eagerly (whose relu
+    backward already reads ``y``) and on CUDA it is ``torch.relu``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and torch.compiler.is_compiling():
             return _OutputGradReLU.apply(x)
         return torch.relu(x)
 
