@@ -8,12 +8,42 @@ kernel launch per layer instead of a Python loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _activation_from_output(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    backward_from_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    name: str,
+) -> type[torch.autograd.Function]:
+    """An autograd function ``y = forward(x)`` whose backward reads only its output:
+    ``∂L/∂x = backward_from_output(∂L/∂y, y)``; it saves ``y`` and nothing else."""
+
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(output)
+
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return backward_from_output(grad, y)
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })
+
+
+#: ``y = 2σ(2x) − 1`` with tanh's backward ``g (1 − y²)`` as one fused kernel
+_SigmoidTanh = _activation_from_output(
+    lambda x: torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0), torch.ops.aten.tanh_backward, "_SigmoidTanh"
+)
+#: ``y = max(x, 0)`` with the backward ``g · sign(y)``
+_OutputGradReLU = _activation_from_output(lambda x: torch.relu(x), lambda grad, y: grad * torch.sign(y), "_OutputGradReLU")
 
 
 class Tanh(nn.Module):
@@ -29,23 +59,6 @@ class Tanh(nn.Module):
         if x.device.type == "cpu":
             return _SigmoidTanh.apply(x)
         return torch.tanh(x)
-
-
-class _SigmoidTanh(torch.autograd.Function):
-    """``y = 2σ(2x) − 1`` with tanh's backward ``g (1 − y²)`` as one fused kernel."""
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
 
 
 class ReLU(nn.Module):
@@ -64,23 +77,6 @@ class ReLU(nn.Module):
         if x.device.type == "cpu" and torch.compiler.is_compiling():
             return _OutputGradReLU.apply(x)
         return torch.relu(x)
-
-
-class _OutputGradReLU(torch.autograd.Function):
-    """``y = max(x, 0)`` with the backward ``g · sign(y)``."""
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return grad * torch.sign(y)
 
 
 class EnsembleLinear(nn.Module):
