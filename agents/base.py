@@ -23,6 +23,11 @@ names at every step (and in every phase); the first update checks this. The fast
 ``train_step(dataset, batch_size)`` samples the batch and updates inside one compiled /
 CUDA-graphed function and returns the metrics packed in one vector (names:
 ``metric_names``), so the training loop never synchronises with the host.
+
+**What is exported**: ``inference_model()`` — the online model, or with ``agent.ema_decay > 0``
+an exponential moving average of its parameters over the updates (:class:`zsrl.nn.
+ParameterAverage`, folded in after every update inside the same step and kept in the
+training state), which the final model, the checkpoints' models and periodic evaluations use.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.config import AgentConfig, from_dict
-from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step
+from zsrl.nn import ParameterAverage, Standardize, fit_standardizers, make_adam, optimizer_step
 from zsrl.utils import UserError, atomic_write_bytes, atomic_write_json
 
 MODEL_FORMAT_VERSION = 1
@@ -262,6 +267,10 @@ class Agent:
         #: the metric names, fixed by the first update (the order of train_step's vector)
         self.metric_names: tuple[str, ...] | None = None
         self.model = self.add_module("model", self.model_class(obs_dim, action_dim, cfg))
+        #: the moving average of the model's parameters that is exported (``agent.ema_decay``)
+        self.model_average: ParameterAverage | None = None
+        if cfg.ema_decay > 0:
+            self.model_average = self.add_module("model_average", ParameterAverage(self.model, cfg.ema_decay))
 
     # ---- declared training state ---------------------------------------------------------
     def add_module(self, name: str, module: nn.Module) -> Any:
@@ -327,6 +336,20 @@ class Agent:
     def update_phase(self, batch: TensorDict, phase: str) -> Metrics:
         return self._update(batch)
 
+    def _update_and_average(self, batch: TensorDict, phase: str) -> Metrics:
+        """One update of ``phase``, then the parameter average folds the new weights in."""
+        metrics = self.update_phase(batch, phase)
+        if self.model_average is not None:
+            self.model_average.update(self.model)
+        return metrics
+
+    def inference_model(self) -> Model:
+        """The model to evaluate and export: the parameter average when ``agent.ema_decay >
+        0`` (with the online model's buffers), else the online model itself."""
+        if self.model_average is None:
+            return self.model
+        return self.model_average.averaged(self.model)
+
     def _after_step(self) -> None:
         """Host-side bookkeeping after every update (e.g. a phase counter)."""
 
@@ -377,7 +400,7 @@ class Agent:
         phase = self.phase
         fn = self._update_fns.get(phase)
         if fn is None:
-            fn = self._update_fns[phase] = self._wrap(partial(self.update_phase, phase=phase), graphs=False)
+            fn = self._update_fns[phase] = self._wrap(partial(self._update_and_average, phase=phase), graphs=False)
         metrics = fn(batch)
         if self.metric_names is None or not self.compile:
             self._check_metrics(metrics)
@@ -398,7 +421,7 @@ class Agent:
                 self._probe_metric_names(dataset, batch_size, phase)
 
             def step() -> torch.Tensor:
-                metrics = self.update_phase(self.sample_phase_batch(dataset, batch_size, phase), phase)
+                metrics = self._update_and_average(self.sample_phase_batch(dataset, batch_size, phase), phase)
                 return torch.stack([metrics[k].float() for k in self.metric_names])
 
             fn = self._train_fns[key] = self._wrap(step, graphs=True)

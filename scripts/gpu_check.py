@@ -69,6 +69,8 @@ AGENTS = {
     "fre:policy": ("fre", ["agent.encoder_steps=0"]),
     "hilp": ("hilp", []),
     "td3": ("td3", []),
+    "td3:ema": ("td3", ["agent.ema_decay=0.99"]),  # the parameter average inside the compiled step
+    "fb:ema": ("fb", ["agent.ema_decay=0.99"]),
     "vcfb": ("vcfb", []),
     "mcfb": ("mcfb", []),
 }

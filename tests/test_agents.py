@@ -13,6 +13,7 @@ from zsrl.agents.common import goal_position_probs, sample_categorical, sample_g
 from zsrl.agents.fb import FBAgent, FBConfig, FBModel, FBStep
 from zsrl.data import from_numpy
 from zsrl.nn import (
+    ParameterAverage,
     Tanh,
     _OutputGradReLU,
     call_frozen,
@@ -53,6 +54,57 @@ def test_train_step_is_sample_then_update_and_leaves_no_trace(data):
         assert torch.equal(v, torch.stack([m[k] for k in a.metric_names]))
     for p, q in zip(_params(a), _params(b)):
         assert torch.equal(p, q)
+
+
+def test_parameter_average_follows_its_recursion_and_exports_the_sources_buffers():
+    """θ̄_n = δ_n θ̄_{n−1} + (1 − δ_n) θ_n with δ_n = min(δ, (1 + n) / (10 + n)); buffers copied."""
+    source = torch.nn.Linear(1, 1, bias=False)
+    source.register_buffer("scale", torch.ones(1))
+    average = ParameterAverage(source, decay=0.5)
+    expected = source.weight.item()
+    for n, value in enumerate([3.0, -1.0, 4.0, 1.0, 5.0, -9.0, 2.0, 6.0, 5.0, 3.0], start=1):
+        source.weight.data.fill_(value)
+        average.update(source)
+        delta = min(0.5, (1 + n) / (10 + n))
+        expected = delta * expected + (1 - delta) * value
+        assert average.module.weight.item() == pytest.approx(expected, rel=1e-6), n
+    assert int(average.updates) == 10 and not average.module.weight.requires_grad
+    source.scale.fill_(7.0)
+    assert average.averaged(source).scale.item() == 7.0  # buffers are the source's, not averaged
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        ParameterAverage(source, decay=1.0)
+
+
+def test_an_agent_with_ema_decay_exports_the_average_of_its_updates(data):
+    """``agent.ema_decay``: training is unchanged (the online weights equal those of an agent
+    without it), the average is part of the training state, and it is what ``inference_model``
+    gives — the same through ``train_step`` and ``update``."""
+    cfg = FBConfig(**{**TINY.__dict__, "ema_decay": 0.9})
+    torch.manual_seed(0)
+    plain = FBAgent(4, 2, TINY, CPU)
+    torch.manual_seed(0)
+    a, b = FBAgent(4, 2, cfg, CPU), FBAgent(4, 2, cfg, CPU)
+    assert plain.inference_model() is plain.model and "module.model_average" not in plain.state_dict()
+    b.load_state_dict(a.state_dict())
+    manual = [p.detach().clone() for p in a.model.parameters()]
+    for n in range(1, 6):
+        torch.manual_seed(n)
+        plain.update(plain.sample_batch(data, 32))
+        torch.manual_seed(n)
+        a.train_step(data, 32)
+        torch.manual_seed(n)
+        b.update(b.sample_batch(data, 32))
+        delta = min(0.9, (1 + n) / (10 + n))
+        manual = [delta * m + (1 - delta) * p.detach() for m, p in zip(manual, a.model.parameters())]
+    for p, q, r in zip(plain.model.parameters(), a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q) and torch.equal(q, r)
+    assert "module.model_average" in a.state_dict()
+    exported = a.inference_model()
+    assert exported is not a.model and isinstance(exported, FBModel)
+    for m, e, f in zip(manual, exported.parameters(), b.inference_model().parameters()):
+        torch.testing.assert_close(e, m)
+        assert torch.equal(e, f)
+    assert any(not torch.equal(e, p) for e, p in zip(exported.parameters(), a.model.parameters()))
 
 
 def test_contract_is_checked():
@@ -356,7 +408,7 @@ def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agent_key", ["fb:sequential", "fb:qloss+hindsight", "fb:joint", "td3", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
+@pytest.mark.parametrize("agent_key", ["fb:sequential", "fb:qloss+hindsight", "fb:joint", "td3", "td3:ema", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
 def test_compiled_update_agrees_with_eager(agent_key):
     """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
     eager within 1e-4 relative on the metrics of one update and the parameters after it."""

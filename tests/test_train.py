@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from zsrl.agents.base import CheckpointError
+from zsrl.agents.base import CheckpointError, Model
 from zsrl.checkpoint import load_run_model
 from zsrl.cli import main
 from zsrl.config import load_run_config
@@ -57,6 +57,24 @@ def test_resume_reaches_identical_parameters(maze_data, tmp_path, compile):
     if compile == "true":  # compiled kernels sum floats in another order than eager ones
         eager = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "eager", [*TINY, "train.steps=30"])
         assert any(not torch.equal(a[k], v) for k, v in _params(eager).items())
+
+
+def test_a_run_with_ema_decay_exports_the_average_and_resumes_exactly(maze_data, tmp_path):
+    """With ``agent.ema_decay`` the final model and the checkpoint's model are the parameter
+    average (kept in the training state), and an interrupted run resumes to the same average."""
+    opts = [*TINY, "agent.ema_decay=0.9"]
+    full = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "full", [*opts, "train.steps=20"])
+    part = start_run("fb/point_mass_maze_cpu", maze_data, tmp_path / "part", [*opts, "train.steps=10"])
+    resume_run(part, steps=20)
+    a, b = _params(full), _params(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(full / "checkpoint/training_state.pt", weights_only=True)["agent"]
+    online, average = state["module.model"], state["module.model_average"]
+    assert int(average["updates"]) == 20
+    assert all(torch.equal(a[k], average[f"module.{k}"]) for k in a)  # exported = the average
+    assert any(not torch.equal(a[k], online[k]) for k in a)
+    checkpoint_model = Model.load(full / "checkpoint")
+    assert all(torch.equal(a[k], v) for k, v in checkpoint_model.state_dict().items())
 
 
 def test_cli_trains_a_finished_run_on_and_refuses_other_changes(maze_data, tmp_path, capsys):

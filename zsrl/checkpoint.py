@@ -163,7 +163,7 @@ def save_checkpoint(
     row), saved so that a resumed run writes the same metric rows.
     """
     with _swapped_dir(run_dir / CHECKPOINT, step, keep_old=True) as tmp:
-        agent.model.save(tmp, extra=extra_model_meta)
+        agent.inference_model().save(tmp, extra=extra_model_meta)
         buf = io.BytesIO()
         torch.save({"agent": agent.state_dict(), "rng": rng_state(), "step": step, "loop": loop or {}}, buf)
         atomic_write_bytes(tmp / TRAINING_STATE, buf.getvalue())

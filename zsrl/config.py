@@ -134,6 +134,11 @@ class AgentConfig:
     #: the effective horizon is ``k / (1 − γ)`` environment steps. Returns are still summed
     #: over every environment step.
     action_repeat: int = param(1, ge=1)
+    #: export an exponential moving average of the model's parameters over the updates
+    #: (:class:`zsrl.nn.ParameterAverage`, ``θ̄ ← δ θ̄ + (1 − δ) θ`` with ``δ = ema_decay``)
+    #: instead of the last update's: the final model, checkpoints' models and periodic
+    #: evaluations use it; training itself is unchanged. 0 = off.
+    ema_decay: float = param(0.0, ge=0, lt=1, why="0 is off; 0.999 averages about the last 1000 updates")
 
 
 @dataclass

@@ -395,7 +395,7 @@ class _Checkpointer:
     def save_model(self, step: int) -> None:
         self.check_parameters(step)
         with storage_errors(f"write the final model to {self.run_dir / FINAL_MODEL}", self._advice()):
-            save_final_model(self.run_dir, self.agent.model, step, self.meta)
+            save_final_model(self.run_dir, self.agent.inference_model(), step, self.meta)
 
 
 def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, domain: Any, run_dir: Path,
@@ -439,7 +439,7 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
                     t_last, step_last = now, step
                 if evaluator is not None and step % tc.eval_every == 0:
                     ckpt.check(step)
-                    evaluator(agent.model, step)
+                    evaluator(agent.inference_model(), step)
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     ckpt.save(step)
                 bar.update(1)
