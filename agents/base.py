@@ -1,44 +1,33 @@
-"""The interface every zero-shot method implements: an inference :class:`Model` and a
-training :class:`Agent` (the split of metamotivo's FBModel / FBAgent).
+"""The contract of a zero-shot method: an inference :class:`Model` and a training
+:class:`Agent` (the split of metamotivo's FBModel / FBAgent).
 
 * :class:`Model` — an ``nn.Module`` with everything needed at test time and nothing else:
   ``act(obs, z)``, ``sample_z(n)``, ``infer_z_from_rewards(obs, rewards)``,
   ``infer_z_from_goal(goal_obs, obs)`` and ``save(dir)`` / ``load(dir)`` as safetensors plus
   a JSON config (never pickle). Loading needs no optimizer, target network or dataset.
-* :class:`Agent` — owns a Model plus optimizers and target networks: ``update(batch)``
-  returns a dict of metric *tensors* (never synchronised with the host — the training loop
-  reads them every K steps), and ``state_dict()`` / ``load_state_dict()`` capture the whole
-  training state for exact resume.
+* :class:`Agent` — owns a Model plus optimizers and target networks. A method implements
+  ``update(batch)``: one gradient step, returning a dict of named 0-dim metric *tensors*
+  (never read back here: the engine packs them and the training loop reads them every K
+  steps). It declares its training state explicitly — ``add_module`` for every network,
+  target network or buffer holder, ``add_optimizer`` for every optimizer — and
+  ``state_dict()`` is exactly those, for exact resume. Optional hooks: ``setup`` (once,
+  with the dataset and domain), ``sample_batch``, and for methods with several training
+  phases (FRE) the ``phase`` attribute and ``after_step``.
+
+How updates run — compiled, CUDA-graphed, autocast, with the parameter average
+(``agent.ema_decay``) folded in — is the engine's business (:mod:`zsrl.engine`), not the
+method's.
 
 ``z`` is the task embedding. Reward prompting receives the states at which the rewards
 were observed (for a transition ``(s, a, s')`` with reward ``r(s, a, s')``, the next state
 ``s'``), following FB's ``z = Σ r_i B(s'_i)``; ``infer_z_from_transitions(s, s', r)``
 carries whole transitions for methods that need both ends (HILP).
-
-**The agent contract** (checked): an agent declares its training state explicitly —
-``add_module(name, module)`` for every network, target network or buffer holder, and
-``add_optimizer(name, params, lr=…)`` for every optimizer; ``state_dict()`` is exactly
-those. ``_update(batch)`` returns a ``dict`` of named 0-dim metric tensors with the same
-names at every step (and in every phase); the first update checks this. The fast path
-``train_step(dataset, batch_size)`` samples the batch and updates inside one compiled /
-CUDA-graphed function and returns the metrics packed in one vector (names:
-``metric_names``), so the training loop never synchronises with the host.
-
-**What is exported**: ``inference_model()`` — the online model, or with ``agent.ema_decay > 0``
-an exponential moving average of its parameters over the updates (:class:`zsrl.nn.
-ParameterAverage`, folded in after every update inside the same step and kept in the
-training state), which the final model, the checkpoints' models and periodic evaluations use.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,49 +39,15 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.config import AgentConfig, from_dict
-from zsrl.nn import ParameterAverage, Standardize, fit_standardizers, make_adam, optimizer_step
-from zsrl.utils import UserError, atomic_write_bytes, atomic_write_json
+from zsrl.engine import Metrics, ParameterAverage
+from zsrl.errors import CheckpointError, RegistryError
+from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step
+from zsrl.registry import agent_class
+from zsrl.storage import atomic_write_bytes, atomic_write_json
 
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
-
-
-class compiled_region:
-    """Marks an agent method as a *compile region*: a pure loss computation of an update —
-    forward passes, losses and metrics, no optimiser step or in-place parameter change.
-
-    Where :meth:`Agent.setup_compile` compiles by region (``train.compile`` on a CPU), each
-    region is compiled on its own (one inductor graph whose backward is compiled too) and the
-    optimiser steps between them run eagerly; elsewhere the method is called as written. A
-    region that calls another one (FB's joint step) compiles the two as one graph.
-    Compiling the whole step instead breaks its graph at every ``backward()`` and optimiser
-    call, with Python resume code in between (maze CPU preset, 2 cores, interleaved blocks
-    against eager: whole step 1.10x and 1.17x in two measurements, by region 1.17x-1.22x in
-    three; ``scripts/bench_updates.py --compare``).
-    """
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-        functools.update_wrapper(self, fn)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, agent: Any, owner: type | None = None) -> Any:
-        if agent is None:
-            return self
-        bound = self.fn.__get__(agent, owner)
-        if not agent.compile_regions or torch.compiler.is_compiling():  # inside a region: inlined
-            return bound
-        compiled = agent._region_fns.get(self.name)
-        if compiled is None:
-            compiled = agent._region_fns[self.name] = torch.compile(bound)
-        return compiled
-
-
-class CheckpointError(UserError):
-    """A model or training checkpoint that cannot be loaded; the message says why."""
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
@@ -194,8 +149,6 @@ class Model(nn.Module):
     @staticmethod
     def load(directory: str | Path, device: str | torch.device = "cpu") -> Model:
         """Rebuild any zsrl model from ``directory`` (dispatching on the agent name)."""
-        from zsrl.registry import RegistryError, agent_class
-
         directory = Path(directory)
         cfg_path, weights = directory / MODEL_CONFIG, directory / MODEL_WEIGHTS
         if not cfg_path.is_file() or not weights.is_file():
@@ -231,22 +184,19 @@ class Model(nn.Module):
         return model.to(device).eval().requires_grad_(False)
 
 
-Metrics = dict[str, torch.Tensor]
-
-
 class Agent:
     """Training-side owner of a :class:`Model` (see the module docstring).
 
     Subclasses set ``config_class`` / ``model_class``, declare their modules and optimizers
-    with :meth:`add_module` / :meth:`add_optimizer` and implement :meth:`_update`. Agents with
-    several training phases (FRE: encoder, then policy) override :attr:`phase`,
-    :meth:`sample_phase_batch`, :meth:`update_phase` and :meth:`_after_step`.
+    with :meth:`add_module` / :meth:`add_optimizer` and implement :meth:`update`.
     """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
     model_class: ClassVar[type[Model]] = Model
     #: supervised agents train on one task's reward (set via ``RunConfig.task``)
     needs_task: ClassVar[bool] = False
+    #: the current training phase; the engine builds one static step per phase
+    phase: str = "update"
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: AgentConfig, device: torch.device):
         if not isinstance(cfg, self.config_class):
@@ -258,21 +208,42 @@ class Agent:
         self._modules: dict[str, nn.Module] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._optimizer_flags: dict[str, list[dict[str, Any]]] = {}
-        self.compile, self.cudagraphs, self.precision = False, False, "fp32"
-        #: compile each :class:`compiled_region` on its own instead of the whole step
-        self.compile_regions = False
-        self._region_fns: dict[str, Callable[..., Any]] = {}
-        self._update_fns: dict[str, Callable[[TensorDict], Metrics]] = {}
-        self._train_fns: dict[tuple[str, int, int], Callable[[], torch.Tensor]] = {}
-        #: the metric names, fixed by the first update (the order of train_step's vector)
-        self.metric_names: tuple[str, ...] | None = None
+        #: compiled regions, where the engine compiles by region (:class:`zsrl.engine.compiled_region`)
+        self._compiled_regions: dict[str, Any] | None = None
         self.model = self.add_module("model", self.model_class(obs_dim, action_dim, cfg))
         #: the moving average of the model's parameters that is exported (``agent.ema_decay``)
         self.model_average: ParameterAverage | None = None
         if cfg.ema_decay > 0:
             self.model_average = self.add_module("model_average", ParameterAverage(self.model, cfg.ema_decay))
 
-    # ---- declared training state ---------------------------------------------------------
+    # ---- what a method implements ----------------------------------------------------------
+    def update(self, batch: TensorDict) -> Metrics:
+        """One gradient step on ``batch``; returns named 0-dim metric tensors (the same names
+        at every step and in every phase)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
+        """Called once before training with the dataset and the domain (e.g. to relabel).
+
+        By default it computes ``dataset.episode_end`` (which synchronises, so that goal
+        samplers can draw future states inside a compiled or graphed step) and fits every
+        :class:`~zsrl.nn.Standardize` inside the agent's modules to the dataset's next
+        observations. An override calls ``super().setup(...)``.
+        """
+        _ = dataset.episode_end
+        modules = list(self._modules.values())
+        if any(isinstance(m, Standardize) for module in modules for m in module.modules()):
+            fit_standardizers(modules, dataset.data["next", "observation"].to(self.device))
+
+    def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
+        """The batch of one update of the current phase (uniform transitions by default)."""
+        return dataset.sample(batch_size)
+
+    def after_step(self) -> None:
+        """Host-side bookkeeping after every update (e.g. the phase of a multi-phase agent)."""
+
+    # ---- declared training state -----------------------------------------------------------
     def add_module(self, name: str, module: nn.Module) -> Any:
         """Declare ``module`` part of the training state (moved to the agent's device)."""
         if name in self._modules:
@@ -283,10 +254,8 @@ class Agent:
         return module
 
     def add_optimizer(self, name: str, params: Any, **adam_kwargs: Any) -> torch.optim.Adam:
-        """Declare an Adam optimizer over ``params`` (tensors or param groups).
-
-        Built by :func:`zsrl.nn.make_adam`: fused (on CPU and CUDA), capturable on CUDA.
-        """
+        """Declare an Adam optimizer over ``params`` (tensors or param groups), built by
+        :func:`zsrl.nn.make_adam`: fused (on CPU and CUDA), capturable on CUDA."""
         if name in self._optimizers:
             raise ValueError(f"{type(self).__name__}: optimizer {name!r} is declared twice")
         opt = make_adam(params, self.device, **adam_kwargs)
@@ -303,86 +272,13 @@ class Agent:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._optimizers)
 
-    # ---- data hooks --------------------------------------------------------------------
-    @torch.no_grad()
-    def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
-        """Called once before training with the dataset and the domain (e.g. to relabel).
-
-        By default it computes ``dataset.episode_end`` (which synchronises: the goal samplers
-        then draw future states inside a compiled or graphed step without it) and fits every
-        :class:`~zsrl.nn.Standardize` inside the agent's modules (online and target copies
-        alike; e.g. FB's ``normalize_obs``) to the dataset's next observations, and does
-        nothing where there is none. An override calls ``super().setup(...)`` or does both
-        itself.
-        """
-        _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
-        modules = list(self.modules().values())
-        if any(isinstance(m, Standardize) for module in modules for m in module.modules()):
-            fit_standardizers(modules, dataset.data["next", "observation"].to(self.device))
-
-    def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
-        """The training batch of one update (uniform transitions by default)."""
-        return dataset.sample(batch_size)
-
-    # ---- phases (one by default) ---------------------------------------------------------
-    @property
-    def phase(self) -> str:
-        """The current training phase (a static graph is built per phase)."""
-        return "update"
-
-    def sample_phase_batch(self, dataset: Any, batch_size: int, phase: str) -> TensorDict:
-        return self.sample_batch(dataset, batch_size)
-
-    def update_phase(self, batch: TensorDict, phase: str) -> Metrics:
-        return self._update(batch)
-
-    def _update_and_average(self, batch: TensorDict, phase: str) -> Metrics:
-        """One update of ``phase``, then the parameter average folds the new weights in."""
-        metrics = self.update_phase(batch, phase)
-        if self.model_average is not None:
-            self.model_average.update(self.model)
-        return metrics
-
-    def inference_model(self) -> Model:
-        """The model to evaluate and export: the parameter average when ``agent.ema_decay >
-        0`` (with the online model's buffers), else the online model itself."""
-        if self.model_average is None:
-            return self.model
-        return self.model_average.averaged(self.model)
-
-    def _after_step(self) -> None:
-        """Host-side bookkeeping after every update (e.g. a phase counter)."""
-
-    # ---- updates -----------------------------------------------------------------------
-    def _update(self, batch: TensorDict) -> Metrics:
-        """One gradient step on ``batch``; returns named 0-dim metric tensors."""
-        raise NotImplementedError
-
     def step_optimizers(self, loss: torch.Tensor, *opts: torch.optim.Optimizer) -> None:
         """One backward pass of ``loss`` and a step of each of ``opts`` (disjoint parameters;
-        :func:`zsrl.nn.optimizer_step`), clipping gradient norms at the config's
-        ``clip_grad_norm`` where it has one."""
+        :func:`zsrl.nn.optimizer_step`), clipping each network's gradient norm at the
+        config's ``clip_grad_norm`` where it has one."""
         optimizer_step(loss, *opts, clip_grad_norm=getattr(self.cfg, "clip_grad_norm", 0.0))
 
-    def _check_metrics(self, metrics: Any) -> None:
-        if not isinstance(metrics, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() == 0 for k, v in metrics.items()
-        ):
-            raise TypeError(
-                f"{type(self).__name__}._update must return a dict of named 0-dim tensors, got "
-                f"{type(metrics).__name__} {metrics!r:.200}"
-            )
-        names = tuple(metrics)
-        if self.metric_names is None:
-            self._check_declared_state()
-            self.metric_names = names
-        elif names != self.metric_names:
-            raise ValueError(
-                f"{type(self).__name__}: metric names changed between updates or phases "
-                f"({list(self.metric_names)} then {list(names)}); every step must return the same names"
-            )
-
-    def _check_declared_state(self) -> None:
+    def check_declared_state(self) -> None:
         """Every trainable parameter of a declared module is trained by a declared optimizer."""
         optimised = {id(p) for o in self._optimizers.values() for g in o.param_groups for p in g["params"]}
         orphans = [f"{m}.{n}" for m, mod in self._modules.items() for n, p in mod.named_parameters()
@@ -394,97 +290,13 @@ class Agent:
                 "or freeze them with requires_grad_(False)"
             )
 
-    def update(self, batch: TensorDict) -> Metrics:
-        """One gradient step on ``batch`` (compiled when enabled); returns detached metric
-        tensors without synchronising with the host."""
-        phase = self.phase
-        fn = self._update_fns.get(phase)
-        if fn is None:
-            fn = self._update_fns[phase] = self._wrap(partial(self._update_and_average, phase=phase), graphs=False)
-        metrics = fn(batch)
-        if self.metric_names is None or not self.compile:
-            self._check_metrics(metrics)
-        self._after_step()
-        return metrics
+    def inference_model(self) -> Model:
+        """The model to evaluate and export: the parameter average when ``agent.ema_decay >
+        0`` (with the online model's buffers), else the online model itself."""
+        if self.model_average is None:
+            return self.model
+        return self.model_average.averaged(self.model)
 
-    def train_step(self, dataset: Any, batch_size: int) -> torch.Tensor:
-        """Sample a batch and update, as one compiled / CUDA-graphed function.
-
-        Returns the metrics as one vector, in the order of :attr:`metric_names` (one device
-        tensor: accumulating it costs one kernel, reading it one transfer).
-        """
-        phase = self.phase
-        key = (phase, id(dataset), batch_size)
-        fn = self._train_fns.get(key)
-        if fn is None:
-            if self.metric_names is None:  # fix (and check) the names eagerly, on a throwaway copy
-                self._probe_metric_names(dataset, batch_size, phase)
-
-            def step() -> torch.Tensor:
-                metrics = self._update_and_average(self.sample_phase_batch(dataset, batch_size, phase), phase)
-                return torch.stack([metrics[k].float() for k in self.metric_names])
-
-            fn = self._train_fns[key] = self._wrap(step, graphs=True)
-        out = fn()
-        self._after_step()
-        return out
-
-    def _probe_metric_names(self, dataset: Any, batch_size: int, phase: str) -> None:
-        """Learn the metric names without changing the training state or the random stream."""
-        from zsrl.checkpoint import rng_state, set_rng_state
-
-        saved, rng = copy.deepcopy(self.state_dict()), rng_state()
-        self._check_metrics(self.update_phase(self.sample_phase_batch(dataset, batch_size, phase), phase))
-        self.load_state_dict(saved)
-        set_rng_state(rng)
-
-    # ---- the fast path -----------------------------------------------------------------
-    def setup_compile(
-        self, compile: bool = False, cudagraphs: bool = False, precision: str = "fp32"
-    ) -> None:
-        """Choose how steps run: ``torch.compile``, CUDA graphs (``train_step`` only; CUDA
-        only) and the matmul precision (``"bf16"``: autocast to bfloat16).
-
-        ``compile`` compiles the whole step (sampling included) on CUDA, where CUDA graphs
-        then replay it in one launch; on a CPU, where nothing replays it, it compiles each
-        :class:`compiled_region` of the agent's update on its own (agents without regions
-        compile the whole step there too).
-        """
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        if cudagraphs and self.device.type != "cuda":
-            warnings.warn("train.cudagraphs=true needs a CUDA device; running without CUDA graphs", stacklevel=2)
-            cudagraphs = False
-        if compile:  # inductor's own use of a deprecated torch helper, on every compile
-            warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
-        self.compile, self.cudagraphs, self.precision = compile, cudagraphs, precision
-        self.compile_regions = compile and self.device.type == "cpu" and bool(self.region_names())
-        self._update_fns, self._train_fns, self._region_fns = {}, {}, {}
-
-    @classmethod
-    def region_names(cls) -> list[str]:
-        """The agent's :class:`compiled_region` methods."""
-        return [n for n in dir(cls) if isinstance(getattr(cls, n, None), compiled_region)]
-
-    def _wrap(self, fn: Callable[..., Any], graphs: bool) -> Callable[..., Any]:
-        """``fn`` under autocast (bf16), ``torch.compile`` and a CUDA graph, as configured."""
-        if self.precision == "bf16":
-            inner = fn
-
-            def fn(*args: Any) -> Any:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    return inner(*args)
-
-        if self.compile and not self.compile_regions:
-            fn = torch.compile(fn)
-        if graphs and self.cudagraphs:
-            from tensordict.nn import CudaGraphModule
-
-            # a function of no tensors (sampling happens inside): nothing is copied per call
-            fn = CudaGraphModule(fn, warmup=3 if self.compile else 2, device=self.device)
-        return fn
-
-    # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self._modules.items()}
         out.update({f"optim.{k}": o.state_dict() for k, o in self._optimizers.items()})
@@ -500,16 +312,12 @@ class Agent:
             m.load_state_dict(state[f"module.{k}"])
         for k, o in self._optimizers.items():
             o.load_state_dict(state[f"optim.{k}"])
-            self._restore_optimizer_flags(k, o)
-
-    def _restore_optimizer_flags(self, name: str, opt: torch.optim.Optimizer) -> None:
-        """Keep this device's fused/capturable choice after loading a state saved elsewhere
-        (``Optimizer.load_state_dict`` copies the saved groups' flags), with step counters
-        where that choice needs them (on the device for fused/capturable, else on the CPU)."""
-        for group, flags in zip(opt.param_groups, self._optimizer_flags[name]):
-            group.update(flags)
-            on_device = bool(flags.get("fused") or flags.get("capturable"))
-            for p in group["params"]:
-                st = opt.state.get(p)
-                if st and isinstance(st.get("step"), torch.Tensor):
-                    st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+            # keep this device's fused/capturable choice (load_state_dict copies the saved
+            # groups' flags), with step counters where that choice needs them
+            for group, flags in zip(o.param_groups, self._optimizer_flags[k]):
+                group.update(flags)
+                on_device = bool(flags.get("fused") or flags.get("capturable"))
+                for p in group["params"]:
+                    st = o.state.get(p)
+                    if st and isinstance(st.get("step"), torch.Tensor):
+                        st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)

@@ -53,9 +53,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from zsrl.agents.base import Metrics
-from zsrl.agents.fb import FBAgent, FBConfig, FBStep
+from zsrl.agents.fb import FBAgent, FBConfig
 from zsrl.config import param
+from zsrl.engine import Metrics
 from zsrl.nn import clipped_noise_action
 
 
@@ -109,40 +109,43 @@ class CFBAgent(FBAgent):
             self.alpha_opt = self.add_optimizer("alpha_opt", self.log_alpha.parameters(), lr=cfg.lr_alpha)
             self.fb_optimizers.append(self.alpha_opt)  # stepped on the F/B step's loss
 
-    def sample_actions(self, step: FBStep) -> torch.Tensor:
+    def sample_actions(self, obs: torch.Tensor, next_obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The ``K`` sampled actions per state, ``(K, N, A)``, without gradient."""
         cfg, model = self.cfg, self.model
         k = cfg.ood_action_samples
         n_pi = k // 4
-        n, a_dim = step.obs.shape[0], self.action_dim
         with torch.no_grad():
-            uniform = torch.rand(k - 2 * n_pi, n, a_dim, device=step.obs.device) * 2 - 1
+            uniform = torch.rand(k - 2 * n_pi, obs.shape[0], self.action_dim, device=obs.device) * 2 - 1
             if n_pi == 0:
                 return uniform
-            mu = torch.stack([model.actor(step.obs, step.z), model.actor(step.next_obs, step.z)])
+            mu = torch.stack([model.actor(obs, z), model.actor(next_obs, z)])
             mu = mu.repeat_interleave(n_pi, 0)  # (2·n_pi, N, A)
             return torch.cat([uniform, clipped_noise_action(mu, cfg.actor_std, cfg.std_clip)])
 
     def conservative_penalty(
-        self, step: FBStep, actions: torch.Tensor
+        self, obs: torch.Tensor, z: torch.Tensor, f: torch.Tensor, b: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(penalty, mean log-sum-exp, mean data value)`` for sampled ``actions`` ``(K, N, A)``;
-        each summed over heads. ``step.f`` / ``step.b`` carry gradients."""
-        f_ood = self.model.forward_map.forward_actions(step.obs, step.z, actions)  # (E, K, N, d)
-        f_all = torch.cat([f_ood, step.f.unsqueeze(1)], 1)  # (E, K+1, N, d)
+        """``(penalty, mean log-sum-exp, mean data value)`` for sampled ``actions`` ``(K, N, A)``,
+        each summed over heads; ``f = F(s, a, z)`` ``(E, N, d)`` and ``b = B(s')`` ``(N, d)``
+        carry gradients."""
+        f_ood = self.model.forward_map.forward_actions(obs, z, actions)  # (E, K, N, d)
+        f_all = torch.cat([f_ood, f.unsqueeze(1)], 1)  # (E, K+1, N, d)
         if self.penalty == "value":
-            values = (f_all * step.z).sum(-1)  # (E, K+1, N)
+            values = (f_all * z).sum(-1)  # (E, K+1, N)
         else:
-            values = f_all @ step.b.T  # (E, K+1, N, N)
+            values = f_all @ b.T  # (E, K+1, N, N)
         lse = values.logsumexp(1).flatten(1).mean(1).sum()
         data = values[:, -1].flatten(1).mean(1).sum()
         return lse - data, lse.detach(), data.detach()
 
-    def fb_loss(self, step: FBStep, target_m: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    def fb_loss(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, discount: torch.Tensor,
+        z: torch.Tensor,
+    ) -> tuple[torch.Tensor, Metrics, torch.Tensor, torch.Tensor]:
         """FB's loss plus ``α·penalty`` and, with Lagrange, the α loss (its gradient reaches
         ``log α`` only; its optimiser is one of :attr:`fb_optimizers`)."""
-        loss, metrics = super().fb_loss(step, target_m)
-        penalty, lse, data = self.conservative_penalty(step, self.sample_actions(step))
+        loss, metrics, f, b = super().fb_loss(obs, action, next_obs, discount, z)
+        penalty, lse, data = self.conservative_penalty(obs, z, f, b, self.sample_actions(obs, next_obs, z))
         # a fixed α is filled on the device (no host→device copy inside a CUDA graph)
         alpha = self.log_alpha() if self.cfg.lagrange else torch.full_like(lse, self.cfg.alpha)
         loss = loss + alpha.detach() * penalty
@@ -156,7 +159,7 @@ class CFBAgent(FBAgent):
             alpha_loss = -alpha * (penalty.detach() - self.cfg.target_penalty)
             loss = loss + alpha_loss
             metrics["loss/alpha"] = alpha_loss.detach()
-        return loss, metrics
+        return loss, metrics, f, b
 
 
 class VCFBAgent(CFBAgent):

@@ -94,9 +94,11 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl.agents.base import Agent, Metrics, Model
-from zsrl.agents.common import goal_position_probs, sample_categorical
+from zsrl.agents.base import Agent, Model
+from zsrl.agents.goals import goal_position_probs, sample_categorical
 from zsrl.config import AgentConfig, param
+from zsrl.engine import Metrics
+from zsrl.errors import UserError
 from zsrl.nn import (
     Standardize,
     accept_renamed_keys,
@@ -107,7 +109,6 @@ from zsrl.nn import (
     mlp,
     soft_update,
 )
-from zsrl.utils import UserError
 
 __all__ = [
     "FREAgent", "FREConfig", "FREModel", "RewardEncoder", "RewardPrior", "discretize_rewards",
@@ -462,6 +463,21 @@ class _Progress(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
 
+def domain_features(domain: Any, next_obs: torch.Tensor) -> torch.Tensor | None:
+    """``domain.features`` of the observations ``(n, obs_dim)`` as ``(n, F)``, computed on the
+    host in chunks of 100k, or None where the domain has no features."""
+    chunks = []
+    for part in next_obs.split(100_000):
+        out = domain.features(part.cpu().numpy())
+        if out is None:
+            return None
+        chunks.append(torch.as_tensor(out, dtype=torch.float32).reshape(part.shape[0], -1))
+    features = torch.cat(chunks).to(next_obs.device)
+    if not torch.isfinite(features).all():
+        raise UserError(f"domain {domain.name!r}: features() returned NaN or inf values")
+    return features
+
+
 class FREAgent(Agent):
     """Trains :class:`FREModel`: encoder phase, then IQL on the frozen encoder's codes."""
 
@@ -480,6 +496,7 @@ class FREAgent(Agent):
         )
         self.progress = self.add_module("progress", _Progress())
         self._updates = 0  # host mirror of progress.updates (no device sync per update)
+        self._set_phase()
         # probabilities of each context position to be the goal of a goal-reaching row
         self._goal_position_probs = goal_position_probs(
             cfg.context_size, cfg.trajectory_context, cfg.goal_from_current, cfg.goal_from_trajectory
@@ -491,41 +508,34 @@ class FREAgent(Agent):
         self._features: torch.Tensor | None = None
 
     # ---- phases ------------------------------------------------------------------------
-    @property
-    def phase(self) -> str:
+    def _set_phase(self) -> None:
         """``"encoder"`` for the first ``encoder_steps`` updates, ``"policy"`` afterwards."""
-        return "encoder" if self._updates < self.cfg.encoder_steps else "policy"
+        self.phase = "encoder" if self._updates < self.cfg.encoder_steps else "policy"
 
     @property
     def updates_done(self) -> int:
         return self._updates
+
+    def after_step(self) -> None:
+        self._updates += 1
+        self._set_phase()
 
     # ---- data --------------------------------------------------------------------------
     @torch.no_grad()
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
         """Dataset statistics, prior features, the random-MLP bank and the prompt bank.
 
-        When ``domain`` overrides :meth:`zsrl.envs.base.Domain.features`, it is called once on
-        the dataset's next observations (float32 numpy arrays ``(n, obs_dim)``, in chunks of
-        100k) and must return ``(n, F)`` features; the prior then acts on those.
+        Where ``domain.features`` gives features (:meth:`zsrl.envs.Domain.features`), it is
+        called on the dataset's next observations (float32 numpy arrays ``(n, obs_dim)``, in
+        chunks of 100k) and returns ``(n, F)``; the prior then acts on those.
         """
-        from zsrl.envs.base import Domain
-
         cfg, model = self.cfg, self.model
         source = dataset
         if dataset.device != self.device:
             dataset = dataset.to(self.device)
         next_obs = dataset.data["next", "observation"]
         model.obs_norm.fit(next_obs)
-        features = None
-        if domain is not None and type(domain).features is not Domain.features:
-            chunks = []
-            for part in next_obs.split(100_000):
-                out = domain.features(part.cpu().numpy())
-                chunks.append(torch.as_tensor(out, dtype=torch.float32).reshape(part.shape[0], -1))
-            features = torch.cat(chunks).to(self.device)
-            if not torch.isfinite(features).all():
-                raise UserError(f"domain {domain.name!r}: features() returned NaN or inf values")
+        features = None if domain is None else domain_features(domain, next_obs)
         feats = next_obs if features is None else features
         self._modules.pop("prior", None)  # a new setup rebuilds it (same seed, same bank)
         self.prior = self.add_module("prior", RewardPrior(feats.shape[1], cfg))
@@ -537,13 +547,9 @@ class FREAgent(Agent):
         _ = dataset.episode_end  # computed once here (it synchronises), not inside a step
         self._next_obs, self._features = next_obs, features
 
-    def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
-        """The batch of the current phase (see :meth:`sample_phase_batch`)."""
-        return self.sample_phase_batch(dataset, batch_size, self.phase)
-
     @torch.no_grad()
-    def sample_phase_batch(self, dataset: Any, batch_size: int, phase: str) -> TensorDict:
-        """Everything one update needs; see the module docstring for the context layout.
+    def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
+        """Everything one update of the current phase needs; see the module docstring for the context layout.
 
         Keys: ``context_obs`` ``(B, K, D)``, ``context_reward`` ``(B, K)``; in the encoder phase
         ``query_obs`` ``(B, Q, D)`` and ``query_reward`` ``(B, Q)``; in the policy phase the
@@ -562,7 +568,7 @@ class FREAgent(Agent):
         b, k, t, nq = batch_size, cfg.context_size, cfg.trajectory_context, cfg.decoder_queries
         dev = next_obs.device
         n_data = next_obs.shape[0]
-        encoder_phase = phase == "encoder"
+        encoder_phase = self.phase == "encoder"
 
         idx = data.sample_indices(b)
         parts = [idx[:, None]]
@@ -692,14 +698,8 @@ class FREAgent(Agent):
                 },
             )
 
-    def update_phase(self, batch: TensorDict, phase: str) -> Metrics:
-        return self._update_encoder(batch) if phase == "encoder" else self._update_policy(batch)
-
-    def _update(self, batch: TensorDict) -> Metrics:
-        return self.update_phase(batch, self.phase)
-
-    def _after_step(self) -> None:
-        self._updates += 1
+    def update(self, batch: TensorDict) -> Metrics:
+        return self._update_encoder(batch) if self.phase == "encoder" else self._update_policy(batch)
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -709,3 +709,4 @@ class FREAgent(Agent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._updates = int(self.progress.updates)
+        self._set_phase()

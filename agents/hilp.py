@@ -20,7 +20,7 @@ with ``γ_h = hilp_discount``, ``τ = hilp_expectile``, ``V_e = −√max(‖φ_
 Goals ``g`` are dataset states: for the transition ``i``, a reached state of its own
 trajectory ``s'_{i+k}``, ``k ~ Geometric(1 − goal_future)`` (probability
 ``goal_from_trajectory``), the reached state ``s'_i`` itself (``goal_from_current``) or a
-uniform dataset state (the rest) — :func:`zsrl.agents.common.sample_goal_indices`. The
+uniform dataset state (the rest) — :func:`zsrl.agents.goals.sample_goal_indices`. The
 success test ``s == g`` is the reference's distance test on the *current* state: a goal
 ``g = s'`` is one step away (``V(g, g) = 0`` by construction, so its target is ``−1``). Marking
 ``g = s'`` (the goal index equal to the transition's) as success instead would give it the
@@ -35,8 +35,8 @@ running mean of ``φ_1`` over training batches, momentum ``1 − feature_mean_ta
 * ``feature_type = state`` (the reference's default, used in its ExORL runs): ``c = f(s')``.
 
 Successor features ``ψ(s, a, z) ∈ R^d`` (two heads; FB's forward network
-:class:`~zsrl.agents.fb.ForwardMap`) are fitted by TD with the head whose ``ψ̄ᵀz`` is smaller,
-and a TD3 actor (:class:`~zsrl.agents.fb.Actor`, :func:`~zsrl.agents.fb.td3_actor_loss`)
+:class:`~zsrl.agents.skill.ForwardMap`) are fitted by TD with the head whose ``ψ̄ᵀz`` is smaller,
+and a TD3 actor (:class:`~zsrl.agents.skill.Actor`, :func:`~zsrl.agents.skill.td3_actor_loss`)
 maximises ``Q = min_e ψ_eᵀz``:
 
 .. math::
@@ -48,9 +48,8 @@ maximises ``Q = min_e ψ_eᵀz``:
    L_\pi &= -\operatorname{mean} \min_e \psi_e(s, \pi(s, z) + \text{clipped noise}, z)^\top z
 
 **z prior.** ``z = √d · u`` with ``u`` uniform on the sphere; a ``mix_ratio`` fraction is
-replaced by task-like directions (``mix_z``): ``whitened`` (the reference) ``√d ·
-normalise(c_p Σ⁻¹)`` with ``c_p`` the features of a permuted batch row and ``Σ = mean cᵀc``,
-or ``goal`` ``√d · normalise(f(g) − f(s))`` with the row's own goal ``g`` — the goal prompt.
+replaced by task-like directions ``√d · normalise(c_p Σ⁻¹)``, with ``c_p`` the features of a
+permuted batch row and ``Σ = mean cᵀc`` (whitened features, as the reference).
 
 **Prompting.** Rewards: ``z = √d · normalise(argmin_w Σ_i (c(s_i, s'_i)ᵀw − r_i)²)``
 (least squares on the transitions, :meth:`HILPModel.infer_z_from_transitions`; what
@@ -75,16 +74,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl.agents.base import Agent, Metrics, Model
-from zsrl.agents.common import goal_dims_index, sample_batch_with_goals
-from zsrl.agents.fb import Actor, ForwardMap, SkillPolicyConfig, td3_actor_loss
+from zsrl.agents.base import Agent, Model
+from zsrl.agents.goals import goal_dims_index, sample_batch_with_goals
+from zsrl.agents.skill import Actor, ForwardMap, SkillPolicyConfig, td3_actor_loss
 from zsrl.config import param
+from zsrl.engine import Metrics
+from zsrl.errors import UserError
 from zsrl.nn import (
     clipped_noise_action,
     expectile_loss,
@@ -92,7 +93,6 @@ from zsrl.nn import (
     project_to_sphere,
     soft_update,
 )
-from zsrl.utils import UserError
 
 #: the reference's success test ``‖s − g‖ < 1e-6`` and the clamp of squared distances
 SUCCESS_EPS = 1e-6
@@ -128,8 +128,9 @@ class HILPConfig(SkillPolicyConfig):
     lr_sf: float = param(1e-4, gt=0)
     #: fit ψᵀz to yᵀz (True) instead of ψ to y
     q_loss: bool = True
-    #: the task-like z of the mix: whitened features of batch rows, or the rows' goal directions
-    mix_z: Literal["whitened", "goal"] = "whitened"
+
+    #: options removed since zsrl 0.1, and the value each behaved as when off
+    retired: ClassVar[dict[str, Any]] = {"mix_z": "whitened"}
 
     def check(self) -> None:
         if self.goal_from_current + self.goal_from_trajectory > 1:
@@ -315,26 +316,19 @@ class HILPAgent(Agent):
         )
 
     # ---- z -------------------------------------------------------------------------------
-    def sample_training_z(self, feats: torch.Tensor, goal_dir: torch.Tensor) -> torch.Tensor:
-        """Sphere samples, a ``mix_ratio`` fraction replaced by task-like directions.
-
-        ``feats``: the batch's reward features ``c(s, s')`` ``(N, d)``; ``goal_dir``:
-        ``f(g) − f(s)`` of each row. ``whitened``: ``c_p (Σ + εI)⁻¹`` for a permutation ``p``
-        (taken with ``gather``: see :meth:`FBAgent.sample_training_z` for why not indexing);
-        ``goal``: the row's goal direction.
-        """
+    def sample_training_z(self, feats: torch.Tensor) -> torch.Tensor:
+        """Sphere samples, a ``mix_ratio`` fraction replaced by whitened features: ``c_p (Σ + εI)⁻¹``
+        for a permutation ``p`` of the batch's reward features ``c(s, s')`` ``(N, d)`` (taken
+        with ``gather``: see :meth:`FBAgent.sample_training_z` for why not indexing)."""
         n, d = feats.shape
         model = self.model
         z = model.sample_z(n, feats.device)
-        if self.cfg.mix_z == "goal":
-            mixed = goal_dir
-        else:
-            perm = torch.randperm(n, device=feats.device)
-            feats_p = feats.gather(0, perm[:, None].expand_as(feats))
-            cov = feats.T @ feats / n
-            eps = 1e-6 * cov.diagonal().mean() + 1e-12
-            chol, _ = torch.linalg.cholesky_ex(cov + eps * torch.eye(d, device=feats.device, dtype=feats.dtype))
-            mixed = torch.cholesky_solve(feats_p.T, chol).T
+        perm = torch.randperm(n, device=feats.device)
+        feats_p = feats.gather(0, perm[:, None].expand_as(feats))
+        cov = feats.T @ feats / n
+        eps = 1e-6 * cov.diagonal().mean() + 1e-12
+        chol, _ = torch.linalg.cholesky_ex(cov + eps * torch.eye(d, device=feats.device, dtype=feats.dtype))
+        mixed = torch.cholesky_solve(feats_p.T, chol).T
         use_mix = torch.rand(n, 1, device=feats.device) < self.cfg.mix_ratio
         return torch.where(use_mix, model.project_z(mixed), z)
 
@@ -379,17 +373,16 @@ class HILPAgent(Agent):
             loss = (psi - target).pow(2).mean((-2, -1)).sum()
         return loss, {"loss/sf": loss.detach(), "diag/psi_norm": psi.detach().norm(dim=-1).mean()}
 
-    def _update(self, batch: TensorDict) -> Metrics:
+    def update(self, batch: TensorDict) -> Metrics:
         cfg, model = self.cfg, self.model
         obs, action = batch["observation"], batch["action"]
         next_obs, goal = batch["next", "observation"], batch["goal"]
         discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
         with torch.no_grad():  # φ before its step: features, z, the running mean
-            phi1 = model.phi(torch.cat([obs, next_obs, goal]))[0]
-            phi1_s, phi1_next, phi1_g = phi1.chunk(3)
+            phi1_s, phi1_next = model.phi(torch.cat([obs, next_obs]))[0].chunk(2)
             f_s, f_next = phi1_s - model.phi_mean, phi1_next - model.phi_mean
             feats = f_next - f_s if cfg.feature_type == "diff" else f_next
-            z = self.sample_training_z(feats, phi1_g - phi1_s)
+            z = self.sample_training_z(feats)
             reward = (feats * z).sum(-1)
 
         phi_loss, metrics = self.phi_loss(obs, next_obs, goal)

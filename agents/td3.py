@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
-from zsrl.agents.base import Agent, Metrics, Model
+from zsrl.agents.base import Agent, Model
 from zsrl.config import AgentConfig, param
 from zsrl.data import as_transitions
+from zsrl.engine import Metrics
 from zsrl.nn import call_frozen, clipped_noise_action, mlp, soft_update
 
 
@@ -111,7 +112,7 @@ class TD3Agent(Agent):
         batch["next", "reward"] = self.rewards[idx]
         return batch
 
-    def _update(self, batch: TensorDict) -> Metrics:
+    def update(self, batch: TensorDict) -> Metrics:
         cfg, actor = self.cfg, self.model.actor
         obs, action = batch["observation"], batch["action"]
         next_obs, reward = batch["next", "observation"], batch["next", "reward"]

@@ -4,8 +4,9 @@
   :data:`ArrayRewardFn`, the ``f(obs, action, next_obs)`` form, via :func:`reward_from_arrays`);
 * :mod:`zsrl.envs.dmc` — :class:`DMCEnv` (dm_control as gymnasium) and :class:`DMCDomain`;
 * :mod:`zsrl.envs.gym_domain` — :class:`GymDomain`, the adapter for any gymnasium env;
-* built-in domains, resolved by name through :func:`zsrl.registry.make_domain`:
-  ``walker``, ``cheetah``, ``quadruped``, ``point_mass_maze``.
+* :func:`make_domain` — a domain by name: the built-ins ``walker``, ``cheetah``,
+  ``quadruped``, ``point_mass_maze``, registered names, entry points of the ``zsrl.domains``
+  group, or ``package.module:Class`` (:mod:`zsrl.registry`).
 
 ``DMCEnv`` and ``DMCDomain`` are imported on first use, so ``import zsrl.envs`` does not load
 dm_control until a MuJoCo domain is needed.
@@ -25,14 +26,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .base import (
-    ArrayRewardFn,
-    Domain,
-    RewardFn,
-    Transitions,
-    UnknownTaskError,
-    reward_from_arrays,
-)
+from zsrl.data import Transitions
+from zsrl.errors import RegistryError, UnknownTaskError, UserError
+from zsrl.registry import domain_factory
+
+from .base import ArrayRewardFn, Domain, RewardFn, reward_from_arrays
 from .gym_domain import GymDomain
 
 if TYPE_CHECKING:
@@ -47,10 +45,28 @@ __all__ = [
     "RewardFn",
     "Transitions",
     "UnknownTaskError",
+    "make_domain",
     "reward_from_arrays",
 ]
 
 
+def make_domain(name: str) -> Domain:
+    """Build the domain called ``name`` (see :mod:`zsrl.registry` for the lookup order)."""
+    factory = domain_factory(name)
+    try:
+        domain = factory() if callable(factory) else factory
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — a plug-in's own failure, told in one paragraph
+        raise RegistryError(f"domain {name!r} could not be created: {type(exc).__name__}: {exc}") from None
+    if not isinstance(domain, Domain):
+        raise RegistryError(
+            f"domain {name!r} gives a {type(domain).__name__}, not a zsrl Domain: subclass "
+            "zsrl.envs.Domain (or zsrl.envs.GymDomain for a gymnasium env)"
+        )
+    if not domain.name:
+        domain.name = name
+    return domain
 
 def _default_gl_backend() -> str:
     for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):

@@ -35,39 +35,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from zsrl.utils import UserError
+from zsrl.data import Transitions
+from zsrl.errors import UnknownTaskError, UserError
 
-if TYPE_CHECKING:
-    from .goals import GoalSet
+from .goals import GoalSet
 
-
-class UnknownTaskError(UserError, KeyError):
-    """A task or goal name the domain does not define (a user mistake: no traceback in the CLI)."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class Transitions:
-    """A batch of transitions as numpy arrays with a leading batch dimension ``N``."""
-
-    observation: np.ndarray  # (N, obs_dim) float32
-    action: np.ndarray  # (N, action_dim) float32, in [-1, 1]
-    next_observation: np.ndarray  # (N, obs_dim) float32
-    physics: np.ndarray | None = None  # (N, physics_dim) float64, MuJoCo state before
-    next_physics: np.ndarray | None = None  # (N, physics_dim) float64, state after
-
-    def __len__(self) -> int:
-        return int(self.observation.shape[0])
+#: prefix of the dense task of each goal: ``dense_<goal>``
+DENSE_PREFIX = "dense_"
 
 
 #: a batched reward function: transitions -> float32 rewards ``(N,)``
@@ -123,6 +104,8 @@ class Domain(ABC):
     #: a domain whose episodes never end early and always start in one region (the maze) sets
     #: a longer one. ``zsrl collect --episode-length`` overrides it.
     collection_episode_length: ClassVar[int | None] = None
+    #: the collector ``zsrl collect`` and ``zsrl pipeline`` use unless told otherwise
+    default_collector: ClassVar[str] = "rnd"
 
     @abstractmethod
     def make_env(self, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
@@ -143,15 +126,11 @@ class Domain(ABC):
         """The goals shipped in :attr:`goals_file`, read once (None without a file)."""
         if self.goals_file is None:
             return None
-        from .goals import GoalSet
-
         return GoalSet.load(self.goals_file, self.name)
 
     @property
     def goal_tasks(self) -> Mapping[str, RewardFn]:
         """``dense_<goal>`` → ``r(s, a, s') = −goal_distance(s', goal)``, one per goal."""
-        from .goals import DENSE_PREFIX, DenseGoalReward
-
         return {f"{DENSE_PREFIX}{goal}": DenseGoalReward(self, goal) for goal in self.goals}
 
     @property
@@ -161,8 +140,6 @@ class Domain(ABC):
 
     def goal_of_task(self, task: str) -> str | None:
         """The goal whose dense task is ``task``, else None."""
-        from .goals import DENSE_PREFIX
-
         goal = task.removeprefix(DENSE_PREFIX)
         return goal if task.startswith(DENSE_PREFIX) and goal in self.goals else None
 
@@ -215,9 +192,10 @@ class Domain(ABC):
         last = alive.sum(0) - 1
         return within[last, np.arange(alive.shape[1])]
 
-    def features(self, observation: Any) -> Any:
-        """Inputs for reward priors (FRE). The observation itself unless overridden."""
-        return observation
+    def features(self, observation: np.ndarray) -> np.ndarray | None:
+        """Inputs ``(N, F)`` for reward priors (FRE) of observations ``(N, obs_dim)``; None (the
+        default): the priors read the observations themselves."""
+        return None
 
     # ---- environments for a task, for rendering ------------------------------------------
     def make_task_env(
@@ -272,3 +250,19 @@ class Domain(ABC):
             "goal_dwell_steps": self.goal_dwell_steps,
             "has_physics": self.has_physics,
         }
+
+
+class DenseGoalReward:
+    """``r(s, a, s') = −goal_distance(s', g)``: the dense task of one of a domain's goals."""
+
+    def __init__(self, domain: Domain, goal: str) -> None:
+        self.domain = domain
+        self.goal = goal
+
+    def __call__(self, transitions: Transitions) -> np.ndarray:
+        goal = self.domain.goal(self.goal)
+        distance = self.domain.goal_distance(np.asarray(transitions.next_observation), goal)
+        return (-np.asarray(distance, np.float64)).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"<{self.domain.name}.{DENSE_PREFIX}{self.goal} reward: minus the goal distance>"

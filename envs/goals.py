@@ -1,4 +1,4 @@
-"""Goal sets shipped with a domain, their distance, and dense goal rewards.
+"""Goal sets shipped with a domain and their distance.
 
 A domain's goals are named goal observations. Built-in MuJoCo domains other than the maze
 ship five of them in ``envs/assets/goals/<domain>.json``, chosen once, reproducibly, from the
@@ -14,35 +14,25 @@ width of its state (27 for walker, 18 for cheetah, counting three or one auxilia
 coordinates that its σ of 100 switches off), so its thresholds 0.2 (walker) and 0.08
 (cheetah) are RMS thresholds of ``0.2·27/√24 = 1.10`` and ``0.08·18/√17 = 0.35`` here.
 
-Each goal ``g`` also defines a dense task, ``dense_<g>``, with reward ``r(s, a, s') = −d(s', g)``
-(the domain's own ``goal_distance``), so a supervised oracle can learn to reach it and reward
-prompting can be compared with goal prompting.
+Each goal ``g`` also defines a dense task, ``dense_<g>`` (:class:`zsrl.envs.base.DenseGoalReward`).
 
-Make a goal file for any domain with ``python -m zsrl.envs.goals`` (see :func:`main`).
+Make a goal file for any domain from one of its datasets with ``zsrl data goals DATASET``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from zsrl.utils import UserError, atomic_write_json, now_iso, versions
-
-from .base import Transitions
-
-if TYPE_CHECKING:
-    from .base import Domain
+from zsrl.errors import UserError
 
 #: where the built-in domains' goal files live
 GOALS_DIR = Path(__file__).parent / "assets" / "goals"
-#: prefix of the dense task of each goal: ``dense_<goal>``
-DENSE_PREFIX = "dense_"
 #: σ below this (a constant coordinate in the dataset) is raised to it, so d stays finite
 MIN_SCALE = 1e-3
 GOALS_FORMAT_VERSION = 1
@@ -87,15 +77,15 @@ class GoalSet:
 
     @classmethod
     def load(cls, path: str | Path, domain: str) -> GoalSet:
-        """Read and check a goal file written by :func:`main` (goals and σ of one width)."""
+        """Read and check a goal file written by ``zsrl data goals`` (goals and σ of one width)."""
         path = Path(path)
         what = f"goal file {path}"
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise UserError(f"{what} does not exist; make it with `python -m zsrl.envs.goals`") from None
+            raise UserError(f"{what} does not exist; make it with `zsrl data goals DATASET`") from None
         except (OSError, ValueError) as exc:
-            raise UserError(f"{what} is unreadable ({exc}); rebuild it with `python -m zsrl.envs.goals`") from None
+            raise UserError(f"{what} is unreadable ({exc}); rebuild it with `zsrl data goals DATASET`") from None
         if raw.get("domain") != domain:
             raise UserError(f"{what} holds goals of domain {raw.get('domain')!r}, not {domain!r}")
         try:
@@ -103,12 +93,12 @@ class GoalSet:
             observations = {n: np.asarray(g["observation"], np.float32) for n, g in raw["goals"].items()}
             physics = {n: np.asarray(g["physics"], np.float64) for n, g in raw["goals"].items() if "physics" in g}
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{what} is malformed ({exc!r}); rebuild it with `python -m zsrl.envs.goals`") from None
+            raise UserError(f"{what} is malformed ({exc!r}); rebuild it with `zsrl data goals DATASET`") from None
         bad = [n for n, o in observations.items() if o.shape != scale.shape or not np.isfinite(o).all()]
         if scale.ndim != 1 or bad or not observations or not (scale >= MIN_SCALE).all():
             raise UserError(
                 f"{what} is inconsistent (goals must be finite observations as wide as σ, σ ≥ {MIN_SCALE})"
-                f"{': bad goals ' + ', '.join(bad) if bad else ''}; rebuild it with `python -m zsrl.envs.goals`"
+                f"{': bad goals ' + ', '.join(bad) if bad else ''}; rebuild it with `zsrl data goals DATASET`"
             )
         return cls(observations, scale, physics, dict(raw.get("source", {})))
 
@@ -145,53 +135,3 @@ def choose_goals(
         physics={} if physics is None else {name: np.asarray(physics[row], np.float64) for name, row in zip(names, rows)},
         source={**(source or {}), "rows": rows, "states": n, "seed": seed},
     )
-
-
-class DenseGoalReward:
-    """``r(s, a, s') = −goal_distance(s', g)``: the dense task of one of a domain's goals."""
-
-    def __init__(self, domain: Domain, goal: str) -> None:
-        self.domain = domain
-        self.goal = goal
-
-    def __call__(self, transitions: Transitions) -> np.ndarray:
-        goal = self.domain.goal(self.goal)
-        distance = self.domain.goal_distance(np.asarray(transitions.next_observation), goal)
-        return (-np.asarray(distance, np.float64)).astype(np.float32)
-
-    def __repr__(self) -> str:
-        return f"<{self.domain.name}.{DENSE_PREFIX}{self.goal} reward: minus the goal distance>"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m zsrl.envs.goals --domain D --dataset DIR [--count 5] [--out FILE]``.
-
-    Chooses goals from a dataset collected by ``zsrl collect`` (:func:`choose_goals`) and
-    writes the goal file atomically (default: ``envs/assets/goals/<domain>.json``, which a
-    built-in domain reads; a plug-in domain points its ``goals_file`` at its own file).
-    """
-    from zsrl.data import OfflineDataset
-    from zsrl.registry import make_domain
-
-    p = argparse.ArgumentParser(prog="python -m zsrl.envs.goals", description=main.__doc__)
-    p.add_argument("--domain", required=True)
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--count", type=int, default=5)
-    p.add_argument("--out", type=Path)
-    args = p.parse_args(argv)
-    domain = make_domain(args.domain)
-    data = OfflineDataset.load(args.dataset, domain=domain.name)
-    observations = data.data["next", "observation"].numpy()
-    physics = data.data["next", "physics"].numpy() if data.has_physics else None
-    meta = data.meta
-    source = {"dataset": str(args.dataset), "collector": meta.get("collector"), "seed": meta.get("seed"),
-              "transitions": len(data), "command": f"python -m zsrl.envs.goals --domain {args.domain} "
-              f"--dataset {args.dataset} --count {args.count}", "created": now_iso(), "versions": versions()}
-    goals = choose_goals(observations, physics, args.count, source)
-    out = args.out or GOALS_DIR / f"{domain.name}.json"
-    atomic_write_json(out, goals.to_dict(domain.name))
-    print(f"wrote {len(goals.observations)} goals of {domain.name} to {out} (rows {goals.source['rows']})")
-
-
-if __name__ == "__main__":
-    main()

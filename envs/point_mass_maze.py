@@ -22,8 +22,9 @@ numpy and need no physics state: they read the position from ``next_physics[:, :
 dataset has it (bit-exact) and from ``next_observation[:, :2]`` otherwise (float32-rounded
 positions; within 1e-6 of the environment's reward).
 
-Reward-free data is collected in 50,000-step episodes (``collection_episode_length``): a
-random walk needs that long to spread from the start room over the four rooms.
+Reward-free data is collected sticky-random (``default_collector``) in 50,000-step episodes
+(``collection_episode_length``): a random walk needs that long to spread from the start room
+over the four rooms.
 
 Goals: the four targets as observations ``[x, y, 0, 0]``, named like the tasks, with
 ``goal_distance`` = distance in the plane and ``goal_threshold = 0.03``: at 0.03 m, ``near``
@@ -168,6 +169,7 @@ class PointMassMaze(DMCDomain):
     #: walks spread over the four rooms (30/27/22/21% of 200k states, ~1000 within 3 cm of
     #: each target).
     collection_episode_length: ClassVar[int | None] = 50_000
+    default_collector: ClassVar[str] = "sticky"
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {name: Reach(target) for name, target in TARGETS.items()}

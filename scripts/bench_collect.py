@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from zsrl.collect import collect, make_explorer
-from zsrl.registry import make_domain
+from zsrl.collect import CollectorConfig, collect, make_explorer
+from zsrl.envs import make_domain
 from zsrl.utils import versions
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--domains", nargs="+", default=["point_mass_maze", "walker", "cheetah", "quadruped"])
     p.add_argument("--collectors", nargs="+", default=["random", "rnd"])
     p.add_argument("--transitions", dest="num_transitions", type=int, default=20_000)
-    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--num-envs", type=int, default=CollectorConfig().num_envs)
     p.add_argument("--json", default="bench_collect.json")
     args = p.parse_args()
     rows = []
@@ -37,7 +37,7 @@ def main() -> None:
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         env.close()
         for collector in args.collectors:
-            explorer = make_explorer(collector, obs_dim, act_dim, args.num_transitions, seed=0)
+            explorer = make_explorer(CollectorConfig(), collector, obs_dim, act_dim, args.num_transitions, seed=0)
             t0 = time.perf_counter()
             collect(domain, explorer, args.num_transitions, num_envs=args.num_envs, progress=False)
             rate = args.num_transitions / (time.perf_counter() - t0)

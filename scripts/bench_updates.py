@@ -9,8 +9,8 @@
 Only the update speed is measured: the step samples from a device-resident random dataset
 of the domain's observation/action sizes (the supervised TD3 oracle gets random rewards
 instead of relabelling), so the numbers compare agents, network sizes, modes and devices,
-not data quality. The timed call is ``agent.train_step`` — sampling, update, targets and
-metrics in one (optionally compiled / CUDA-graphed) step — exactly what ``zsrl train`` runs.
+not data quality. The timed call is :meth:`zsrl.engine.Engine.step` — sampling, update,
+targets and metrics in one (optionally compiled / CUDA-graphed) step — exactly what ``zsrl train`` runs.
 ``compile`` / ``cudagraphs`` follow the preset (``auto``: on for CUDA) unless ``--compile`` /
 ``--cudagraphs`` (``true``, ``false``, ``auto``) say otherwise.
 
@@ -37,7 +37,9 @@ import torch
 
 from zsrl.config import RunConfig, load_run_config
 from zsrl.data import OfflineDataset, from_numpy
-from zsrl.registry import agent_class, make_domain
+from zsrl.engine import Engine
+from zsrl.envs import make_domain
+from zsrl.registry import agent_class
 from zsrl.train import build_agent, configure_device
 from zsrl.utils import resolve_device, seed_everything, versions
 
@@ -70,8 +72,9 @@ def domain_dims(domain_name: str) -> tuple[int, int]:
     return dims
 
 
-def prepare_agent(cfg: RunConfig, data: OfflineDataset, device: torch.device, precision: str | None = None):
-    """An agent on random data, set up and with its fast path chosen as ``zsrl train`` does."""
+def prepare_engine(cfg: RunConfig, data: OfflineDataset, device: torch.device, precision: str | None = None) -> Engine:
+    """The engine of an agent on random data, set up, its fast path chosen as ``zsrl train``
+    does."""
     if agent_class(cfg.agent.name).needs_task and not cfg.task:
         cfg.task = "random"  # the oracle relabels with a task reward; here rewards are random
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
@@ -80,8 +83,7 @@ def prepare_agent(cfg: RunConfig, data: OfflineDataset, device: torch.device, pr
     else:
         agent.setup(data, None)
     compile_step, cudagraphs = configure_device(cfg.train, device)
-    agent.setup_compile(compile_step, cudagraphs, precision or cfg.train.precision)
-    return agent
+    return Engine(agent, compile=compile_step, cudagraphs=cudagraphs, precision=precision or cfg.train.precision)
 
 
 def sync(device: torch.device) -> None:
@@ -93,49 +95,49 @@ def update_flops(cfg: RunConfig, data: OfflineDataset, device: torch.device) -> 
     """FLOPs of one eager update (forward + backward matmuls) of a fresh agent."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    agent = prepare_agent(cfg, data, device)
-    agent.setup_compile(False, False, "fp32")
+    agent = prepare_engine(cfg, data, device, "fp32").agent
+    Engine(agent)  # eager
     batch = agent.sample_batch(data, cfg.train.batch_size)
     with FlopCounterMode(display=False) as counter:
         agent.update(batch)
     return float(counter.get_total_flops())
 
 
-def time_steps(agent: Any, data: OfflineDataset, batch_size: int, steps: int, warmup: int) -> float:
-    """Updates/s of ``agent.train_step`` after ``warmup`` steps (compilation, graph capture)."""
-    device = agent.device
+def time_steps(engine: Engine, data: OfflineDataset, batch_size: int, steps: int, warmup: int) -> float:
+    """Updates/s of ``engine.step`` after ``warmup`` steps (compilation, graph capture)."""
+    device = engine.agent.device
     out = None
     for _ in range(warmup):
-        out = agent.train_step(data, batch_size)
+        out = engine.step(data, batch_size)
     if out is not None:
         out.sum().item()  # sync
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        out = agent.train_step(data, batch_size)
+        out = engine.step(data, batch_size)
     out.sum().item()
     sync(device)
     return steps / (time.perf_counter() - t0)
 
 
-def seeded_setup(preset: str, overrides: list[str]) -> tuple[RunConfig, OfflineDataset, Any]:
-    """``(config, random dataset of 100,000 transitions, agent)`` of ``preset``, seeded with 0."""
+def seeded_setup(preset: str, overrides: list[str]) -> tuple[RunConfig, OfflineDataset, Engine]:
+    """``(config, random dataset of 100,000 transitions, engine)`` of ``preset``, seeded with 0."""
     cfg = load_run_config(preset, overrides)
     device = resolve_device(cfg.train.device)
     seed_everything(0)
     data = random_dataset(*domain_dims(cfg.domain), 100_000, device)
-    return cfg, data, prepare_agent(cfg, data, device)
+    return cfg, data, prepare_engine(cfg, data, device)
 
 
 def bench(preset: str, overrides: list[str], steps: int, warmup: int, flops: bool = True) -> dict:
-    cfg, data, agent = seeded_setup(preset, overrides)
-    device = agent.device
-    ups = time_steps(agent, data, cfg.train.batch_size, steps, warmup)
+    cfg, data, engine = seeded_setup(preset, overrides)
+    device = engine.agent.device
+    ups = time_steps(engine, data, cfg.train.batch_size, steps, warmup)
     flop = update_flops(cfg, data, device) if flops else float("nan")
-    params = sum(p.numel() for p in agent.model.parameters())
+    params = sum(p.numel() for p in engine.agent.model.parameters())
     return {
         "preset": preset, "overrides": overrides, "device": str(device), "batch_size": cfg.train.batch_size,
-        "compile": agent.compile, "cudagraphs": agent.cudagraphs, "precision": agent.precision,
+        "compile": engine.compile, "cudagraphs": engine.cudagraphs, "precision": engine.precision,
         "parameters": params, "updates_per_s": ups, "steps": steps, "gflop_per_update": flop / 1e9,
         "tflops": flop * ups / 1e12,
     }
@@ -149,20 +151,20 @@ def compare(preset: str, overrides: list[str], variants: list[str], steps: int, 
     ``first_steps_s`` is the time of the ``warmup`` steps before (compilation included)."""
     runs = []
     for variant in ["", *variants]:
-        cfg, data, agent = seeded_setup(preset, [*overrides, *variant.split()])
+        cfg, data, engine = seeded_setup(preset, [*overrides, *variant.split()])
         t0 = time.perf_counter()
-        time_steps(agent, data, cfg.train.batch_size, 1, max(warmup - 1, 0))
-        runs.append({"variant": variant or "(as configured)", "agent": agent, "data": data,
+        time_steps(engine, data, cfg.train.batch_size, 1, max(warmup - 1, 0))
+        runs.append({"variant": variant or "(as configured)", "engine": engine, "data": data,
                      "batch_size": cfg.train.batch_size, "first_steps_s": time.perf_counter() - t0, "ups": []})
     for _ in range(blocks):
         for run in runs:
-            run["ups"].append(time_steps(run["agent"], run["data"], run["batch_size"], steps, 0))
+            run["ups"].append(time_steps(run["engine"], run["data"], run["batch_size"], steps, 0))
     base = np.array(runs[0]["ups"])
     rows = []
     for run in runs:
         ratios = np.array(run["ups"]) / base
         rows.append({
-            "preset": preset, "variant": run["variant"], "compile": run["agent"].compile,
+            "preset": preset, "variant": run["variant"], "compile": run["engine"].compile,
             "updates_per_s": float(np.median(run["ups"])), "ratio": float(np.median(ratios)),
             "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
             "first_steps_s": run["first_steps_s"], "blocks": blocks, "steps": steps, "threads": torch.get_num_threads(),
@@ -185,7 +187,7 @@ def time_reward_inference(preset: str, overrides: list[str], n: int = 50_000, re
     device = resolve_device(cfg.train.device)
     obs_dim, action_dim = domain_dims(cfg.domain)
     data = random_dataset(obs_dim, action_dim, max(n, 1024), device)
-    model = prepare_agent(cfg, data, device).model.eval()
+    model = prepare_engine(cfg, data, device).agent.model.eval()
     obs, rewards = torch.randn(n, obs_dim, device=device), torch.rand(n, device=device)
     times = []
     for _ in range(repeats + 1):
@@ -210,14 +212,14 @@ def profile_steps(preset: str, overrides: list[str], steps: int, warmup: int, pa
     device = resolve_device(cfg.train.device)
     obs_dim, action_dim = domain_dims(cfg.domain)
     data = random_dataset(obs_dim, action_dim, 100_000, device)
-    agent = prepare_agent(cfg, data, device)
+    engine = prepare_engine(cfg, data, device)
     for _ in range(warmup):
-        agent.train_step(data, cfg.train.batch_size)
+        engine.step(data, cfg.train.batch_size)
     sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            agent.train_step(data, cfg.train.batch_size)
+            engine.step(data, cfg.train.batch_size)
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=30)

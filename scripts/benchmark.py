@@ -5,9 +5,9 @@
     python scripts/benchmark.py --gpu --agents fb --domains walker cheetah quadruped \\
         point_mass_maze --seeds 0,1,2 --oracle --jobs 4 --out bench_gpu
 
-For each domain a reward-free dataset is collected once (``--collector``: sticky random
-actions with :data:`zsrl.collect.STICKY_DEFAULTS` for the maze, RND elsewhere;
-``--transitions``) and cached under ``OUT/data``. Each agent trains one run per training
+For each domain a reward-free dataset is collected once, as ``zsrl collect`` collects it
+(:class:`zsrl.collect.CollectorConfig`: the domain's collector, sticky random for the maze and
+RND elsewhere, unless ``--collector``; ``--transitions``) and cached under ``OUT/data``. Each agent trains one run per training
 seed (``--seeds``) of its preset — ``configs/<agent>/<domain>_cpu.yaml`` by default, the
 published size ``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
 ``--reward-samples`` labelled dataset states per task (and with every goal of the domain),
@@ -50,18 +50,17 @@ import numpy as np
 
 from zsrl import plots
 from zsrl.checkpoint import find_final_model
-from zsrl.collect import STICKY_DEFAULTS, collect_to_disk
+from zsrl.collect import CollectorConfig, collect_to_disk
 from zsrl.config import load_run_config
 from zsrl.data import OfflineDataset
-from zsrl.envs.goals import DENSE_PREFIX
+from zsrl.envs import make_domain
+from zsrl.envs.base import DENSE_PREFIX
 from zsrl.evaluate import evaluate_run, pct_of_oracle
-from zsrl.explore import RNDConfig
-from zsrl.registry import make_domain
 from zsrl.stats import aggregate, bootstrap_ci
+from zsrl.storage import atomic_write_json
 from zsrl.train import resume_run, start_run
-from zsrl.utils import atomic_write_json, versions
+from zsrl.utils import versions
 
-DEFAULT_COLLECTOR = {"point_mass_maze": "sticky"}
 #: a finished job's result, cached in its run directory so that a rerun skips it
 RESULT_FILE = "benchmark_result.json"
 #: ``--gpu``: the published presets on CUDA, for this many updates unless ``--steps`` says
@@ -189,13 +188,13 @@ def make_job(args: argparse.Namespace, data: Path, run_dir: Path, preset: str, s
 
 
 def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
-    collector = args.collector or DEFAULT_COLLECTOR.get(domain_name, "rnd")
-    sticky = STICKY_DEFAULTS if collector == "sticky" else {}
-    name = "{hold}-{hold_max}r{rest:g}".format(**sticky) if sticky else collector
-    path = args.out / "data" / f"{domain_name}_{name}_{args.num_transitions}_s{args.data_seed}"
+    domain = make_domain(domain_name)
+    cfg = CollectorConfig(collector=args.collector, device=args.device)  # the defaults of `zsrl collect`
+    collector = cfg.collector_for(domain)
+    name = f"sticky{cfg.hold}-{cfg.hold_max or 10 * cfg.hold}r{cfg.rest:g}" if collector == "sticky" else collector
+    path = args.out / "data" / f"{domain_name}_{name}_e{cfg.num_envs}_{args.num_transitions}_s{args.data_seed}"
     if not path.exists():
-        collect_to_disk(make_domain(domain_name), collector, args.num_transitions, path, seed=args.data_seed,
-                        num_envs=8, progress=not args.quiet, rnd=RNDConfig(device=args.device), **sticky)
+        collect_to_disk(domain, cfg, args.num_transitions, path, seed=args.data_seed, progress=not args.quiet)
     else:
         OfflineDataset.load(path, domain=domain_name)  # validate the cache
     return path

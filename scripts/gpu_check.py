@@ -3,8 +3,7 @@
     python scripts/gpu_check.py                       # on a CUDA machine: the full check
     python scripts/gpu_check.py --device cpu --sizes tiny --updates 20 --agents fb   # smallest
 
-For each agent (``fb``, ``fb:qloss+hindsight`` with FB's auxiliary Q loss and hindsight
-goals, ``fb:joint`` / ``fb:sequential`` with FB's joint or sequential update — a key whose
+For each agent (``fb``, ``fb:hindsight`` with FB's hindsight goals, ``fb:joint`` / ``fb:sequential`` with FB's joint or sequential update — a key whose
 config is another key's, e.g. ``fb:sequential`` where the preset is sequential, is skipped —
 ``fre`` in its encoder phase, ``fre:policy`` in its policy phase,
 ``hilp``, ``td3``, ``vcfb``, ``mcfb``) on one domain (``--domain``, default walker), at the published size (the
@@ -47,9 +46,10 @@ import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch._inductor")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_updates import domain_dims, prepare_agent, random_dataset, sync, update_flops
+from bench_updates import domain_dims, prepare_engine, random_dataset, sync, update_flops
 
 from zsrl.config import RunConfig, load_run_config
+from zsrl.engine import Engine
 from zsrl.utils import resolve_device, versions
 
 MODES = {  # name -> (compile, cudagraphs, precision); None: the device default
@@ -62,7 +62,7 @@ MODES = {  # name -> (compile, cudagraphs, precision); None: the device default
 #: agent -> (preset agent name, extra overrides)
 AGENTS = {
     "fb": ("fb", []),
-    "fb:qloss+hindsight": ("fb", ["agent.q_loss_coef=0.1", "agent.goal_from_trajectory=0.5"]),
+    "fb:hindsight": ("fb", ["agent.goal_from_trajectory=0.5"]),
     "fb:joint": ("fb", ["agent.joint_update=true"]),
     "fb:sequential": ("fb", ["agent.joint_update=false"]),
     "fre": ("fre", []),
@@ -120,7 +120,8 @@ def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: in
     """Max relative differences to eager of one update's metrics and resulting parameters.
 
     Returns them with the compiled / graphed agent, warmed up and one step further, which
-    the caller goes on timing (one compilation per run: they take most of the check's time).
+    the caller goes on timing (one compilation per run: they take most of the check's time), as
+    an :class:`~zsrl.engine.Engine`.
     Its compiled code draws eager's random numbers (inductor ``fallback_random``), so that
     both sides see the same batch, z and noise.
     """
@@ -130,27 +131,24 @@ def agreement(cfg: Any, data: Any, device: torch.device, mode: tuple, warmup: in
     batch = cfg.train.batch_size
     with inductor_config.patch(fallback_random=True):  # compiled code draws eager's random numbers
         torch.manual_seed(0)
-        fast = prepare_agent(cfg, data, device, precision)
-        fast.setup_compile(compile_step, graphs, precision)
+        fast = prepare_engine(cfg, data, device, precision)
+        fast = Engine(fast.agent, compile=compile_step, cudagraphs=graphs, precision=precision)
         t0 = time.perf_counter()
         for _ in range(warmup):  # compile and capture first: their state is then copied to eager
-            fast.train_step(data, batch)
+            fast.step(data, batch)
         sync(device)
         warmup_s = time.perf_counter() - t0
-        ref = prepare_agent(cfg, data, device, "fp32")
-        ref.setup_compile(False, False, "fp32")  # bf16 is measured against fp32 eager
-        ref.load_state_dict(copy.deepcopy(fast.state_dict()))
-        ref._updates = getattr(fast, "_updates", 0)  # FRE's phase counter
-        if getattr(fast, "rewards", None) is not None:  # the oracle's (random) rewards
-            ref.rewards = fast.rewards
-        ref.metric_names = fast.metric_names
+        ref = Engine(prepare_engine(cfg, data, device, "fp32").agent)  # bf16 is measured against fp32 eager
+        ref.agent.load_state_dict(copy.deepcopy(fast.agent.state_dict()))  # FRE's phase counter too
+        if getattr(fast.agent, "rewards", None) is not None:  # the oracle's (random) rewards
+            ref.agent.rewards = fast.agent.rewards
         out = {}
-        for name, agent in (("ref", ref), ("fast", fast)):
+        for name, engine in (("ref", ref), ("fast", fast)):
             torch.manual_seed(1234)
-            out[name] = (agent.train_step(data, batch).float(), _params(agent))
+            out[name] = (engine.step(data, batch).float(), _params(engine.agent))
     (m_ref, p_ref), (m_fast, p_fast) = out["ref"], out["fast"]
     metric_err = ((m_fast - m_ref).abs() / (m_ref.abs() + 1e-3)).max().item()
-    atol = 2 * _lr(ref)
+    atol = 2 * _lr(ref.agent)
     param_err = max(
         (((p_fast[k] - p_ref[k]).abs() - atol).clamp_min(0) / (p_ref[k].abs() + 1e-3)).max().item()
         for k in p_ref
@@ -191,27 +189,26 @@ def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace,
     torch._dynamo.utils.counters.clear()
     _DYNAMO_GAVE_UP.records.clear()
     if mode_name != "eager":
-        agree, agent = agreement(cfg, data, device, mode, warmup)
+        agree, engine = agreement(cfg, data, device, mode, warmup)
         first = agree.pop("first_metrics")
         tol = tolerance(device, precision)
         row.update(agree, tolerance=tol,
                    agrees=agree["metric_rel_err"] <= tol and agree["param_rel_err"] <= tol)
     else:
         torch.manual_seed(0)
-        agent = prepare_agent(cfg, data, device, precision)
-        agent.setup_compile(False, False, precision)
+        engine = Engine(prepare_engine(cfg, data, device, precision).agent, precision=precision)
         t0 = time.perf_counter()
-        first = agent.train_step(data, cfg.train.batch_size)
+        first = engine.step(data, cfg.train.batch_size)
         for _ in range(warmup - 1):
-            agent.train_step(data, cfg.train.batch_size)
+            engine.step(data, cfg.train.batch_size)
         sync(device)
         row["warmup_s"] = time.perf_counter() - t0
-    row["parameters"] = sum(p.numel() for p in agent.model.parameters())
+    row["parameters"] = sum(p.numel() for p in engine.agent.model.parameters())
     acc, finite = first.clone(), torch.isfinite(first).all()
     sync(device)
     t0 = time.perf_counter()
     for _ in range(args.updates):
-        m = agent.train_step(data, cfg.train.batch_size)
+        m = engine.step(data, cfg.train.batch_size)
         acc.add_(m)
         finite &= torch.isfinite(m).all()
     finite = bool(finite)  # the one sync of the timed loop
@@ -223,7 +220,7 @@ def run_one(agent_key: str, size: str, mode_name: str, args: argparse.Namespace,
         row["recompile_limit_hits"] = len(_DYNAMO_GAVE_UP.records)
         finite = finite and row["compiled_graphs"] > 0 and not _DYNAMO_GAVE_UP.records
     row.update(updates_per_s=ups, gflop_per_update=flops / 1e9, tflops=flops * ups / 1e12, finite=finite,
-               mean_metrics=dict(zip(agent.metric_names, (acc / (args.updates + 1)).tolist())))
+               mean_metrics=dict(zip(engine.metric_names, (acc / (args.updates + 1)).tolist())))
     return row
 
 

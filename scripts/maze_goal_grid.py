@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from zsrl.checkpoint import load_run_model
+from zsrl.envs import make_domain
 from zsrl.envs.point_mass_maze import PointMassMaze
+from zsrl.errors import UserError
 from zsrl.evaluate import rollout
-from zsrl.registry import make_domain
-from zsrl.utils import UserError, atomic_write_json, versions
+from zsrl.storage import atomic_write_json
+from zsrl.utils import versions
 
 ROOMS = {"top_left": (-1, 1), "top_right": (1, 1), "bottom_left": (-1, -1), "bottom_right": (1, -1)}
 OFFSETS = [(x, y) for x in (0.07, 0.15, 0.23) for y in (0.08, 0.22)]

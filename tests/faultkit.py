@@ -21,8 +21,8 @@ import json, os, sys, time
 os.environ["OMP_NUM_THREADS"] = "1"
 import torch
 torch.set_num_threads(1)
-import zsrl.cli, zsrl.train, zsrl.collect, zsrl.evaluate, zsrl.lock, zsrl.agents.fb
-from zsrl.registry import make_domain
+import zsrl.cli, zsrl.train, zsrl.collect, zsrl.evaluate, zsrl.storage, zsrl.agents.fb
+from zsrl.envs import make_domain
 make_domain("point_mass_maze").make_env(seed=0).close()
 import matplotlib
 matplotlib.use("Agg")
@@ -38,7 +38,7 @@ for line in sys.stdin:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         if job.get("hold_lock"):
-            with zsrl.lock.writer_lock(job["hold_lock"], "run"):
+            with zsrl.storage.writer_lock(job["hold_lock"], "run"):
                 print("held", flush=True)
                 time.sleep(300)
             os._exit(0)

@@ -1,4 +1,5 @@
-"""The agent contract and the fast path shared by every agent (agents/base.py, zsrl/nn.py)."""
+"""The agent contract and the engine that runs every agent's updates (agents/base.py,
+zsrl/engine.py, zsrl/nn.py)."""
 
 import json
 import math
@@ -8,12 +9,13 @@ import pytest
 import torch
 from conftest import make_arrays
 
-from zsrl.agents.base import CheckpointError, Model
-from zsrl.agents.common import goal_position_probs, sample_categorical, sample_goal_indices
-from zsrl.agents.fb import FBAgent, FBConfig, FBModel, FBStep
+from zsrl.agents.base import Model
+from zsrl.agents.fb import FBAgent, FBConfig, FBModel
+from zsrl.agents.goals import goal_position_probs, sample_categorical, sample_goal_indices
 from zsrl.data import from_numpy
+from zsrl.engine import Engine, ParameterAverage, region_names
+from zsrl.errors import CheckpointError
 from zsrl.nn import (
-    ParameterAverage,
     Tanh,
     _OutputGradReLU,
     call_frozen,
@@ -37,21 +39,22 @@ def _params(agent):
     return [p.detach().clone() for m in agent.modules().values() for p in m.state_dict().values()]
 
 
-def test_train_step_is_sample_then_update_and_leaves_no_trace(data):
-    """train_step (sampling inside the step, metrics packed by name) follows exactly the same
+def test_an_engine_step_is_sample_then_update_and_leaves_no_trace(data):
+    """Engine.step (sampling inside the step, metrics packed by name) follows exactly the same
     random stream and maths as update(sample_batch); learning the metric names first changes
     neither the training state nor the random stream."""
     torch.manual_seed(0)
     a = FBAgent(4, 2, TINY, CPU)
     b = FBAgent(4, 2, TINY, CPU)
     b.load_state_dict(a.state_dict())
+    engine = Engine(a)
     torch.manual_seed(1)
-    va = [a.train_step(data, 32) for _ in range(3)]
+    va = [engine.step(data, 32) for _ in range(3)]
     torch.manual_seed(1)
     mb = [b.update(b.sample_batch(data, 32)) for _ in range(3)]
-    assert a.metric_names == tuple(mb[0])
+    assert engine.metric_names == tuple(mb[0])
     for v, m in zip(va, mb):
-        assert torch.equal(v, torch.stack([m[k] for k in a.metric_names]))
+        assert torch.equal(v, torch.stack([m[k] for k in engine.metric_names]))
     for p, q in zip(_params(a), _params(b)):
         assert torch.equal(p, q)
 
@@ -77,55 +80,52 @@ def test_parameter_average_follows_its_recursion_and_exports_the_sources_buffers
 
 def test_an_agent_with_ema_decay_exports_the_average_of_its_updates(data):
     """``agent.ema_decay``: training is unchanged (the online weights equal those of an agent
-    without it), the average is part of the training state, and it is what ``inference_model``
-    gives — the same through ``train_step`` and ``update``."""
+    without it), the average is part of the training state, folded in by the engine after
+    every update, and it is what ``inference_model`` gives."""
     cfg = FBConfig(**{**TINY.__dict__, "ema_decay": 0.9})
     torch.manual_seed(0)
     plain = FBAgent(4, 2, TINY, CPU)
     torch.manual_seed(0)
-    a, b = FBAgent(4, 2, cfg, CPU), FBAgent(4, 2, cfg, CPU)
+    a = FBAgent(4, 2, cfg, CPU)
     assert plain.inference_model() is plain.model and "module.model_average" not in plain.state_dict()
-    b.load_state_dict(a.state_dict())
+    engine = Engine(a)
     manual = [p.detach().clone() for p in a.model.parameters()]
     for n in range(1, 6):
         torch.manual_seed(n)
         plain.update(plain.sample_batch(data, 32))
         torch.manual_seed(n)
-        a.train_step(data, 32)
-        torch.manual_seed(n)
-        b.update(b.sample_batch(data, 32))
+        engine.step(data, 32)
         delta = min(0.9, (1 + n) / (10 + n))
         manual = [delta * m + (1 - delta) * p.detach() for m, p in zip(manual, a.model.parameters())]
-    for p, q, r in zip(plain.model.parameters(), a.model.parameters(), b.model.parameters()):
-        assert torch.equal(p, q) and torch.equal(q, r)
+    for p, q in zip(plain.model.parameters(), a.model.parameters()):
+        assert torch.equal(p, q)
     assert "module.model_average" in a.state_dict()
     exported = a.inference_model()
     assert exported is not a.model and isinstance(exported, FBModel)
-    for m, e, f in zip(manual, exported.parameters(), b.inference_model().parameters()):
+    for m, e in zip(manual, exported.parameters()):
         torch.testing.assert_close(e, m)
-        assert torch.equal(e, f)
     assert any(not torch.equal(e, p) for e, p in zip(exported.parameters(), a.model.parameters()))
 
 
-def test_contract_is_checked():
+def test_contract_is_checked(data):
     class NoDict(FBAgent):
-        def _update(self, batch):
+        def update(self, batch):
             return [torch.zeros(())]
 
-    class Changing(FBAgent):
-        n = 0
+    class PhaseChanging(FBAgent):
+        def update(self, batch):
+            return {f"m_{self.phase}": torch.zeros(())}
 
-        def _update(self, batch):
-            self.n += 1
-            return {f"m{self.n}": torch.zeros(())}
+        def after_step(self):
+            self.phase = "second"
 
-    batch = from_numpy(make_arrays(), {"domain": "x"}).sample(8)
     with pytest.raises(TypeError, match="dict of named 0-dim tensors"):
-        NoDict(4, 2, TINY, CPU).update(batch)
-    agent = Changing(4, 2, TINY, CPU)
-    agent.update(batch)
-    with pytest.raises(ValueError, match="metric names changed"):
-        agent.update(batch)
+        Engine(NoDict(4, 2, TINY, CPU)).step(data, 8)
+    agent = PhaseChanging(4, 2, TINY, CPU)
+    engine = Engine(agent)
+    engine.step(data, 8)
+    with pytest.raises(ValueError, match="metric names changed between phases"):
+        engine.step(data, 8)
     with pytest.raises(TypeError, match="needs a FBConfig"):
         FBAgent(4, 2, object(), CPU)
     with pytest.raises(ValueError, match="declared twice"):
@@ -141,7 +141,7 @@ def test_contract_is_checked():
             self.extra = self.add_module("extra", torch.nn.Linear(2, 2))
 
     with pytest.raises(TypeError, match=r"\['extra.weight', 'extra.bias'\] require gradients"):
-        Orphan(4, 2, TINY, CPU).update(batch)
+        Engine(Orphan(4, 2, TINY, CPU)).step(data, 8)
 
 
 def test_state_keys_are_those_of_earlier_checkpoints():
@@ -152,36 +152,35 @@ def test_state_keys_are_those_of_earlier_checkpoints():
 
 
 def test_fb_seams_a_variant_overrides_one_step(data):
-    """A variant adds a loss term by overriding fb_loss only; the actor step sees FBStep."""
+    """A variant adds a loss term by overriding fb_loss only: it gets F(s, a, z) and B(s')
+    with their gradients, and its metrics reach the update's."""
     seen = {}
 
     class Penalised(FBAgent):
-        def fb_loss(self, step, target_m):
-            loss, metrics = super().fb_loss(step, target_m)
-            penalty = step.f.pow(2).mean()
-            return loss + 0.1 * penalty, {**metrics, "loss/penalty": penalty.detach()}
-
-        def update_actor(self, step):
-            seen["step"] = step
-            return super().update_actor(step)
+        def fb_loss(self, obs, action, next_obs, discount, z):
+            loss, metrics, f, b = super().fb_loss(obs, action, next_obs, discount, z)
+            seen["f"], seen["b"] = f, b
+            penalty = f.pow(2).mean()
+            return loss + 0.1 * penalty, {**metrics, "loss/penalty": penalty.detach()}, f, b
 
     torch.manual_seed(0)
     agent = Penalised(4, 2, TINY, CPU)
     metrics = agent.update(agent.sample_batch(data, 32))
     assert "loss/penalty" in metrics and "loss/actor" in metrics
-    step = seen["step"]
-    assert isinstance(step, FBStep) and step.f.shape == (2, 32, 8) and step.b.shape == (32, 8)
-    assert not step.f.requires_grad and not step.b.requires_grad
+    assert seen["f"].shape == (2, 32, 8) and seen["b"].shape == (32, 8)
+    assert seen["f"].requires_grad and seen["b"].requires_grad
 
 
 def test_actor_step_computes_no_forward_map_gradients(data):
     torch.manual_seed(0)
     agent = FBAgent(4, 2, TINY, CPU)
     batch = agent.sample_batch(data, 32)
-    z = agent.sample_training_z(batch["next", "observation"])
-    step = agent.update_fb(batch, z)
+    obs, next_obs = batch["observation"], batch["next", "observation"]
+    z = agent.sample_training_z(next_obs)
+    loss, _ = agent.fb_objective(obs, batch["action"], next_obs, batch["next", "terminated"], z)
+    loss.backward()
     f_grads = [p.grad.clone() for p in agent.model.forward_map.parameters()]
-    agent.update_actor(step)
+    agent.actor_loss(obs, z)[0].backward()
     for g, p in zip(f_grads, agent.model.forward_map.parameters()):
         assert torch.equal(g, p.grad)  # untouched by the actor's backward
     assert all(p.grad is not None for p in agent.model.actor.parameters())
@@ -209,9 +208,9 @@ def test_joint_update_steps_the_actor_on_the_forward_map_before_the_fb_step(data
         torch.manual_seed(1)
         if mode == "actor_on_old_f":  # the actor's step alone, on the unchanged F and P
             z = agent.sample_training_z(batch["next", "observation"])
-            _, step = agent.fb_objective(batch["observation"], batch["action"], batch["next", "observation"],
-                                         batch["next", "terminated"], z)
-            agent.update_actor(step)
+            agent.fb_objective(batch["observation"], batch["action"], batch["next", "observation"],
+                               batch["next", "terminated"], z)  # its random draws, no step
+            agent.step_optimizers(agent.actor_loss(batch["observation"], z)[0], agent.actor_opt)
         else:
             metrics = agent.update(batch)
             assert {"loss/fb", "loss/next_b", "loss/actor", "diag/actor_q"} <= metrics.keys()
@@ -366,9 +365,9 @@ def test_fused_adam_on_cpu_takes_the_same_steps_as_the_default_adam():
 def test_cudagraphs_on_cpu_warns_and_runs(data):
     agent = FBAgent(4, 2, TINY, CPU)
     with pytest.warns(UserWarning, match="needs a CUDA device"):
-        agent.setup_compile(cudagraphs=True)
-    assert not agent.cudagraphs
-    assert torch.isfinite(agent.train_step(data, 16)).all()
+        engine = Engine(agent, cudagraphs=True)
+    assert not engine.cudagraphs
+    assert torch.isfinite(engine.step(data, 16)).all()
 
 
 def test_bf16_autocast_runs_and_stays_close(data):
@@ -376,13 +375,13 @@ def test_bf16_autocast_runs_and_stays_close(data):
     a = FBAgent(4, 2, TINY, CPU)
     b = FBAgent(4, 2, TINY, CPU)
     b.load_state_dict(a.state_dict())
-    b.setup_compile(precision="bf16")
+    ea, eb = Engine(a), Engine(b, precision="bf16")
     torch.manual_seed(1)
-    ma = a.train_step(data, 64)
+    ma = ea.step(data, 64)
     torch.manual_seed(1)
-    mb = b.train_step(data, 64)
+    mb = eb.step(data, 64)
     assert torch.isfinite(mb).all()
-    i = a.metric_names.index("loss/fb")
+    i = ea.metric_names.index("loss/fb")
     assert abs(ma[i] - mb[i]) < 0.05 * abs(ma[i]) + 0.05
     for p in b.model.parameters():
         assert p.dtype == torch.float32
@@ -408,7 +407,7 @@ def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agent_key", ["fb:sequential", "fb:qloss+hindsight", "fb:joint", "td3", "td3:ema", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
+@pytest.mark.parametrize("agent_key", ["fb:sequential", "fb:hindsight", "fb:joint", "td3", "td3:ema", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
 def test_compiled_update_agrees_with_eager(agent_key):
     """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
     eager within 1e-4 relative on the metrics of one update and the parameters after it."""
@@ -440,20 +439,20 @@ def test_compile_on_a_cpu_compiles_the_update_regions_not_the_whole_step():
     from zsrl.agents.td3 import TD3Agent, TD3Config
 
     agent = FBAgent(4, 2, TINY, CPU)
-    assert FBAgent.region_names() == ["actor_loss", "fb_objective", "joint_objective"]
-    assert agent.fb_objective.__func__ is FBAgent.fb_objective.fn and not agent.compile_regions
-    agent.setup_compile(compile=True)
-    assert agent.compile and agent.compile_regions
-    for name in FBAgent.region_names():
+    assert region_names(FBAgent) == ["actor_loss", "fb_objective", "joint_objective"]
+    assert agent.fb_objective.__func__ is FBAgent.fb_objective.fn and agent._compiled_regions is None
+    engine = Engine(agent, compile=True)
+    assert not engine.compile_whole_step and agent._compiled_regions == {}
+    for name in region_names(FBAgent):
         region = getattr(agent, name)
         assert getattr(region, "_torchdynamo_orig_callable", None) is not None, name  # torch.compile'd
         assert getattr(agent, name) is region  # compiled once per agent
-    assert not hasattr(agent._wrap(lambda: None, graphs=True), "_torchdynamo_orig_callable")
+    assert not hasattr(engine._wrap(lambda: None), "_torchdynamo_orig_callable")
     td3 = TD3Agent(4, 2, TD3Config(hidden_dim=16), CPU)
-    td3.setup_compile(compile=True)
-    assert not td3.compile_regions
-    assert hasattr(td3._wrap(lambda: None, graphs=True), "_torchdynamo_orig_callable")
-    agent.setup_compile(compile=False)
+    td3_engine = Engine(td3, compile=True)
+    assert td3_engine.compile_whole_step and td3._compiled_regions is None
+    assert hasattr(td3_engine._wrap(lambda: None), "_torchdynamo_orig_callable")
+    Engine(agent, compile=False)
     assert agent.fb_objective.__func__ is FBAgent.fb_objective.fn
 
 
@@ -470,7 +469,8 @@ def test_compile_on_a_cpu_without_a_cpp_compiler_warns_and_trains_eagerly(monkey
 
 def test_optimizer_step_shares_one_backward_between_disjoint_optimizers():
     """One backward of a sum of losses over disjoint parameters, then a step of each
-    optimiser, is the same update as separate steps; gradient norms clip per optimiser."""
+    optimiser, is the same update as separate steps; gradient norms clip per network (per
+    parameter group, as FB's F and B in one optimiser)."""
     from zsrl.nn import optimizer_step
 
     def run(shared: bool, clip: float) -> list[torch.Tensor]:
@@ -492,11 +492,20 @@ def test_optimizer_step_shares_one_backward_between_disjoint_optimizers():
             assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(run(True, 0.0), run(True, 0.1)))
 
+    nets = [mlp(3, [8], 2), mlp(3, [8], 1)]
+    opt = make_adam([{"params": n.parameters()} for n in nets], CPU, lr=0.0)
+    x = torch.randn(16, 3)
+    seen = []
+    opt.step = lambda: seen.extend(  # type: ignore[method-assign]
+        torch.nn.utils.get_total_norm([p.grad for p in n.parameters()]) for n in nets)
+    optimizer_step(100 * (nets[0](x).pow(2).sum() + nets[1](x).pow(2).sum()), opt, clip_grad_norm=0.5)
+    assert [round(float(norm), 4) for norm in seen] == [0.5, 0.5]  # each network clipped to 0.5
+
 
 def test_gpu_switches_default_to_auto_and_resolve_per_device():
     from zsrl.config import load_run_config, resolve_auto
+    from zsrl.errors import UserError
     from zsrl.train import configure_device
-    from zsrl.utils import UserError
 
     cfg = load_run_config("fb/walker_cpu")
     tc = cfg.train

@@ -9,9 +9,9 @@ import torch
 from zsrl.cli import main
 from zsrl.collect import collect
 from zsrl.data import OfflineDataset
+from zsrl.envs import make_domain
+from zsrl.errors import UserError
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer
-from zsrl.registry import make_domain
-from zsrl.utils import UserError
 
 
 def test_cli_collect_and_describe(tmp_path, capsys):
@@ -173,14 +173,21 @@ def test_plugin_domain_collects_by_path(tmp_path, domain):
     assert ds.meta["domain_spec"] == domain and not ds.has_physics
 
 
-def test_pipeline_help_states_the_sticky_defaults_it_collects_with(capsys):
-    """`zsrl pipeline --help` writes its sticky defaults out (the CLI does not import the
-    collectors to build its parser); they must be the ones `zsrl.collect` applies."""
-    from zsrl.collect import STICKY_DEFAULTS
+def test_collect_and_pipeline_share_one_collector_configuration(capsys):
+    """`zsrl collect` and `zsrl pipeline` build the same CollectorConfig from their defaults,
+    and the maze's default collector is the sticky one: collecting by hand gives the quick
+    start's data."""
+    from zsrl.cli import _collector_config, build_parser
+    from zsrl.collect import CollectorConfig
+    from zsrl.envs import make_domain
 
+    parser = build_parser()
+    for argv in (["collect", "--domain", "point_mass_maze", "--transitions", "9", "--out", "o"], ["pipeline"]):
+        assert _collector_config(parser.parse_args(argv)) == CollectorConfig(), argv
+    assert CollectorConfig().collector_for(make_domain("point_mass_maze")) == "sticky"
+    assert CollectorConfig().collector_for(make_domain("walker")) == "rnd"
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default {STICKY_DEFAULTS['hold']};" in text
-    assert f"(default: {STICKY_DEFAULTS['hold_max']})" in text
-    assert f"(default: {STICKY_DEFAULTS['rest']:g})" in text
+    d = CollectorConfig()
+    assert f"(default: {d.hold})" in text and f"(default: {d.rest:g})" in text and "ten times --hold" in text

@@ -12,7 +12,7 @@ from zsrl.config import (
     parse_overrides,
     run_config_from_dict,
 )
-from zsrl.utils import UserError
+from zsrl.errors import UserError
 
 
 def test_overrides_are_nested_and_typed():
@@ -36,7 +36,7 @@ def test_wrong_type_is_an_error_naming_the_key():
 
 def test_literal_values_are_checked():
     with pytest.raises(UserError, match="not one of"):
-        run_config_from_dict({"agent": {"name": "fb", "target_reduction": "max"}})
+        run_config_from_dict({"agent": {"name": "fb", "actor_reduction": "max"}})
 
 
 def test_unknown_agent_lists_known_agents():

@@ -6,7 +6,7 @@ import torch
 from conftest import make_arrays
 
 from zsrl.data import DatasetError, OfflineDataset, from_numpy
-from zsrl.utils import atomic_directory
+from zsrl.storage import new_directory
 
 
 def _save(tmp_path, arrays=None, name="ds", domain="point_mass_maze"):
@@ -82,7 +82,7 @@ def test_missing_dataset_and_not_a_dataset(tmp_path):
 
 def test_interrupted_write_leaves_nothing_loadable(tmp_path):
     target = tmp_path / "ds"
-    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as tmp:
+    with pytest.raises(KeyboardInterrupt), new_directory(target, "dataset") as tmp:
         (tmp / "meta.json").write_text("{}")
         raise KeyboardInterrupt
     assert not target.exists() and not list(tmp_path.iterdir())

@@ -22,13 +22,11 @@ import torch
 from conftest import save_maze_dataset
 from faultkit import ForkServer, metric_rows, snapshot
 
-from zsrl.agents.base import CheckpointError
 from zsrl.checkpoint import checkpoint_step, find_checkpoint, load_run_model
 from zsrl.cli import main
 from zsrl.data import DatasetError, OfflineDataset
-from zsrl.lock import LockedError
+from zsrl.errors import CheckpointError, LockedError, StorageError, UserError
 from zsrl.train import resume_run, start_run
-from zsrl.utils import StorageError, UserError
 
 TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
         "train.batch_size=32", "train.log_every=7", "train.checkpoint_every=10", "train.progress=false",
@@ -400,12 +398,12 @@ def test_divergence_stops_without_overwriting_the_good_checkpoint(tmp_path, monk
     import zsrl.agents.fb
 
     ds = _dataset(tmp_path / "ds")
-    real = zsrl.agents.fb.FBAgent.update_phase
+    real = zsrl.agents.fb.FBAgent.update
     calls = {"n": 0}
 
-    def update_phase(self, batch, phase):
+    def update(self, batch):
         calls["n"] += 1  # the first call only probes the metric names: step = calls - 1
-        metrics = real(self, batch, phase)
+        metrics = real(self, batch)
         if calls["n"] - 1 == (13 if what == "loss" else 14):  # 14: a log step, metrics still finite
             if what == "loss":
                 metrics["loss/fb"] = metrics["loss/fb"] * float("nan")
@@ -414,7 +412,7 @@ def test_divergence_stops_without_overwriting_the_good_checkpoint(tmp_path, monk
                     next(self.model.parameters()).fill_(float("inf"))
         return metrics
 
-    monkeypatch.setattr(zsrl.agents.fb.FBAgent, "update_phase", update_phase)
+    monkeypatch.setattr(zsrl.agents.fb.FBAgent, "update", update)
     with pytest.raises(UserError, match="training diverged") as err:
         start_run(PRESET, ds, tmp_path / "run", TINY)
     expected = "loss/fb became non-finite" if what == "loss" else "parameter model.forward_map."
@@ -589,7 +587,7 @@ def test_unreadable_checkpoint_file(lab, tmp_path, monkeypatch):
 
 
 def test_debris_cleanup_spares_the_partial_of_a_similarly_named_directory(tmp_path):
-    from zsrl.utils import make_temp_dir, remove_stale_partials
+    from zsrl.storage import make_temp_dir, remove_stale_partials
 
     mine, other = make_temp_dir(tmp_path / "maze"), make_temp_dir(tmp_path / "maze.v2")
     assert remove_stale_partials(tmp_path / "maze") == [mine]

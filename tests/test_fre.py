@@ -101,6 +101,7 @@ def test_prior_batches_have_the_right_shapes_and_ranges():
     assert (batch["context_obs"][:, 0, None, :] == next_obs[None]).all(-1).any(-1).all()
     # policy phase: transition, reward of s' and terminal mask of goal rows
     agent._updates = agent.cfg.encoder_steps
+    agent._set_phase()
     batch = agent.sample_batch(data, b)
     assert "query_obs" not in batch
     assert batch["observation"].shape == (b, 4) and batch["action"].shape == (b, 2)
@@ -159,6 +160,13 @@ def _params(module):
     return [p.detach().clone() for p in module.parameters()]
 
 
+def _step(agent, data, batch_size):
+    """One update as the engine runs it: the phase's batch, the update, the phase counter."""
+    metrics = agent.update(agent.sample_batch(data, batch_size))
+    agent.after_step()
+    return metrics
+
+
 def _changed(before, module):
     return [not torch.equal(a, b) for a, b in zip(before, module.parameters())]
 
@@ -167,7 +175,7 @@ def test_updates_change_the_right_parameters_in_each_phase():
     agent, data = ready_agent()
     m = agent.model
     enc, dec, pol = _params(m.encoder), _params(m.decoder), _params(m.actor)
-    metrics = agent.update(agent.sample_batch(data, 32))
+    metrics = _step(agent, data, 32)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
     assert metrics["train/policy_phase"].item() == 0 and metrics["loss/reward_pred"] > 0
     assert any(_changed(enc, m.encoder)) and all(_changed(dec, m.decoder))
@@ -176,7 +184,7 @@ def test_updates_change_the_right_parameters_in_each_phase():
 
     enc = _params(m.encoder)
     val, crit, pol, tgt = _params(m.value_net), _params(m.critic), _params(m.actor), _params(agent.critic_target)
-    metrics2 = agent.update(agent.sample_batch(data, 32))
+    metrics2 = _step(agent, data, 32)
     assert list(metrics2) == list(metrics)  # same keys in both phases (for the CSV log)
     assert metrics2["train/policy_phase"].item() == 1 and metrics2["loss/critic"] > 0
     assert all(_changed(val, m.value_net)) and all(_changed(crit, m.critic)) and all(_changed(pol, m.actor))
@@ -188,7 +196,7 @@ def test_updates_change_the_right_parameters_in_each_phase():
 def test_training_state_restores_the_phase_and_the_prior():
     agent, data = ready_agent()
     for _ in range(3):
-        agent.update(agent.sample_batch(data, 16))
+        _step(agent, data, 16)
     state = agent.state_dict()
     other = FREAgent(4, 2, TINY, CPU)
     other.setup(data, None)
@@ -239,7 +247,7 @@ def test_prompting_shapes_chunks_and_validation():
 def test_save_load_roundtrip(tmp_path):
     agent, data = ready_agent()
     for _ in range(2):
-        agent.update(agent.sample_batch(data, 16))
+        _step(agent, data, 16)
     model = agent.model.eval()
     model.save(tmp_path / "m", extra={"domain": "test"})
     loaded = Model.load(tmp_path / "m")
@@ -265,7 +273,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_config_is_validated():
-    from zsrl.utils import UserError
+    from zsrl.errors import UserError
 
     with pytest.raises(UserError, match="trajectory_context"):
         FREModel(4, 2, FREConfig(context_size=4, trajectory_context=8))
@@ -405,9 +413,9 @@ def test_point_mass_maze_end_to_end(tmp_path):
     """The CPU preset's agent trains a few updates on real point-mass maze data and prompts."""
     from zsrl.collect import collect
     from zsrl.config import load_run_config
+    from zsrl.envs import make_domain
     from zsrl.evaluate import rollout
     from zsrl.explore import RandomExplorer
-    from zsrl.registry import make_domain
     from zsrl.train import start_run
 
     domain = make_domain("point_mass_maze")
@@ -453,7 +461,7 @@ def test_mlp_blocks_follow_the_config():
 def test_ddpg_actor_loss_is_the_normalised_q_plus_behaviour_cloning():
     cfg = FREConfig(**{**TINY.__dict__, "actor_loss": "ddpg", "bc_weight": 0.5})
     agent, data = ready_agent(cfg)
-    agent.update(agent.sample_batch(data, 32))  # the encoder phase
+    _step(agent, data, 32)  # the encoder phase
     batch = agent.sample_batch(data, 32)
     m = agent.model
     with torch.no_grad():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from conftest import save_maze_dataset
 
+from zsrl.cli import main
+from zsrl.envs import make_domain
 from zsrl.envs.base import Transitions
 from zsrl.envs.goals import GOALS_DIR, MIN_SCALE, GoalSet, choose_goals
-from zsrl.envs.goals import main as make_goals
+from zsrl.errors import UserError
 from zsrl.evaluate import evaluate_run
-from zsrl.registry import make_domain
 from zsrl.train import start_run
-from zsrl.utils import UserError
 
 SHIPPED = {"walker": 24, "cheetah": 17, "quadruped": 78}
 
@@ -109,7 +109,7 @@ def test_success_rule_final_state_or_dwell(monkeypatch):
 def test_make_goals_command_writes_a_loadable_file(tmp_path, capsys):
     data = save_maze_dataset(tmp_path / "ds")
     out = tmp_path / "maze_goals.json"
-    make_goals(["--domain", "point_mass_maze", "--dataset", str(data), "--count", "3", "--out", str(out)])
+    assert main(["data", "goals", str(data), "--count", "3", "--out", str(out)]) == 0
     goals = GoalSet.load(out, "point_mass_maze")
     assert len(goals.observations) == 3 and goals.source["transitions"] > 0
     assert "wrote 3 goals" in capsys.readouterr().out

@@ -16,8 +16,9 @@ from zsrl.agents.hilp import HILPAgent, HILPConfig, HILPModel, goal_value_loss
 from zsrl.cli import main
 from zsrl.config import from_dict, list_presets, load_run_config
 from zsrl.data import from_numpy
+from zsrl.engine import Engine
+from zsrl.errors import UserError
 from zsrl.train import resume_run, start_run
-from zsrl.utils import UserError
 
 CPU = torch.device("cpu")
 TINY = HILPConfig(z_dim=8, phi_hidden_dim=32, hidden_dim=32, embedding_dim=16)
@@ -121,14 +122,11 @@ def test_sf_target_bootstraps_the_head_with_the_smaller_q(q_loss, expected):
     assert loss.item() == pytest.approx(expected)
 
 
-def test_training_z_mixes_whitened_features_or_goal_directions():
+def test_training_z_mixes_whitened_features():
     torch.manual_seed(0)
-    feats, goal_dir = torch.randn(64, 8) @ torch.randn(8, 8), torch.randn(64, 8)
-    agent = HILPAgent(4, 2, HILPConfig(**{**vars(TINY), "mix_ratio": 1.0, "mix_z": "goal"}), CPU)
-    z = agent.sample_training_z(feats, goal_dir)
-    torch.testing.assert_close(z, math.sqrt(8) * goal_dir / goal_dir.norm(dim=-1, keepdim=True))
-    agent.cfg.mix_z = "whitened"
-    z = agent.sample_training_z(feats, goal_dir)
+    feats = torch.randn(64, 8) @ torch.randn(8, 8)
+    agent = HILPAgent(4, 2, HILPConfig(**{**vars(TINY), "mix_ratio": 1.0}), CPU)
+    z = agent.sample_training_z(feats)
     assert torch.allclose(z.norm(dim=-1), torch.full((64,), math.sqrt(8)), atol=1e-4)
     cov = feats.T @ feats / 64
     # each z is Σ⁻¹ c_p for some batch row p: Σ z is parallel to a row of feats
@@ -136,7 +134,7 @@ def test_training_z_mixes_whitened_features_or_goal_directions():
     assert cos.max(1).values.min() > 0.999
     agent.cfg.mix_ratio = 0.0  # the sphere prior only (drawn first)
     torch.manual_seed(1)
-    z = agent.sample_training_z(feats, goal_dir)
+    z = agent.sample_training_z(feats)
     torch.manual_seed(1)
     torch.testing.assert_close(z, agent.model.sample_z(64))
 
@@ -217,10 +215,11 @@ def test_updates_train_every_network_and_the_running_mean(data):
     agent.setup(data, None)
     before = {k: v.clone() for k, v in agent.model.state_dict().items()}
     targets = [p.clone() for p in agent.phi_target.parameters()]
+    engine = Engine(agent)
     for _ in range(3):
-        metrics = agent.train_step(data, 32)
-    assert torch.isfinite(metrics).all() and len(metrics) == len(agent.metric_names)
-    assert {"loss/phi", "loss/sf", "loss/actor", "diag/intrinsic_reward"} <= set(agent.metric_names)
+        metrics = engine.step(data, 32)
+    assert torch.isfinite(metrics).all() and len(metrics) == len(engine.metric_names)
+    assert {"loss/phi", "loss/sf", "loss/actor", "diag/intrinsic_reward"} <= set(engine.metric_names)
     after = agent.model.state_dict()
     for prefix in ("phi.", "successor_features.", "actor.", "phi_mean"):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
@@ -267,8 +266,8 @@ def test_resume_reaches_identical_parameters(maze_data, tmp_path):
 
 
 def test_cli_trains_and_the_model_prompts_with_goals(maze_data, tmp_path):
+    from zsrl.envs import make_domain
     from zsrl.evaluate import rollout
-    from zsrl.registry import make_domain
 
     out = tmp_path / "run"
     assert main(["train", "--config", "hilp/point_mass_maze_cpu", "--dataset", str(maze_data),
@@ -328,9 +327,9 @@ def test_goal_prompts_reach_maze_goals_a_random_policy_does_not(tmp_path):
     from zsrl.checkpoint import load_run_model
     from zsrl.collect import collect
     from zsrl.config import run_config_from_dict
+    from zsrl.envs import make_domain
     from zsrl.evaluate import rollout
     from zsrl.explore import RandomExplorer
-    from zsrl.registry import make_domain
 
     torch.manual_seed(0)
     domain = make_domain("point_mass_maze")

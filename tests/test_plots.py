@@ -109,7 +109,7 @@ def test_task_bars_rejects_bad_input(tmp_path):
 # ---- maze trajectories -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def maze():
-    from zsrl.registry import make_domain
+    from zsrl.envs import make_domain
 
     return make_domain("point_mass_maze")
 

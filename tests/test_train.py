@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from zsrl.agents.base import CheckpointError, Model
+from zsrl.agents.base import Model
 from zsrl.checkpoint import load_run_model
 from zsrl.cli import main
 from zsrl.config import load_run_config
-from zsrl.registry import make_domain
+from zsrl.envs import make_domain
+from zsrl.errors import CheckpointError
 from zsrl.train import resume_run, start_run
 
 TINY = [

@@ -9,7 +9,7 @@
                                      above (written last: its presence marks completion)
 
 A new checkpoint is built in ``.checkpoint.*.partial`` and swapped in by two renames
-(:func:`zsrl.utils.swap_in`): the current one becomes ``.checkpoint.old``, the new one
+(:func:`zsrl.storage.swap_in`): the current one becomes ``.checkpoint.old``, the new one
 becomes ``checkpoint``. At every moment one of the two is complete, and readers
 (:func:`find_checkpoint`) take ``checkpoint`` and else ``.checkpoint.old``; the previous
 checkpoint is kept as ``.checkpoint.old`` until the next swap, so a corrupt current one can
@@ -24,26 +24,25 @@ import contextlib
 import io
 import json
 import pickle
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zsrl.agents.base import CheckpointError, Model
-from zsrl.utils import (
+from zsrl.agents.base import Model
+from zsrl.errors import CheckpointError
+from zsrl.storage import (
     atomic_write_bytes,
     atomic_write_json,
     complete_copy,
-    fault_point,
-    make_temp_dir,
     old_copy,
     read_json_object,
     sha256_file,
     storage_errors,
-    swap_in,
+    swapped_directory,
 )
+from zsrl.utils import fault_point, rng_state, set_rng_state
 
 TRAINING_FORMAT_VERSION = 2
 CHECKPOINT = "checkpoint"
@@ -127,31 +126,13 @@ def checkpoint_step(run_dir: str | Path) -> int | None:
     return None if path is None else int(read_manifest(path).get("step", 0))
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @contextlib.contextmanager
 def _swapped_dir(path: Path, step: int, keep_old: bool) -> Iterator[Path]:
-    """A temporary folder to fill; its manifest is written and it is swapped in at ``path``."""
-    tmp = make_temp_dir(path)
-    try:
+    """A temporary folder to fill; its manifest is written last and it is swapped in at ``path``."""
+    with swapped_directory(path, keep_old=keep_old) as tmp:
         yield tmp
         write_manifest(tmp, step=step, format_version=TRAINING_FORMAT_VERSION)
         fault_point(f"{path.name}:written")
-        swap_in(tmp, path, keep_old=keep_old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_checkpoint(
@@ -203,9 +184,6 @@ def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]
         agent.load_state_dict(state["agent"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} does not match this run's agent config: {exc}") from None
-    rng["torch"] = rng["torch"].cpu()
-    if "cuda" in rng:
-        rng["cuda"] = [s.cpu() for s in rng["cuda"]]
     set_rng_state(rng)
     return step, loop
 

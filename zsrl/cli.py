@@ -1,7 +1,8 @@
 """The ``zsrl`` command line.
 
-    zsrl collect   --domain D --collector random|rnd|sb3 --transitions N --out DIR
+    zsrl collect   --domain D [--collector random|sticky|rnd|sb3] --transitions N --out DIR
     zsrl data describe DIR
+    zsrl data goals DIR [--count 5] [--out FILE]
     zsrl train     --config PRESET_OR_YAML --dataset DIR --out RUN_DIR [key=value ...]
     zsrl train     --agent fb --dataset DIR --out RUN_DIR [key=value ...]
     zsrl train     --resume RUN_DIR [train.steps=N]
@@ -15,7 +16,6 @@ paragraph without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
 import textwrap
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zsrl.utils import UserError
+from zsrl.errors import UserError
 
 if TYPE_CHECKING:
     from zsrl.config import RunConfig
@@ -33,7 +33,7 @@ quick start (point-mass maze, CPU, minutes): everything in one command
   zsrl pipeline --out runs/quickstart
 
 or step by step:
-  zsrl collect --domain point_mass_maze --collector sticky --hold 100 --transitions 200000 --out data/maze
+  zsrl collect --domain point_mass_maze --transitions 200000 --out data/maze
   zsrl data describe data/maze
   zsrl train --config fb/point_mass_maze_cpu --dataset data/maze --out runs/fb_maze
   zsrl eval runs/fb_maze --goals all
@@ -42,14 +42,41 @@ run `zsrl COMMAND --help` for the options of each command.
 """
 
 
-def _add_sticky_options(p: argparse.ArgumentParser, hold_max: int | None, rest: float | None,
-                        shown: tuple[int | None, float] | None = None) -> None:
-    shown_max, shown_rest = shown or (hold_max, rest)
-    p.add_argument("--hold-max", type=int, default=hold_max, metavar="STEPS",
-                   help="sticky collector: hold each action a random multiple of --hold steps up to this "
-                   f"(default: {shown_max or 'always --hold'})")
-    p.add_argument("--rest", type=float, default=rest, metavar="P",
-                   help=f"sticky collector: probability that a held action is zero (default: {shown_rest:g})")
+def _add_collector_options(p: argparse.ArgumentParser) -> None:
+    """The options of :class:`zsrl.collect.CollectorConfig`, with its defaults (one set for
+    `zsrl collect` and `zsrl pipeline`)."""
+    from zsrl.collect import COLLECTORS, CollectorConfig
+
+    d = CollectorConfig()
+    p.add_argument("--collector", choices=COLLECTORS, default=d.collector,
+                   help="exploration policy: uniform random, sticky random (random actions held for a while), "
+                   "RND (random network distillation) or a saved SB3 policy (default: the domain's, see `zsrl domains`)")
+    p.add_argument("--hold", type=int, default=d.hold,
+                   help=f"sticky collector: each action is held a random multiple of this many steps (default: {d.hold})")
+    p.add_argument("--hold-max", type=int, default=d.hold_max, metavar="STEPS",
+                   help="sticky collector: ... up to this many (default: ten times --hold)")
+    p.add_argument("--rest", type=float, default=d.rest, metavar="P",
+                   help=f"sticky collector: probability that a held action is zero (default: {d.rest:g})")
+    p.add_argument("--episode-length", type=int, default=d.episode_length, metavar="STEPS",
+                   help="steps per collected episode (default: the domain's collection episode length, "
+                   "see `zsrl domains`; the maze's is 50000 so that random walks leave the start room)")
+    p.add_argument("--num-envs", type=int, default=d.num_envs,
+                   help=f"parallel environments (default: {d.num_envs}; the data depends on it)")
+    p.add_argument("--async", dest="asynchronous", action="store_true", help="step environments in subprocesses")
+    p.add_argument("--policy", help="sb3 collector: a stable-baselines3 model .zip")
+    p.add_argument("--action-noise", type=float, default=d.action_noise,
+                   help="sb3 collector: Gaussian action noise std")
+    p.add_argument("--device", default=d.device, help="device of the RND explorer's networks (default: cpu)")
+
+
+def _collector_config(args: argparse.Namespace):
+    from zsrl.collect import CollectorConfig
+
+    return CollectorConfig(
+        collector=args.collector, hold=args.hold, hold_max=args.hold_max, rest=args.rest, num_envs=args.num_envs,
+        asynchronous=args.asynchronous, episode_length=args.episode_length, policy=args.policy,
+        action_noise=args.action_noise, device=args.device,
+    )
 
 
 def _add_collect(sub: argparse._SubParsersAction) -> None:
@@ -60,23 +87,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         "as a dataset directory (written atomically).",
     )
     p.add_argument("--domain", required=True, help="built-in domain name, registered name or 'pkg.module:DomainClass'")
-    p.add_argument("--collector", default="rnd", choices=["random", "sticky", "rnd", "sb3"],
-                   help="exploration policy: uniform random, sticky random (each action held --hold "
-                   "steps), RND (random network distillation), or a saved SB3 policy (default: rnd)")
-    p.add_argument("--hold", type=int, default=25, help="sticky collector: steps each random action is held")
-    _add_sticky_options(p, hold_max=None, rest=0.0)
-    p.add_argument("--episode-length", type=int, default=None, metavar="STEPS",
-                   help="steps per collected episode (default: the domain's collection episode length, "
-                   "see `zsrl domains`; the maze's is 50000 so that random walks leave the start room)")
+    _add_collector_options(p)
     p.add_argument("--transitions", dest="num_transitions", type=int, required=True,
                    help="number of transitions to collect")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-envs", type=int, default=8, help="parallel environments (default: 8)")
-    p.add_argument("--async", dest="asynchronous", action="store_true", help="step environments in subprocesses")
-    p.add_argument("--policy", help="sb3 collector: a stable-baselines3 model .zip")
-    p.add_argument("--action-noise", type=float, default=0.0, help="sb3 collector: Gaussian action noise std")
-    p.add_argument("--device", default="cpu", help="device of the RND explorer's networks (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dataset directory")
     p.add_argument("--no-progress", action="store_true")
 
@@ -87,6 +102,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     d = dsub.add_parser("describe", help="size, episodes, per-dimension ranges, coverage")
     d.add_argument("path")
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    g = dsub.add_parser("goals", help="choose goal states from a dataset and write a goal file",
+                        description="Choose COUNT goals from the dataset's reached states, one from each of "
+                        "COUNT equal slices, and write them with the dataset's per-coordinate spread as a "
+                        "goal file (zsrl.envs.goals) that a domain's goals_file can point at.")
+    g.add_argument("path")
+    g.add_argument("--count", type=int, default=5)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="goal file to write (default: the built-in goal file of the dataset's domain)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -140,14 +163,8 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--domain", default="point_mass_maze")
     p.add_argument("--agent", default="fb")
-    p.add_argument("--collector", default="sticky", choices=["random", "sticky", "rnd"])
-    p.add_argument("--hold", type=int, default=None,
-                   help="sticky collector: steps each action is held, the unit of its random length "
-                   "(default 10; the defaults of these three are zsrl.collect.STICKY_DEFAULTS)")
-    _add_sticky_options(p, hold_max=None, rest=None, shown=(100, 0.2))
+    _add_collector_options(p)
     p.add_argument("--transitions", dest="num_transitions", type=int, default=200_000)
-    p.add_argument("--episode-length", type=int, default=None, metavar="STEPS",
-                   help="steps per collected episode (default: the domain's collection episode length)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -204,26 +221,25 @@ def _format_describe(info: dict) -> str:
 
 def _cmd_collect(args: argparse.Namespace) -> None:
     from zsrl.collect import collect_to_disk
-    from zsrl.explore import RNDConfig
-    from zsrl.registry import make_domain
+    from zsrl.envs import make_domain
 
     domain = make_domain(args.domain)
-    ds = collect_to_disk(
-        domain, args.collector, args.num_transitions, args.out, seed=args.seed, num_envs=args.num_envs,
-        asynchronous=args.asynchronous, policy=args.policy, action_noise=args.action_noise,
-        rnd=RNDConfig(device=args.device), hold=args.hold, hold_max=args.hold_max, rest=args.rest,
-        overwrite=args.overwrite, progress=not args.no_progress, domain_spec=args.domain,
-        episode_length=args.episode_length,
-    )
+    ds = collect_to_disk(domain, _collector_config(args), args.num_transitions, args.out, seed=args.seed,
+                         overwrite=args.overwrite, progress=not args.no_progress, domain_spec=args.domain)
     print(
         f"wrote {len(ds):,} transitions ({ds.meta['transitions_per_second']:,.0f} transitions/s) "
         f"to {args.out}"
     )
 
 
+def _cmd_data(args: argparse.Namespace) -> None:
+    (_cmd_goals if args.data_command == "goals" else _cmd_describe)(args)
+
+
 def _cmd_describe(args: argparse.Namespace) -> None:
     from zsrl.data import OfflineDataset
-    from zsrl.registry import RegistryError, make_domain
+    from zsrl.envs import make_domain
+    from zsrl.errors import RegistryError
 
     ds = OfflineDataset.load(args.path)
     info = ds.describe()
@@ -238,6 +254,26 @@ def _cmd_describe(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2) if args.json else _format_describe(info))
 
 
+def _cmd_goals(args: argparse.Namespace) -> None:
+    from zsrl.data import OfflineDataset
+    from zsrl.envs import make_domain
+    from zsrl.envs.goals import GOALS_DIR, choose_goals
+    from zsrl.storage import atomic_write_json
+    from zsrl.utils import now_iso, versions
+
+    ds = OfflineDataset.load(args.path)
+    domain = make_domain(ds.meta.get("domain_spec", ds.domain))
+    observations = ds.data["next", "observation"].numpy()
+    physics = ds.data["next", "physics"].numpy() if ds.has_physics else None
+    source = {"dataset": str(args.path), "collector": ds.meta.get("collector"), "seed": ds.meta.get("seed"),
+              "transitions": len(ds), "command": f"zsrl data goals {args.path} --count {args.count} --seed {args.seed}",
+              "created": now_iso(), "versions": versions()}
+    goals = choose_goals(observations, physics, args.count, source, seed=args.seed)
+    out = Path(args.out) if args.out else GOALS_DIR / f"{domain.name}.json"
+    atomic_write_json(out, goals.to_dict(domain.name))
+    print(f"wrote {len(goals.observations)} goals of {domain.name} to {out} (rows {goals.source['rows']})")
+
+
 def _cmd_presets(_: argparse.Namespace) -> None:
     from zsrl.config import list_presets
 
@@ -245,14 +281,15 @@ def _cmd_presets(_: argparse.Namespace) -> None:
 
 
 def _cmd_domains(_: argparse.Namespace) -> None:
-    from zsrl.registry import known_domains, make_domain
+    from zsrl.envs import make_domain
+    from zsrl.registry import known_domains
 
     for name in known_domains():
         d = make_domain(name)
         goals = f"; goals: {', '.join(d.goals)} (dense tasks: dense_<goal>)" if d.goals else ""
         length = d.collection_episode_length
-        collects = f"; collected in {length:,}-step episodes" if length and length != d.episode_length else ""
-        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}{collects}")
+        collects = f" in {length:,}-step episodes" if length and length != d.episode_length else ""
+        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}; collected {d.default_collector}{collects}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -291,7 +328,7 @@ def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig
     import torch
 
     from zsrl.config import generic_preset, load_run_config
-    from zsrl.utils import read_json
+    from zsrl.storage import read_json
 
     meta = read_json(Path(dataset) / "meta.json", f"dataset {dataset} (is it a `zsrl collect` folder?)")
     domain = (meta.get("domain_spec") or meta.get("domain")) if isinstance(meta, dict) else None
@@ -353,24 +390,20 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _cmd_pipeline(args: argparse.Namespace) -> None:
     from zsrl.pipeline import run_pipeline
 
-    run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=args.collector, hold=args.hold,
-                 hold_max=args.hold_max, rest=args.rest,
-                 num_transitions=args.num_transitions, episode_length=args.episode_length, seed=args.seed,
-                 overrides=args.overrides, episodes=args.episodes, progress=not args.no_progress)
+    run_pipeline(args.out, domain=args.domain, agent=args.agent, collector=_collector_config(args),
+                 num_transitions=args.num_transitions, seed=args.seed, overrides=args.overrides,
+                 episodes=args.episodes, progress=not args.no_progress)
 
 
 COMMANDS = {
     "pipeline": _cmd_pipeline,
     "collect": _cmd_collect,
-    "data": _cmd_describe,
+    "data": _cmd_data,
     "train": _cmd_train,
     "eval": _cmd_eval,
     "presets": _cmd_presets,
     "domains": _cmd_domains,
 }
-
-
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _print_error(command: str, message: str) -> None:
@@ -390,9 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(args.command, str(exc))
         return int(getattr(exc, "exit_code", 2))
     except OSError as exc:  # a storage failure that no caller put in words
-        if exc.errno not in _STORAGE_ERRNOS:
+        from zsrl.storage import STORAGE_ERRNOS, describe_os_error
+
+        if exc.errno not in STORAGE_ERRNOS:
             raise
-        from zsrl.utils import describe_os_error
 
         where = f" ({exc.filename})" if exc.filename else ""
         _print_error(args.command, f"{describe_os_error(exc)}{where}. Fix the storage (free space, permissions) "

@@ -27,12 +27,56 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from zsrl.data import OfflineDataset, env_dims, from_numpy
+from zsrl.errors import UserError
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
-from zsrl.lock import writer_lock
-from zsrl.owned import check_out
-from zsrl.utils import UserError, fault_point, now_iso, resolve_device, versions
+from zsrl.storage import new_directory
+from zsrl.utils import fault_point, now_iso, resolve_device, versions
 
 COLLECTORS = ("random", "sticky", "rnd", "sb3")
+
+
+@dataclass
+class CollectorConfig:
+    """How reward-free data is collected: the one set of defaults that ``zsrl collect``,
+    ``zsrl pipeline`` and ``scripts/benchmark.py`` share (the quick start's).
+
+    The sticky collector holds each uniform random action a random multiple of ``hold``
+    steps up to ``hold_max`` (every hold then serves ``agent.action_repeat = hold``), and a
+    held action is the zero action with probability ``rest``, so the data shows travelling,
+    turning and braking.
+    """
+
+    #: ``random``, ``sticky``, ``rnd`` or ``sb3``; None: the domain's ``default_collector``
+    collector: str | None = None
+    hold: int = 10
+    #: None: ten times ``hold``
+    hold_max: int | None = None
+    rest: float = 0.2
+    #: parallel environments (they decide the data: keep the number to repeat a dataset)
+    num_envs: int = 4
+    asynchronous: bool = False
+    #: steps per collected episode (None: the domain's ``collection_episode_length``)
+    episode_length: int | None = None
+    #: the sb3 collector's saved stable-baselines3 model (``.zip``) and its Gaussian action noise
+    policy: str | None = None
+    action_noise: float = 0.0
+    #: the device of the RND explorer's networks
+    device: str = "cpu"
+
+    def collector_for(self, domain: Any) -> str:
+        return self.collector or domain.default_collector
+
+    def check(self) -> None:
+        """A :class:`UserError` naming the flag of the first bad setting."""
+        for flag, value in (("--num-envs", self.num_envs), ("--hold", self.hold), ("--hold-max", self.hold_max),
+                            ("--episode-length", self.episode_length)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"{flag} must be a positive integer, got {value!r}")
+        if self.collector is not None and self.collector not in COLLECTORS:
+            raise UserError(f"unknown collector {self.collector!r}; choose one of {', '.join(COLLECTORS)}")
+        if not self.action_noise >= 0:
+            raise UserError(f"--action-noise must be >= 0, got {self.action_noise!r}")
+        resolve_device(self.device)  # a clear error for --device gpu0
 
 
 @dataclass
@@ -69,12 +113,6 @@ def reached_states(
     return reached, next_physics
 
 
-#: the sticky-random collector of ``zsrl pipeline`` and the benchmark: each action is held a
-#: random multiple of 10 steps up to 100 (every hold serves ``agent.action_repeat = 10``), and
-#: a fifth of them are the zero action, so the data shows travelling, turning and braking
-STICKY_DEFAULTS: dict[str, Any] = {"hold": 10, "hold_max": 100, "rest": 0.2}
-
-
 def collection_episode_length(domain: Any, episode_length: int | None = None) -> int:
     """Steps per collected episode: ``episode_length``, else the domain's collection length."""
     return episode_length or domain.collection_episode_length or domain.episode_length
@@ -95,29 +133,19 @@ def make_vector_env(
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
-def make_explorer(
-    collector: str,
-    obs_dim: int,
-    action_dim: int,
-    num_transitions: int,
-    seed: int,
-    policy: str | None = None,
-    action_noise: float = 0.0,
-    rnd: RNDConfig | None = None,
-    hold: int = 25,
-    hold_max: int | None = None,
-    rest: float = 0.0,
-):
+def make_explorer(cfg: CollectorConfig, collector: str, obs_dim: int, action_dim: int, num_transitions: int,
+                  seed: int) -> Any:
+    """The explorer of ``collector`` with ``cfg``'s settings."""
     if collector == "random":
         return RandomExplorer(action_dim, seed)
     if collector == "sticky":
-        return RandomExplorer(action_dim, seed, hold=hold, hold_max=hold_max, rest=rest)
+        return RandomExplorer(action_dim, seed, hold=cfg.hold, hold_max=cfg.hold_max or 10 * cfg.hold, rest=cfg.rest)
     if collector == "rnd":
-        return RNDExplorer(obs_dim, action_dim, capacity=num_transitions, cfg=rnd, seed=seed)
+        return RNDExplorer(obs_dim, action_dim, capacity=num_transitions, cfg=RNDConfig(device=cfg.device), seed=seed)
     if collector == "sb3":
-        if not policy:
+        if not cfg.policy:
             raise UserError("--collector sb3 needs --policy FILE.zip (a saved stable-baselines3 model)")
-        return SB3Explorer(policy, action_dim, noise_std=action_noise, seed=seed)
+        return SB3Explorer(cfg.policy, action_dim, noise_std=cfg.action_noise, seed=seed)
     raise UserError(f"unknown collector {collector!r}; choose one of {', '.join(COLLECTORS)}")
 
 
@@ -243,50 +271,35 @@ def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
 
 def collect_to_disk(
     domain: Any,
-    collector: str,
+    cfg: CollectorConfig,
     num_transitions: int,
     out: str | Path,
     *,
     seed: int = 0,
-    num_envs: int = 4,
-    asynchronous: bool = False,
-    policy: str | None = None,
-    action_noise: float = 0.0,
-    rnd: RNDConfig | None = None,
-    hold: int = 25,
-    hold_max: int | None = None,
-    rest: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
     domain_spec: str | None = None,
-    episode_length: int | None = None,
 ) -> OfflineDataset:
-    """Collect and save atomically to ``out`` (with ``coverage.png`` where the domain draws).
+    """Collect with ``cfg`` and write the dataset ``out`` atomically (with ``coverage.png``
+    where the domain draws a floor plan).
 
-    Everything that can be checked is checked before collecting; ``overwrite`` replaces only
-    a dataset directory, and one process at a time writes ``out``.
+    Everything that can be checked is checked before collecting, ``out`` once, under its
+    writer lock; ``overwrite`` replaces only a dataset directory.
     """
     out = Path(out)
-    _check_counts(transitions=num_transitions, num_envs=num_envs, hold=hold)
-    if episode_length is not None:
-        _check_counts(episode_length=episode_length)
+    cfg.check()
+    _check_counts(transitions=num_transitions)
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    if collector == "rnd" and rnd is not None:
-        resolve_device(rnd.device)  # a clear error for --device gpu0
-    if not action_noise >= 0:
-        raise UserError(f"--action-noise must be >= 0, got {action_noise!r}")
-    check_out(out, "dataset", overwrite)  # fail before collecting
     obs_dim, action_dim = env_dims(domain, seed)
-    explorer = make_explorer(collector, obs_dim, action_dim, num_transitions, seed, policy, action_noise, rnd, hold,
-                             hold_max, rest)
-    with writer_lock(out, "dataset"):
+    explorer = make_explorer(cfg, cfg.collector_for(domain), obs_dim, action_dim, num_transitions, seed)
+    with new_directory(out, "dataset", overwrite) as tmp:
         dataset = collect(
-            domain, explorer, num_transitions, num_envs=num_envs, seed=seed,
-            asynchronous=asynchronous, progress=progress, domain_spec=domain_spec,
-            episode_length=episode_length,
+            domain, explorer, num_transitions, num_envs=cfg.num_envs, seed=seed, asynchronous=cfg.asynchronous,
+            progress=progress, domain_spec=domain_spec, episode_length=cfg.episode_length,
         )
         fault_point("collect:collected")
         png = coverage_png(domain, dataset)
-        dataset.save(out, overwrite=overwrite, extra_files={"coverage.png": png} if png else None)
+        dataset.write_into(tmp, extra_files={"coverage.png": png} if png else None)
+    dataset.path = out
     return dataset

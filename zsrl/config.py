@@ -28,12 +28,12 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from zsrl.errors import UserError
 from zsrl.registry import agent_class
-from zsrl.utils import UserError
 
 T = TypeVar("T")
 
@@ -111,8 +111,10 @@ class TrainConfig:
     tf32: bool = True
     #: ``bf16``: autocast the update's matmuls to bfloat16 (parameters and optimiser stay fp32)
     precision: Literal["fp32", "bf16"] = "fp32"
-    tensorboard: bool = False
     progress: bool = True
+
+    #: options removed since zsrl 0.1, and the value each behaved as when off
+    retired: ClassVar[dict[str, Any]] = {"tensorboard": False}
 
 
 def resolve_auto(flag: bool | str, device: Any) -> bool:
@@ -222,6 +224,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         raise UserError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.init}
+    data = _without_retired(cls, data, prefix)
     unknown = sorted(set(data) - known)
     if unknown:
         where = f" in {prefix}" if prefix else ""
@@ -237,6 +240,21 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     if cls is not RunConfig:  # a RunConfig is checked once its agent section is parsed
         validate(out, prefix)
     return out
+
+
+def _without_retired(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` without the keys of options ``cls`` retired (its ``retired`` table: key → the
+    value it behaved as when off), so configs and models saved before keep loading; a retired
+    option that was on is an error that says so."""
+    retired = getattr(cls, "retired", {})
+    for key in set(data) & set(retired):
+        if data[key] != retired[key]:
+            name = f"{prefix}.{key}" if prefix else key
+            raise UserError(
+                f"{name} = {data[key]!r}: this option was removed from zsrl (it measured no better; "
+                "docs/experiments.md); a config or model that uses it needs the zsrl release it was made with"
+            )
+    return {k: v for k, v in data.items() if k not in retired}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

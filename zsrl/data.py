@@ -30,6 +30,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,19 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from zsrl.owned import check_replaceable, is_dataset_dir
-from zsrl.utils import (
-    StorageError,
-    UserError,
-    atomic_directory,
+from zsrl.errors import DatasetError, StorageError, UserError
+from zsrl.storage import (
     atomic_write_json,
     complete_copy,
     describe_os_error,
-    now_iso,
+    is_dataset_dir,
+    new_directory,
     old_copy,
     read_json_object,
     sha256_file,
     storage_errors,
-    versions,
 )
+from zsrl.utils import now_iso, versions
 
 FORMAT_VERSION = 1
 
@@ -67,8 +66,19 @@ _REQUIRED: dict[Any, torch.dtype] = {
 _OPTIONAL: dict[Any, torch.dtype] = {"physics": torch.float64, ("next", "physics"): torch.float64}
 
 
-class DatasetError(UserError):
-    """A dataset directory that cannot be used; the message says why and what to do."""
+@dataclass(frozen=True)
+class Transitions:
+    """A batch of transitions as numpy arrays with a leading batch dimension ``N``: what
+    reward functions read (:data:`zsrl.envs.RewardFn`)."""
+
+    observation: np.ndarray  # (N, obs_dim) float32
+    action: np.ndarray  # (N, action_dim) float32, in [-1, 1]
+    next_observation: np.ndarray  # (N, obs_dim) float32
+    physics: np.ndarray | None = None  # (N, physics_dim) float64, MuJoCo state before
+    next_physics: np.ndarray | None = None  # (N, physics_dim) float64, state after
+
+    def __len__(self) -> int:
+        return int(self.observation.shape[0])
 
 
 def _key_name(key: Any) -> str:
@@ -83,9 +93,11 @@ class OfflineDataset:
         meta: metadata (``domain``, ``collector``, ``seed``, ``versions`` …).
     """
 
-    def __init__(self, data: TensorDict, meta: Mapping[str, Any]):
+    def __init__(self, data: TensorDict, meta: Mapping[str, Any], path: Path | None = None):
         self.data = data
         self.meta = dict(meta)
+        #: the directory it was loaded from or saved to (None: in memory only)
+        self.path = path
         self._episode_end: torch.Tensor | None = None
 
     # ---- basic properties --------------------------------------------------------------
@@ -113,7 +125,10 @@ class OfflineDataset:
         return "physics" in self.data
 
     def to(self, device: str | torch.device) -> OfflineDataset:
-        return OfflineDataset(self.data.to(device), self.meta)
+        """The same dataset on ``device`` (itself where it is there already)."""
+        if torch.device(device) == self.device:
+            return self
+        return OfflineDataset(self.data.to(device), self.meta, self.path)
 
     # ---- sampling ----------------------------------------------------------------------
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -151,20 +166,24 @@ class OfflineDataset:
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False, extra_files: Mapping[str, bytes] | None = None) -> Path:
-        """Write atomically: an interrupted save leaves nothing that loads as a dataset.
-
-        ``overwrite`` replaces only a dataset directory (see :mod:`zsrl.owned`). The free
-        space is checked first: the memory-mapped write would otherwise die of SIGBUS on a
-        full disk.
-        """
+        """Write the dataset directory ``path`` atomically (:func:`zsrl.storage.new_directory`):
+        an interrupted save leaves nothing that loads as a dataset, and ``overwrite`` replaces
+        only a dataset directory."""
         path = Path(path)
-        if overwrite and path.exists():
-            check_replaceable(path, "dataset")
-        with atomic_directory(path, overwrite=overwrite) as tmp, storage_errors(f"write the dataset {path}"):
-            _check_free_space(tmp, int(self.data.bytes()) + sum(len(b) for b in (extra_files or {}).values()))
-            self.data.memmap(tmp / "tensors", num_threads=0)
+        with new_directory(path, "dataset", overwrite) as tmp:
+            self.write_into(tmp, extra_files)
+        self.path = path
+        return path
+
+    def write_into(self, directory: Path, extra_files: Mapping[str, bytes] | None = None) -> None:
+        """Write ``tensors/``, ``meta.json`` (with the tensors' checksums) and ``extra_files``
+        into the new, empty ``directory``. The free space is checked first: the memory-mapped
+        write would otherwise die of SIGBUS on a full disk."""
+        with storage_errors(f"write the dataset {directory}"):
+            _check_free_space(directory, int(self.data.bytes()) + sum(len(b) for b in (extra_files or {}).values()))
+            self.data.memmap(directory / "tensors", num_threads=0)
             for name, blob in (extra_files or {}).items():
-                (tmp / name).write_bytes(blob)
+                (directory / name).write_bytes(blob)
             meta = {
                 "format_version": FORMAT_VERSION,
                 "num_transitions": len(self),
@@ -175,10 +194,9 @@ class OfflineDataset:
             }
             meta.setdefault("created", now_iso())
             meta.setdefault("versions", versions())
-            meta["sha256"] = _tensor_checksums(tmp / "tensors")
-            atomic_write_json(tmp / "meta.json", meta)
+            meta["sha256"] = _tensor_checksums(directory / "tensors")
+            atomic_write_json(directory / "meta.json", meta)
         self.meta = meta
-        return path
 
     @classmethod
     def load(
@@ -216,12 +234,8 @@ class OfflineDataset:
                 f"dataset {path} has format version {version!r}; this zsrl reads versions "
                 f"<= {FORMAT_VERSION}. Upgrade zsrl or re-collect the dataset."
             )
-        if domain is not None and meta.get("domain") != domain:
-            raise DatasetError(
-                f"dataset {path} was collected on domain {meta.get('domain')!r}, but this run "
-                f"uses domain {domain!r}. Pass a dataset of {domain!r} (collect one with "
-                f"`zsrl collect --domain {domain}`) or set domain={meta.get('domain')}."
-            )
+        if domain is not None:
+            check_domain(path, meta.get("domain"), domain)
         _check_leaf_files(path / "tensors")
         _verify_checksums(path, meta.get("sha256"))
         try:
@@ -241,7 +255,7 @@ class OfflineDataset:
         # copy out of the memory map onto the training device
         data = stored.to(torch.device(device)) if torch.device(device).type != "cpu" else stored.clone()
         _validate(data, f"dataset {path}")
-        return cls(data, meta)
+        return cls(data, meta, path)
 
     # ---- summaries ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -355,6 +369,16 @@ def env_dims(domain: Any, seed: int = 0) -> tuple[int, int]:
     return dims
 
 
+def check_domain(path: Any, collected_on: Any, domain: str) -> None:
+    """Refuse a dataset collected on another domain than ``domain``."""
+    if collected_on != domain:
+        raise DatasetError(
+            f"dataset {path} was collected on domain {collected_on!r}, but this run "
+            f"uses domain {domain!r}. Pass a dataset of {domain!r} (collect one with "
+            f"`zsrl collect --domain {domain}`) or set domain={collected_on}."
+        )
+
+
 def check_fits_domain(data: OfflineDataset, domain: Any, where: str) -> None:
     """Refuse a dataset whose observation or action size differs from ``domain``'s env."""
     obs_dim, act_dim = env_dims(domain)
@@ -455,11 +479,10 @@ def from_numpy(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Off
     return OfflineDataset(data, meta)
 
 
-def as_transitions(data: TensorDict):
-    """A :class:`zsrl.envs.Transitions` (numpy, on the host) view of a batch of transitions."""
-    from zsrl.envs.base import Transitions
+def as_transitions(data: TensorDict) -> Transitions:
+    """The :class:`Transitions` (numpy, on the host) of a batch of transitions."""
 
-    def np_(key):
+    def np_(key: Any) -> np.ndarray | None:
         return data[key].detach().cpu().numpy() if key in data.keys(include_nested=True) else None
 
     return Transitions(

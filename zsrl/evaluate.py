@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zsrl.agents.base import CheckpointError, Model
+from zsrl.agents.base import Model
 from zsrl.checkpoint import (
     CHECKPOINT,
     FINAL_MODEL,
@@ -51,11 +51,13 @@ from zsrl.checkpoint import (
 )
 from zsrl.collect import make_vector_env, reached_states
 from zsrl.config import run_config_from_dict
-from zsrl.data import OfflineDataset, as_transitions
-from zsrl.envs.base import Domain, RewardFn, Transitions, reward_from_arrays
-from zsrl.registry import import_object, make_domain
+from zsrl.data import OfflineDataset, Transitions, as_transitions
+from zsrl.envs import Domain, RewardFn, make_domain, reward_from_arrays
+from zsrl.errors import CheckpointError, UserError
+from zsrl.registry import import_object
 from zsrl.stats import aggregate
-from zsrl.utils import UserError, now_iso, read_json, resolve_device, versions
+from zsrl.storage import read_json
+from zsrl.utils import now_iso, resolve_device, versions
 
 #: "% of oracle" is only defined when the oracle's mean return reaches this (a near-zero
 #: denominator — an oracle that failed too — would make any ratio meaningless)
@@ -404,8 +406,11 @@ def evaluate_run(
     reward_samples: int | None = None,
     seeds: Sequence[int] = (0,),
     device: str = "auto",
+    dataset: OfflineDataset | None = None,
 ) -> Evaluation:
     """Evaluate a run directory on domain tasks, user reward functions and goals.
+
+    The prompts label states of the run's dataset (``dataset``: that dataset, already loaded).
 
     ``tasks=None`` means every task of the domain, unless only user reward functions are
     asked for; goals (``["all"]`` for every goal of the domain) are evaluated as well as the
@@ -432,7 +437,10 @@ def evaluate_run(
     for g in goals:
         domain.goal(g)  # validates the name before any work
     model, scored, notes = load_scored_model(run_dir, domain, dev, cfg.train.steps)
-    dataset = OfflineDataset.load(run["dataset"], device=dev, domain=domain.name)
+    if dataset is None:
+        dataset = OfflineDataset.load(run["dataset"], device=dev, domain=domain.name)
+    else:
+        dataset = dataset.to(dev)
 
     per_seed: list[dict[str, Any]] = []
     rollouts: dict[str, Rollout] = {}

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zsrl.errors import UserError
 from zsrl.nn import RunningMeanStd, clipped_noise_action, mlp, soft_update
-from zsrl.utils import UserError
 
 
 class RandomExplorer:

@@ -1,25 +1,17 @@
 """Stop requests (SIGTERM, Ctrl-C) turned into a flag the training loop checks between
-updates, so that it can save a checkpoint of a consistent state before it exits.
-
-A second Ctrl-C raises :class:`KeyboardInterrupt` at once (the last checkpoint is kept).
-"""
+updates, so that it can save a checkpoint of a consistent state before it exits
+(:class:`StopRequests`; a second Ctrl-C raises :class:`KeyboardInterrupt` at once), and, for
+the other commands, SIGTERM turned into Ctrl-C (:class:`TerminateAsInterrupt`)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 from types import FrameType, TracebackType
-from typing import Self
+from typing import TYPE_CHECKING
 
-from zsrl.utils import UserError
-
-
-class Interrupted(UserError):
-    """Training stopped on request after saving a checkpoint; exits 128 + the signal."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class StopRequests:

@@ -7,7 +7,6 @@ kernel launch per layer instead of a Python loop.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -184,46 +183,6 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(tgt, src, tau)
 
 
-class ParameterAverage(nn.Module):
-    """An exponential moving average of a module's parameters over training (Polyak
-    averaging of the iterates), the weights an agent exports when ``agent.ema_decay > 0``.
-
-    After the ``n``-th :meth:`update`, ``θ̄_n = δ_n θ̄_{n−1} + (1 − δ_n) θ_n`` with
-    ``δ_n = min(δ, (1 + n) / (10 + n))``: early on the average follows the recent iterates
-    (the warm-up of TensorFlow's ``ExponentialMovingAverage``), so a short run never exports
-    its initial weights. While ``δ_n < δ`` (``n < (10δ − 1) / (1 − δ)``, about 90k updates for
-    ``δ = 0.9999``) the average spans about the last ``n / 9`` updates; after that, about the
-    last ``1 / (1 − δ)``. Buffers are
-    not averaged: :meth:`averaged` copies the source's in (fitted normalisers, prompt banks).
-    The update is one foreach kernel with the weight on the device, so it runs inside a
-    compiled or CUDA-graphed step without a host synchronisation.
-    """
-
-    def __init__(self, source: nn.Module, decay: float):
-        super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"the decay of a parameter average must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.module = copy.deepcopy(source).requires_grad_(False)
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, source: nn.Module) -> None:
-        """Fold ``source``'s current parameters into the average."""
-        self.updates.add_(1)
-        n = self.updates.float()
-        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
-        averaged = list(self.module.parameters())
-        torch._foreach_lerp_(averaged, list(source.parameters()), [weight] * len(averaged))
-
-    @torch.no_grad()
-    def averaged(self, source: nn.Module) -> nn.Module:
-        """The averaged copy of ``source``, with ``source``'s buffers copied in."""
-        for mine, theirs in zip(self.module.buffers(), source.buffers(), strict=True):
-            mine.copy_(theirs)
-        return self.module
-
-
 def call_frozen(module: nn.Module, *args: Any) -> Any:
     """``module(*args)`` with its parameters detached: gradients reach the inputs only.
 
@@ -241,14 +200,17 @@ def optimizer_step(loss: torch.Tensor, *opts: torch.optim.Optimizer, clip_grad_n
 
     Several optimisers share one backward pass when their parameters are disjoint and
     ``loss`` is the sum of their losses (each parameter's gradient is then that of its own
-    term). With ``clip_grad_norm`` > 0 each optimiser's gradient norm is clipped on its own.
+    term). With ``clip_grad_norm`` > 0 the gradient norm of each parameter group (one network:
+    FB's F and B are two groups of one optimiser) is clipped on its own, as metamotivo clips each
+    network.
     """
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()
     for opt in opts:
         if clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_grad_norm)
+            for group in opt.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], clip_grad_norm)
         opt.step()
 
 

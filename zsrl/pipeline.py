@@ -12,16 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zsrl.collect import STICKY_DEFAULTS, collect_to_disk
+from zsrl.collect import CollectorConfig, collect_to_disk
 from zsrl.data import OfflineDataset
+from zsrl.envs import make_domain
 from zsrl.evaluate import Evaluation, evaluate_run
-from zsrl.registry import make_domain
 from zsrl.report import format_table, write_report
 from zsrl.train import start_run
-
-
-def _sticky_settings(**given: float | None) -> dict[str, float | None]:
-    return {**STICKY_DEFAULTS, **{key: value for key, value in given.items() if value is not None}}
 
 
 def run_pipeline(
@@ -29,12 +25,8 @@ def run_pipeline(
     *,
     domain: str = "point_mass_maze",
     agent: str = "fb",
-    collector: str = "sticky",
-    hold: int | None = None,
-    hold_max: int | None = None,
-    rest: float | None = None,
+    collector: CollectorConfig | None = None,
     num_transitions: int = 200_000,
-    episode_length: int | None = None,
     seed: int = 0,
     overrides: list[str] | None = None,
     episodes: int = 10,
@@ -42,28 +34,27 @@ def run_pipeline(
 ) -> Evaluation:
     """Collect (or reuse ``OUT/data``), pretrain with the CPU preset, evaluate every task and goal.
 
-    ``episode_length``: steps per collected episode (default: the domain's
-    ``collection_episode_length``); ``seed`` seeds the collection and the training;
-    ``hold``, ``hold_max``, ``rest``: the sticky collector's settings, each one not given taken
-    from :data:`~zsrl.collect.STICKY_DEFAULTS`.
+    ``collector``: how to collect (default :class:`~zsrl.collect.CollectorConfig`, the quick
+    start's); ``seed`` seeds the collection and the training.
     """
     out = Path(out)
     dom = make_domain(domain)
-    data = out / "data"
-    if data.exists():
-        print(f"[1/3] reusing the dataset in {data}")
-        OfflineDataset.load(data, domain=dom.name)
+    collector = collector or CollectorConfig()
+    path = out / "data"
+    if path.exists():
+        print(f"[1/3] reusing the dataset in {path}")
+        data = OfflineDataset.load(path, domain=dom.name)
     else:
-        print(f"[1/3] collecting {num_transitions:,} reward-free transitions ({collector}) on {domain}")
-        collect_to_disk(dom, collector, num_transitions, data, seed=seed, progress=progress,
-                        **_sticky_settings(hold=hold, hold_max=hold_max, rest=rest),
-                        domain_spec=domain, episode_length=episode_length)
+        print(f"[1/3] collecting {num_transitions:,} reward-free transitions ({collector.collector_for(dom)}) "
+              f"on {domain}")
+        data = collect_to_disk(dom, collector, num_transitions, path, seed=seed, progress=progress,
+                               domain_spec=domain)
     print(f"[2/3] pretraining {agent} with the preset {agent}/{domain}_cpu")
     run = start_run(f"{agent}/{domain}_cpu", data, out / "run",
                     [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])],
                     overwrite=True)
     print(f"[3/3] prompting on every task{' and goal' if dom.goals else ''}, {episodes} episodes each")
-    evaluation = evaluate_run(run, goals=["all"] if dom.goals else [], episodes=episodes)
+    evaluation = evaluate_run(run, goals=["all"] if dom.goals else [], episodes=episodes, dataset=data)
     write_report(evaluation, out / "report", overwrite=True)  # the run itself was just replaced
     print(format_table(evaluation))
     print(f"\nreport: {out / 'report' / 'report.md'}")

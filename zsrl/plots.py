@@ -1,7 +1,7 @@
 """Pictures of runs and evaluations: learning curves, return bars, maze paths, videos.
 
 Every function takes data and an output path, renders the picture in memory, writes it
-with :func:`zsrl.utils.atomic_write_bytes` (a reader never sees a half-written file) and
+with :func:`zsrl.storage.atomic_write_bytes` (a reader never sees a half-written file) and
 returns the path as a :class:`~pathlib.Path`. Figures are drawn on the Agg canvas directly
 (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``), never through ``pyplot``: nothing is
 registered in pyplot's global figure list, the process-wide backend of a notebook or GUI
@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from zsrl.stats import bootstrap_ci
-from zsrl.utils import atomic_write_bytes
+from zsrl.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
     from zsrl.envs.base import Domain

@@ -1,6 +1,7 @@
 """Name → class registries for agents and domains.
 
-The core never imports an algorithm or an environment directly. It resolves names here:
+The core never imports an algorithm or an environment: it resolves names here, by import
+path, in this order:
 
 1. names registered at run time with :func:`register_agent` / :func:`register_domain`;
 2. the built-ins, listed as lazy ``"module:attribute"`` paths so importing :mod:`zsrl`
@@ -16,12 +17,9 @@ import importlib
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from zsrl.utils import UserError
-
-if TYPE_CHECKING:
-    from zsrl.envs.base import Domain
+from zsrl.errors import RegistryError
 
 _BUILTIN_AGENTS = {
     "fb": "zsrl.agents.fb:FBAgent",
@@ -40,10 +38,6 @@ _BUILTIN_DOMAINS = {
 }
 
 _registered: dict[str, dict[str, Any]] = {"zsrl.agents": {}, "zsrl.domains": {}}
-
-
-class RegistryError(UserError, LookupError):
-    """An agent or domain name that cannot be resolved (a user mistake: shown without a traceback)."""
 
 
 def import_object(path: str) -> Any:
@@ -103,25 +97,10 @@ def agent_class(name: str) -> Any:
     return _resolve("zsrl.agents", _BUILTIN_AGENTS, name)
 
 
-def make_domain(name: str) -> Domain:
-    """Instantiate the domain called ``name`` (see the module docstring for lookup order)."""
-    from zsrl.envs.base import Domain
-
-    factory = _resolve("zsrl.domains", _BUILTIN_DOMAINS, name)
-    try:
-        domain = factory() if callable(factory) else factory
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 — a plug-in's own failure, told in one paragraph
-        raise RegistryError(f"domain {name!r} could not be created: {type(exc).__name__}: {exc}") from None
-    if not isinstance(domain, Domain):
-        raise RegistryError(
-            f"domain {name!r} gives a {type(domain).__name__}, not a zsrl Domain: subclass "
-            "zsrl.envs.Domain (or zsrl.envs.GymDomain for a gymnasium env)"
-        )
-    if not domain.name:
-        domain.name = name
-    return domain
+def domain_factory(name: str) -> Any:
+    """The Domain class (or zero-argument factory) called ``name``; ``zsrl.envs.make_domain``
+    builds and checks the domain."""
+    return _resolve("zsrl.domains", _BUILTIN_DOMAINS, name)
 
 
 def known_domains() -> list[str]:

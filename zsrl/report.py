@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from zsrl.envs import make_domain
+from zsrl.errors import UserError
 from zsrl.evaluate import MIN_ORACLE_RETURN, Evaluation
-from zsrl.utils import UserError, atomic_write_bytes
+from zsrl.storage import atomic_write_bytes
 
 RESULTS = "results.json"
 REPORT = "report.md"
@@ -97,7 +99,6 @@ def write_results_json(evaluation: Evaluation, path: str | Path, files: Iterable
 def write_report(evaluation: Evaluation, out: str | Path, video: bool = False, overwrite: bool = False) -> list[Path]:
     """results.json, report.md and pictures (bars, learning curves, maze paths, videos) in ``out``."""
     from zsrl import plots
-    from zsrl.registry import make_domain
 
     out = Path(out)
     refuse_to_replace(out, overwrite=overwrite)

@@ -1,7 +1,8 @@
 """The training loop shared by every agent.
 
-Per update: sample a batch on the training device → ``agent.update(batch)`` → accumulate
-the metric tensors on the device (:mod:`zsrl.guard`). Every ``log_every`` updates the
+Per update: one :meth:`zsrl.engine.Engine.step` (sample a batch on the training device →
+``agent.update(batch)`` → the parameter average) → accumulate the metric vector on the device
+(:class:`zsrl.engine.MetricAccumulator`). Every ``log_every`` updates the
 accumulated metrics are read back in one transfer (the only host synchronisation), checked
 for divergence, written to ``metrics.csv`` (and TensorBoard when enabled) and shown on the
 progress bar with updates/s. Every ``checkpoint_every`` updates, and at the end,
@@ -19,7 +20,7 @@ A run directory::
 
 Safety: every value of the config is validated, and the dataset loaded and checked against
 the domain, before the run directory is created; ``--overwrite`` replaces only a run
-directory (:mod:`zsrl.owned`); one process at a time writes a run (:mod:`zsrl.lock`).
+directory, and one process at a time writes a run (:mod:`zsrl.storage`).
 SIGTERM and Ctrl-C save a checkpoint of the current step before exiting.
 
 ``resume_run(RUN_DIR)`` restores agent, optimizers, targets, RNG states, the step and the
@@ -50,56 +51,54 @@ from zsrl.checkpoint import (
     find_checkpoint,
     find_final_model,
     load_training_state,
-    rng_state,
     save_checkpoint,
     save_final_model,
-    set_rng_state,
 )
 from zsrl.config import RunConfig, load_run_config, resolve_auto, run_config_from_dict, validate
 from zsrl.data import (
-    DatasetError,
     OfflineDataset,
+    check_domain,
     check_fits_domain,
     fingerprint,
     held_action_transitions,
 )
-from zsrl.guard import MetricAccumulator, diverged, nonfinite_parameter
-from zsrl.interrupt import Interrupted, StopRequests
-from zsrl.lock import writer_lock
-from zsrl.owned import check_out, create_dir, is_run_dir
-from zsrl.registry import agent_class, make_domain
-from zsrl.utils import (
-    UserError,
+from zsrl.engine import Engine, MetricAccumulator, diverged, nonfinite_parameter
+from zsrl.envs import make_domain
+from zsrl.errors import DatasetError, Interrupted, UserError
+from zsrl.interrupt import StopRequests
+from zsrl.registry import agent_class
+from zsrl.storage import (
     atomic_write_bytes,
     atomic_write_json,
-    fault_point,
-    now_iso,
+    check_out,
+    create_run_dir,
+    is_run_dir,
     read_json_object,
     remove_stale_partials,
-    resolve_device,
-    seed_everything,
     storage_errors,
+    writer_lock,
+)
+from zsrl.utils import (
+    fault_point,
+    now_iso,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
     versions,
 )
 
 
 class MetricsLog:
-    """Append-only CSV of metrics (columns fixed by the first row), optional TensorBoard."""
+    """Append-only CSV of metrics (columns fixed by the first row)."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         self.fields: list[str] | None = None
         if resume_step is not None and path.exists():
             self._truncate_after(resume_step)
         elif path.exists():
             path.unlink()
-        self.tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("train.tensorboard=true needs TensorBoard: pip install 'zsrl[tensorboard]'") from None
-            self.tb = SummaryWriter(str(tensorboard_dir))
 
     def _truncate_after(self, step: int) -> None:
         """Drop rows logged after the checkpoint we resume from (they will be logged again).
@@ -146,14 +145,6 @@ class MetricsLog:
         with storage_errors(f"append to {self.path}", "The last checkpoint is intact; resume with "
                             f"`zsrl train --resume {self.path.parent}`."), self.path.open("a", newline="") as f:
             f.write(buf.getvalue())
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.device) -> Any:
@@ -177,15 +168,20 @@ def _check_names(cfg: RunConfig, domain: Any) -> None:
                         f"{', '.join(tasks)}")
 
 
-def _prepare(cfg: RunConfig, dataset: Path) -> tuple[Any, OfflineDataset, OfflineDataset, Any]:
-    """Domain, device, dataset, the transitions the agent trains on (held-action windows when
-    ``agent.action_repeat > 1``) and a seeded, set-up agent: everything that can fail on bad
-    input, done before a run directory is touched."""
+def prepare(cfg: RunConfig, dataset: Path | OfflineDataset) -> tuple[Any, OfflineDataset, OfflineDataset, Any]:
+    """Domain, dataset (loaded from its path, or as given, on the training device), the
+    transitions the agent trains on (held-action windows when ``agent.action_repeat > 1``)
+    and a seeded, set-up agent: everything that can fail on bad input, done before a run
+    directory is touched."""
     domain = make_domain(cfg.domain)
     _check_names(cfg, domain)
     device = resolve_device(cfg.train.device)
-    data = OfflineDataset.load(dataset, device=device, domain=domain.name)
-    check_fits_domain(data, domain, str(dataset))
+    if isinstance(dataset, OfflineDataset):
+        check_domain(dataset.path, dataset.domain, domain.name)
+        data = dataset.to(device)
+    else:
+        data = OfflineDataset.load(dataset, device=device, domain=domain.name)
+    check_fits_domain(data, domain, str(data.path))
     seed_everything(cfg.train.seed)
     train_data = held_action_transitions(data, cfg.agent.action_repeat)
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
@@ -233,38 +229,42 @@ def missing_cpp_compiler() -> str | None:
 
 def start_run(
     config: str | Path | RunConfig,
-    dataset: str | Path,
+    dataset: str | Path | OfflineDataset,
     out: str | Path,
     overrides: list[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Start a new run from a preset/YAML (plus overrides) or a RunConfig; returns RUN_DIR.
+    """Start a new run from a preset/YAML (plus overrides) or a RunConfig on a dataset (its
+    directory, or an :class:`OfflineDataset` loaded from one); returns RUN_DIR.
 
-    ``overwrite`` replaces ``out`` only if it is a run directory (see :mod:`zsrl.owned`).
+    ``overwrite`` replaces ``out`` only if it is a run directory (:func:`zsrl.storage.check_out`).
     """
     if isinstance(config, RunConfig) and overrides:
         raise UserError("overrides apply to presets; edit the RunConfig directly instead")
     cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
     validate(cfg)
-    out, dataset = Path(out), Path(dataset)
-    check_out(out, "run", overwrite, protect=(dataset,))  # fail fast; checked again under the lock
-    domain, data, train_data, agent = _prepare(cfg, dataset)
-    run_info = {
-        "dataset": str(dataset.resolve()),
-        "dataset_fingerprint": fingerprint(dataset),
-        "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
-        "seed": cfg.train.seed,
-        "device": str(agent.device),
-        # CPU float reductions split by thread: the same seed on another thread count trains
-        # a different (equally valid) network, so the count is part of what reproduces a run
-        "cpu_threads": torch.get_num_threads(),
-        "started": now_iso(),
-        "command": " ".join(sys.argv),
-        "versions": versions(),
-    }
+    out = Path(out)
+    if isinstance(dataset, OfflineDataset) and dataset.path is None:
+        raise UserError("the dataset is in memory only; save it (dataset.save(DIR)) and train on DIR")
+    data_path = Path(dataset.path if isinstance(dataset, OfflineDataset) else dataset)
     with writer_lock(out, "run"):
+        replace = check_out(out, "run", overwrite, protect=(data_path,))
+        domain, data, train_data, agent = prepare(cfg, dataset)
+        run_info = {
+            "dataset": str(data_path.resolve()),
+            "dataset_fingerprint": fingerprint(data_path),
+            "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
+            "seed": cfg.train.seed,
+            "device": str(agent.device),
+            # CPU float reductions split by thread: the same seed on another thread count trains
+            # a different (equally valid) network, so the count is part of what reproduces a run
+            "cpu_threads": torch.get_num_threads(),
+            "started": now_iso(),
+            "command": " ".join(sys.argv),
+            "versions": versions(),
+        }
         with storage_errors(f"create the run directory {out}"):
-            create_dir(out, "run", overwrite, {"config.json": asdict(cfg), "run.json": run_info}, protect=(dataset,))
+            create_run_dir(out, {"config.json": asdict(cfg), "run.json": run_info}, replace)
         _train(cfg, data, train_data, domain, out, agent, start=0, loop={}, resumed=False)
     return out
 
@@ -336,7 +336,7 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
         cfg = run_config_from_dict(saved)
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
         data_path = _dataset_of(run_dir, run, dataset)
-        domain, data, train_data, agent = _prepare(cfg, data_path)
+        domain, data, train_data, agent = prepare(cfg, data_path)
         _warn_other_thread_count(run, agent.device)
         for sub in (CHECKPOINT, FINAL_MODEL):
             remove_stale_partials(run_dir / sub)  # debris of killed writers (we hold the lock)
@@ -369,7 +369,7 @@ class _Checkpointer:
         self.run_dir, self.agent, self.acc, self.meta, self.last = run_dir, agent, acc, meta, last
 
     def check(self, step: int) -> None:
-        """Raise :class:`zsrl.guard.TrainingDiverged` if a metric or parameter is non-finite."""
+        """Raise :class:`zsrl.errors.TrainingDiverged` if a metric or parameter is non-finite."""
         bad = self.acc.first_nonfinite()
         if bad is not None:
             raise diverged(bad[0], bad[1], self.last, self.run_dir)
@@ -411,11 +411,11 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
         print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
         return
     compile_step, cudagraphs = configure_device(tc, agent.device)
-    agent.setup_compile(compile_step, cudagraphs, tc.precision)
+    engine = Engine(agent, compile=compile_step, cudagraphs=cudagraphs, precision=tc.precision)
     if compile_step:
         print("compiling the update (torch.compile): its first steps take up to a minute or two, "
               "less where inductor's cache already holds its kernels")
-    log = MetricsLog(run_dir / "metrics.csv", run_dir / "tb" if tc.tensorboard else None, start if resumed else None)
+    log = MetricsLog(run_dir / "metrics.csv", start if resumed else None)
     evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None)
 
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
@@ -425,7 +425,7 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
     try:
         with StopRequests() as stop:
             for step in range(start + 1, tc.steps + 1):
-                acc.add(agent.train_step(train_data, tc.batch_size), agent.metric_names, step)  # samples inside
+                acc.add(engine.step(train_data, tc.batch_size), engine.metric_names, step)  # samples inside
                 if step % tc.log_every == 0 or step == tc.steps:
                     now = time.perf_counter()
                     means, bad = acc.read()  # the one host sync per log period
@@ -455,7 +455,6 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
         ) from None
     finally:
         bar.close()
-        log.close()
     ckpt.save_model(tc.steps)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from zsrl.utils import UserError
+from zsrl.errors import UserError
 
 
 def sample_categorical(probs: torch.Tensor, n: int) -> torch.Tensor:
