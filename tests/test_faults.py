@@ -28,6 +28,8 @@ from zsrl.data import DatasetError, OfflineDataset
 from zsrl.errors import CheckpointError, LockedError, StorageError, UserError
 from zsrl.train import resume_run, start_run
 
+pytestmark = pytest.mark.slow  # behind `pytest -m slow`, with the learning tests
+
 TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
         "train.batch_size=32", "train.log_every=7", "train.checkpoint_every=10", "train.progress=false",
         "train.steps=40", "train.compile=false"]  # the preset compiles; a few-step run need not

@@ -8,9 +8,11 @@ buffered and written contiguously with a fresh episode id.
 
 Collection episodes last ``domain.collection_episode_length`` steps by default (the task
 episode length unless the domain asks for longer ones), or ``episode_length``: undirected
-exploration gets only as far from the start states as one episode lets it. In the maze a
-sticky-random walk (≤ 2 mm per step) starting in the top-left room puts 0.2% of 200k states
-in the bottom-right room with 1000-step episodes, and 21% with 50,000-step ones.
+exploration gets only as far from the start states as one episode lets it (the maze collects
+50,000-step episodes so that a random walk leaves its start room).
+
+What is collected and how is one :class:`CollectorConfig`, shared by ``zsrl collect``,
+``zsrl pipeline`` and the benchmark.
 """
 
 from __future__ import annotations

@@ -47,12 +47,10 @@ _OutputGradReLU = _activation_from_output(lambda x: torch.relu(x), lambda grad, 
 
 
 class Tanh(nn.Module):
-    """``tanh``, computed on CPU as ``2σ(2x) − 1`` (the same function).
+    """``tanh``, computed on CPU as ``2σ(2x) − 1`` (the same function, within a few ulps of 1).
 
-    PyTorch's CPU ``tanh`` kernel is ~10× slower than its ``sigmoid`` (measured on AVX-512,
-    torch 2.13): with LayerNorm+tanh input blocks it was 15% of an FB update on one thread.
-    The identity ``tanh(x) = 2σ(2x) − 1`` is exact in real arithmetic; in float32 the two
-    differ by at most a few ulps of 1 (absolute ≤ 2e-7). CUDA keeps the native kernel.
+    PyTorch's CPU ``tanh`` kernel is several times slower than its ``sigmoid``
+    (docs/results.md, where the CPU update's time goes); CUDA keeps the native kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +62,11 @@ class Tanh(nn.Module):
 class ReLU(nn.Module):
     """``max(x, 0)``; compiled for a CPU, its backward reads the output: ``g · sign(y)``.
 
-    The same function and gradient as ``nn.ReLU`` (``sign(y)`` is 1 where y > 0, else 0).
-    Inside ``torch.compile`` on a CPU the native op makes inductor save a boolean ``y ≤ 0``
-    mask for the backward pass, and its vectorised C++ stores bool tensors ~30x slower than
-    float ones (65k elements: 610 µs against 22 µs, torch 2.13, AVX-512): those stores were
-    ~15% of a compiled FB maze update. ``g · sign(y)`` saves nothing new (``y`` feeds the next
-    layer's weight gradient anyway) and fuses into one float kernel. Eagerly (whose relu
-    backward already reads ``y``) and on CUDA it is ``torch.relu``.
+    The same function and gradient as ``nn.ReLU``. Inside ``torch.compile`` on a CPU the
+    native op makes inductor save a boolean ``y ≤ 0`` mask for the backward pass, and its
+    vectorised C++ stores bool tensors much slower than float ones; ``g · sign(y)`` saves
+    nothing new (``y`` feeds the next layer's weight gradient anyway). Eagerly and on CUDA it
+    is ``torch.relu``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,8 +217,7 @@ def make_adam(
     as one native op instead of a ``foreach`` op per term) on CPU and CUDA, and on CUDA
     also ``capturable=True`` (step counters on the device, so the step can be recorded in a
     CUDA graph). Elsewhere the default (foreach) implementation. The maths is Adam's either
-    way (same steps up to float rounding). On the 2-core CPU maze preset fused Adam measured
-    1.08x the updates/s of foreach (median of 12 interleaved blocks of 100 steps, 1.02-1.13).
+    way (same steps up to float rounding).
     """
     kind = torch.device(device).type
     if kind in ("cpu", "cuda"):
