@@ -26,28 +26,21 @@ carries whole transitions for methods that need both ends (HILP).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl.config import AgentConfig, from_dict
+from zsrl.agents.model_files import MODEL_FORMAT_VERSION, MODEL_WEIGHTS, read_model, write_model
+from zsrl.config import AgentConfig
 from zsrl.engine import Metrics, ParameterAverage
-from zsrl.errors import CheckpointError, RegistryError
-from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step
-from zsrl.registry import agent_class
-from zsrl.storage import atomic_write_bytes, atomic_write_json
+from zsrl.errors import CheckpointError
+from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step, restore_fast_adam
 
-MODEL_FORMAT_VERSION = 1
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "config.json"
+__all__ = ["MODEL_WEIGHTS", "Agent", "Model", "check_finite"]
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
@@ -128,60 +121,20 @@ class Model(nn.Module):
                 raise ValueError(f"got {rewards.numel()} rewards for {obs.shape[0]} states")
             check_finite("reward samples", rewards)
 
-    # ---- persistence -------------------------------------------------------------------
+    # ---- persistence: a folder of model.safetensors + config.json (agents/model_files.py) ----
     def config_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": MODEL_FORMAT_VERSION,
-            "agent": self.agent_name,
-            "obs_dim": self.obs_dim,
-            "action_dim": self.action_dim,
-            "agent_config": asdict(self.cfg),
-        }
+        """What ``config.json`` records: the agent's name, the sizes and the agent config."""
+        return {"format_version": MODEL_FORMAT_VERSION, "agent": self.agent_name, "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim, "agent_config": asdict(self.cfg)}
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / MODEL_WEIGHTS, safetensors_bytes(tensors))
-        atomic_write_json(directory / MODEL_CONFIG, {**self.config_dict(), **(extra or {})})
+        write_model(self, directory, {**self.config_dict(), **(extra or {})})
 
     @staticmethod
     def load(directory: str | Path, device: str | torch.device = "cpu") -> Model:
         """Rebuild any zsrl model from ``directory`` (dispatching on the agent name)."""
-        directory = Path(directory)
-        cfg_path, weights = directory / MODEL_CONFIG, directory / MODEL_WEIGHTS
-        if not cfg_path.is_file() or not weights.is_file():
-            raise CheckpointError(
-                f"{directory} holds no model ({MODEL_CONFIG} and {MODEL_WEIGHTS} expected); "
-                "point at a run directory's model/ folder or a checkpoint written by zsrl train"
-            )
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{cfg_path} is corrupt (invalid JSON)") from None
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
-            raise CheckpointError(
-                f"{directory} was written with model format {version!r}; this zsrl reads up to "
-                f"{MODEL_FORMAT_VERSION}. Upgrade zsrl to load it."
-            )
-        try:
-            agent_cls = agent_class(meta["agent"])
-        except (RegistryError, KeyError) as exc:
-            raise CheckpointError(f"{cfg_path}: cannot find the agent that wrote it ({exc})") from None
-        cfg = from_dict(agent_cls.config_class, meta["agent_config"], "agent")
-        model = agent_cls.model_class(meta["obs_dim"], meta["action_dim"], cfg)
-        try:
-            state = load_file(str(weights), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{weights} is truncated or corrupt ({exc}); use another checkpoint") from None
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{weights} does not match its config.json: {exc}") from None
-        model.meta = meta  # type: ignore[attr-defined]
-        return model.to(device).eval().requires_grad_(False)
+        return read_model(directory, device)
 
 
 class Agent:
@@ -278,18 +231,6 @@ class Agent:
         config's ``clip_grad_norm`` where it has one."""
         optimizer_step(loss, *opts, clip_grad_norm=getattr(self.cfg, "clip_grad_norm", 0.0))
 
-    def check_declared_state(self) -> None:
-        """Every trainable parameter of a declared module is trained by a declared optimizer."""
-        optimised = {id(p) for o in self._optimizers.values() for g in o.param_groups for p in g["params"]}
-        orphans = [f"{m}.{n}" for m, mod in self._modules.items() for n, p in mod.named_parameters()
-                   if p.requires_grad and id(p) not in optimised]
-        if orphans:
-            raise TypeError(
-                f"{type(self).__name__}: parameters {orphans[:5]}{' …' if len(orphans) > 5 else ''} require "
-                "gradients but no declared optimizer trains them; add them to an add_optimizer call "
-                "or freeze them with requires_grad_(False)"
-            )
-
     def inference_model(self) -> Model:
         """The model to evaluate and export: the parameter average when ``agent.ema_decay >
         0`` (with the online model's buffers), else the online model itself."""
@@ -312,12 +253,4 @@ class Agent:
             m.load_state_dict(state[f"module.{k}"])
         for k, o in self._optimizers.items():
             o.load_state_dict(state[f"optim.{k}"])
-            # keep this device's fused/capturable choice (load_state_dict copies the saved
-            # groups' flags), with step counters where that choice needs them
-            for group, flags in zip(o.param_groups, self._optimizer_flags[k]):
-                group.update(flags)
-                on_device = bool(flags.get("fused") or flags.get("capturable"))
-                for p in group["params"]:
-                    st = o.state.get(p)
-                    if st and isinstance(st.get("step"), torch.Tensor):
-                        st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+            restore_fast_adam(o, self._optimizer_flags[k])

@@ -170,7 +170,7 @@ class Engine:
         """Check one eager update's metrics and return their names; the training state and
         the random stream are restored afterwards."""
         agent = self.agent
-        agent.check_declared_state()
+        check_declared_state(agent)
         saved, rng = copy.deepcopy(agent.state_dict()), rng_state()
         regions, agent._compiled_regions = agent._compiled_regions, None
         try:
@@ -205,6 +205,20 @@ class Engine:
             # a function of no tensors (sampling happens inside): nothing is copied per call
             fn = CudaGraphModule(fn, warmup=3 if self.compile else 2, device=self.agent.device)
         return fn
+
+
+def check_declared_state(agent: Any) -> None:
+    """Every trainable parameter of the agent's declared modules is trained by one of its
+    declared optimizers (the contract of :class:`~zsrl.agents.base.Agent`)."""
+    optimised = {id(p) for o in agent.optimizers().values() for g in o.param_groups for p in g["params"]}
+    orphans = [f"{m}.{n}" for m, mod in agent.modules().items() for n, p in mod.named_parameters()
+               if p.requires_grad and id(p) not in optimised]
+    if orphans:
+        raise TypeError(
+            f"{type(agent).__name__}: parameters {orphans[:5]}{' …' if len(orphans) > 5 else ''} require "
+            "gradients but no declared optimizer trains them; add them to an add_optimizer call "
+            "or freeze them with requires_grad_(False)"
+        )
 
 
 # ---- metrics and the divergence guard ---------------------------------------------------------

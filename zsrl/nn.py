@@ -227,6 +227,20 @@ def make_adam(
     return torch.optim.Adam(params, **kwargs)
 
 
+def restore_fast_adam(opt: torch.optim.Optimizer, flags: list[dict[str, Any]]) -> None:
+    """After ``opt.load_state_dict`` of a state saved on another device, put back this
+    device's ``fused``/``capturable``/``foreach`` choice of each group (``flags``, as
+    :func:`make_adam` made them; loading copies the saved groups'), with the step counters
+    where that choice keeps them (on the device when fused or capturable, else on the CPU)."""
+    for group, group_flags in zip(opt.param_groups, flags):
+        group.update(group_flags)
+        on_device = bool(group_flags.get("fused") or group_flags.get("capturable"))
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if state and isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float, sign: torch.Tensor | None = None) -> torch.Tensor:
     """``mean |τ − 1(u < 0)| · diff²`` (IQL's asymmetric L2; τ = ``expectile``).
 
