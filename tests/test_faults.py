@@ -338,7 +338,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(lab, tmp_path, mon
     cfg = json.loads((run / "config.json").read_text())
     cfg["train"]["steps"] = 40
     (run / "config.json").write_text(json.dumps(cfg))
-    import zsrl.agents.base
+    import zsrl.agents.model_files
     import zsrl.checkpoint
 
     real = zsrl.checkpoint.atomic_write_bytes
@@ -349,7 +349,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(lab, tmp_path, mon
         return real(path, data)
 
     monkeypatch.setattr(zsrl.checkpoint, "atomic_write_bytes", full)
-    monkeypatch.setattr(zsrl.agents.base, "atomic_write_bytes", full)
+    monkeypatch.setattr(zsrl.agents.model_files, "atomic_write_bytes", full)
     with pytest.raises(StorageError, match="cannot write the checkpoint of step 30: no space left on device") as err:
         resume_run(run)
     assert "checkpoint of step 20 is intact" in str(err.value) and f"--resume {run}" in str(err.value)
@@ -594,3 +594,125 @@ def test_debris_cleanup_spares_the_partial_of_a_similarly_named_directory(tmp_pa
     mine, other = make_temp_dir(tmp_path / "maze"), make_temp_dir(tmp_path / "maze.v2")
     assert remove_stale_partials(tmp_path / "maze") == [mine]
     assert other.is_dir() and not mine.exists()
+
+
+# ---- the pipeline run again -------------------------------------------------------------------
+def test_a_pipeline_run_again_reuses_or_refuses_and_never_deletes(tmp_path, capsys):
+    """Run again on the same --out, the pipeline continues its own run; a run trained on by
+    hand (another config) or a dataset of another collection is refused, untouched."""
+    out = tmp_path / "qs"
+    tiny = [t for t in TINY if not t.startswith("train.progress")]
+    args = ["pipeline", "--out", str(out), "--transitions", "2000", "--episodes", "1", "--no-progress", *tiny]
+    assert main(args) == 0
+    before = metric_rows(out / "run")
+    assert main(args) == 0  # the same config: the finished run is evaluated again, not retrained
+    assert "continuing the run" in capsys.readouterr().out and metric_rows(out / "run") == before
+    assert main(["train", "--resume", str(out / "run"), "train.steps=50"]) == 0
+    trained_on = metric_rows(out / "run")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds a run with another config: train.steps 50 (asked: 40)" in err and "Traceback" not in err
+    assert metric_rows(out / "run") == trained_on and (out / "run" / "model").is_dir()
+    assert main(["pipeline", "--out", str(out), "--transitions", "3000", "--seed", "1", "--episodes", "1", *tiny]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds another dataset than the one asked for: seed 0 (asked: 1), num_transitions 2000 (asked: 3000)" in err
+
+
+# ---- evaluations: one writer, into their own folders only ------------------------------------
+def _hold(server, root: Path, path: Path) -> int:
+    """A child that holds ``path``'s writer lock until killed; its pid."""
+    pid = server.start([], root, hold_lock=str(path))
+    lock = path.parent / f".{path.name}.lock"
+    for _ in range(200):
+        if lock.is_file() and lock.read_text():
+            break
+        time.sleep(0.05)
+    return pid
+
+
+def test_an_evaluation_being_written_is_not_written_by_a_second(lab, tmp_path, capsys):
+    """The existence check, the evaluation and its writes happen under the folder's lock:
+    of two evaluations into one --out, the second is refused before it evaluates."""
+    root, server = lab
+    out = tmp_path / "e"
+    pid = _hold(server, root, out)
+    try:
+        assert main(["eval", str(root / "ref"), "--out", str(out), "--episodes", "1", "--tasks", "reach_top_left"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"evaluation {out} is being written by process {pid}" in err
+        assert not out.exists()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        server.wait()
+    pid = _hold(server, root, tmp_path / "r.json")
+    try:
+        argv = ["eval", str(root / "ref"), "--out", str(tmp_path / "e2"), "--json", str(tmp_path / "r.json"),
+                "--episodes", "1", "--tasks", "reach_top_left"]
+        assert main(argv) == 2
+        assert "--json file" in capsys.readouterr().err and not (tmp_path / "e2").exists()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_eval_writes_neither_over_a_runs_or_datasets_files_nor_into_their_folders(lab, tmp_path, capsys):
+    root, _ = lab
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    ds = shutil.copytree(root / "ds", tmp_path / "ds")
+    before = snapshot(tmp_path)
+    base = ["eval", str(run), "--episodes", "1", "--tasks", "reach_top_left"]
+    for extra, message in [
+        (["--json", str(run / "config.json"), "--overwrite"], "is not a result that zsrl eval wrote"),
+        (["--json", str(ds / "meta.json"), "--overwrite"], "is not a result that zsrl eval wrote"),
+        (["--json", str(tmp_path)], "is a folder"),
+        (["--out", str(ds)], "is a dataset"),
+        (["--out", str(run / "model")], "is a model or checkpoint folder"),
+        (["--out", str(run / "checkpoint")], "is a model or checkpoint folder"),
+        (["--out", str(run)], "is a run's own folder"),
+    ]:
+        assert main([*base, *extra]) == 2, extra
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err and "Traceback" not in err, (extra, err)
+    assert snapshot(tmp_path) == before
+    assert main([*base, "--json", str(tmp_path / "r.json")]) == 0  # a results file of its own may be replaced
+    assert main([*base, "--json", str(tmp_path / "r.json"), "--overwrite"]) == 0
+
+
+def test_overwrite_replaces_a_run_only_when_it_holds_nothing_else(lab, tmp_path, capsys):
+    """A run folder with an evaluation, a nested run or files of the user's inside is not
+    replaced: the error names them; without them --overwrite proceeds."""
+    root, _ = lab
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    assert main(["eval", str(run), "--episodes", "1", "--tasks", "reach_top_left"]) == 0
+    (run / "notes.txt").write_text("mine")
+    before = snapshot(run)
+    with pytest.raises(UserError, match=r"besides the run it holds eval/, notes.txt .*Move them away"):
+        start_run(PRESET, root / "ds", run, TINY, overwrite=True)
+    assert snapshot(run) == before
+    shutil.rmtree(run / "eval")
+    (run / "notes.txt").unlink()
+    start_run(PRESET, root / "ds", run, [*TINY, "train.steps=20"], overwrite=True)
+    assert checkpoint_step(run) == 20
+    ds = shutil.copytree(root / "ds", tmp_path / "ds")
+    (ds / "mine.csv").write_text("1")
+    assert main(["collect", "--domain", "point_mass_maze", "--collector", "random", "--transitions", "20",
+                 "--out", str(ds), "--overwrite", "--no-progress"]) == 2
+    assert "besides the dataset it holds mine.csv" in " ".join(capsys.readouterr().err.split())
+
+
+def test_an_evaluation_of_a_run_replaced_meanwhile_is_refused(lab, tmp_path, monkeypatch):
+    import zsrl.evaluate
+
+    root, _ = lab
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    real = zsrl.evaluate.evaluate_goals
+
+    def replaced_meanwhile(*args, **kwargs):
+        data = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**data, "started": "later"}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zsrl.evaluate, "evaluate_goals", replaced_meanwhile)
+    with pytest.raises(CheckpointError, match="was replaced .* while it was being evaluated"):
+        zsrl.evaluate.evaluate_run(run, tasks=["reach_top_left"], episodes=1)

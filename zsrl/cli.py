@@ -369,22 +369,23 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     _at_least_one("--reward-samples", args.reward_samples)
     resolve_device(args.device)  # a bad --device fails before any work
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
-    report.refuse_to_replace(out, args.json_path, overwrite=args.overwrite)
-    evaluation = evaluate_run(
-        args.run_dir, tasks=None if args.tasks is None else _names(args.tasks), user_tasks=args.task,
-        goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
-        seeds=seeds, device=args.device,
-    )
-    if args.oracle:
-        compare_with_oracle(evaluation, args.oracle, device=args.device)
-    report.write_report(evaluation, out, video=args.video, overwrite=args.overwrite)
+    with report.locked_report(out, args.json_path):  # checked, computed and written by one process
+        report.refuse_to_replace(out, args.json_path, overwrite=args.overwrite)
+        evaluation = evaluate_run(
+            args.run_dir, tasks=None if args.tasks is None else _names(args.tasks), user_tasks=args.task,
+            goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
+            seeds=seeds, device=args.device,
+        )
+        if args.oracle:
+            compare_with_oracle(evaluation, args.oracle, device=args.device)
+        report.write_report(evaluation, out, video=args.video, overwrite=args.overwrite)
+        if args.json_path:
+            report.write_results_json(evaluation, args.json_path)
     print(f"scored {evaluation.scored}")
     for note in evaluation.notes:
         print(f"note: {note}")
     print(report.format_table(evaluation))
     print(f"\nwrote {out / report.REPORT}, {out / report.RESULTS} and pictures")
-    if args.json_path:
-        report.write_results_json(evaluation, args.json_path)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:

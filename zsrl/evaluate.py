@@ -453,6 +453,11 @@ def evaluate_run(
             raise UserError(str(exc)) from None
         goal_results = evaluate_goals(model, domain, goals, episodes=episodes, seed=seed, rollouts=keep)
         per_seed.append({"seed": seed, "tasks": task_results, "goals": goal_results})
+    if read_json(run_dir / "run.json", f"run {run_dir}") != run:
+        raise CheckpointError(
+            f"run {run_dir} was replaced (trained anew with --overwrite) while it was being evaluated; "
+            "this evaluation would mix the two runs and is not written. Evaluate it again."
+        )
     return Evaluation(
         run_dir=str(run_dir), agent=cfg.agent.name, domain=domain.name, domain_spec=cfg.domain,
         task=cfg.task, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),

@@ -14,10 +14,11 @@ of the earlier report that the new one does not redraw (only files that report l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,38 @@ import numpy as np
 from zsrl.envs import make_domain
 from zsrl.errors import UserError
 from zsrl.evaluate import MIN_ORACLE_RETURN, Evaluation
-from zsrl.storage import atomic_write_bytes
+from zsrl.storage import atomic_write_bytes, is_dataset_dir, is_run_dir, writer_lock
 
 RESULTS = "results.json"
 REPORT = "report.md"
 
 
-# ---- never replace silently ---------------------------------------------------------------
+# ---- never replace silently, never write into someone else's folder --------------------------
 def refuse_to_replace(out: str | Path, json_path: str | Path | None = None, overwrite: bool = False) -> None:
-    """A UserError when ``out`` already holds results (or ``json_path`` exists), unless ``overwrite``."""
+    """A UserError unless an evaluation may be written to ``out`` (and ``json_path``).
+
+    ``out`` may not be a dataset, a model or checkpoint folder, or a run's own folder (its
+    ``eval/`` is where evaluations go); ``json_path`` may not be a folder, and may replace only
+    a results file that ``zsrl eval`` wrote. Earlier results are replaced only with
+    ``overwrite``. Call it under ``out``'s writer lock (:func:`locked_report`).
+    """
+    out = Path(out)
+    what = _artifact(out)
+    if what:
+        raise UserError(f"--out {out} is {what}; an evaluation written there would mix with it. "
+                        f"Choose another --out (the default is RUN/eval).")
+    if json_path is not None:
+        json_path = Path(json_path)
+        if json_path.is_dir():
+            raise UserError(f"--json {json_path} is a folder; give the path of a file to write")
+        if json_path.exists() and _earlier_results(json_path) is None:
+            raise UserError(f"--json {json_path} exists and is not a result that zsrl eval wrote; it would be "
+                            "destroyed, even with --overwrite. Choose another path.")
     if overwrite:
         return
-    taken = [p for p in (Path(out) / RESULTS, json_path and Path(json_path)) if p and p.exists()]
+    taken = [p for p in (out / RESULTS, json_path) if p and p.exists()]
     if taken:
-        earlier = _earlier_results(Path(out) / RESULTS)
+        earlier = _earlier_results(out / RESULTS)
         what = f" (an evaluation of {earlier})" if earlier else ""
         raise UserError(
             f"{', '.join(map(str, taken))} already exists{what}; zsrl eval does not replace earlier "
@@ -47,12 +66,32 @@ def refuse_to_replace(out: str | Path, json_path: str | Path | None = None, over
         )
 
 
+def _artifact(path: Path) -> str | None:
+    """What zsrl artifact the folder ``path`` is, if any."""
+    if is_dataset_dir(path):
+        return "a dataset"
+    if is_run_dir(path):
+        return "a run's own folder"
+    if (path / "model.safetensors").is_file() or (path / "manifest.json").is_file():
+        return "a model or checkpoint folder"
+    return None
+
+
+@contextlib.contextmanager
+def locked_report(out: str | Path, json_path: str | Path | None = None) -> Iterator[None]:
+    """Hold the writer locks of ``out`` (and ``json_path``) while an evaluation is checked,
+    computed and written: two evaluations into one folder never both write it."""
+    with writer_lock(out, "evaluation"), (writer_lock(json_path, "--json file") if json_path
+                                           else contextlib.nullcontext()):
+        yield
+
+
 def _earlier_results(path: Path) -> str | None:
     try:
         earlier = json.loads(path.read_text())
         scored = earlier["scored"]
         return f"the {scored['source']} at step {scored['step']:,}, {earlier['created']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -98,10 +137,15 @@ def write_results_json(evaluation: Evaluation, path: str | Path, files: Iterable
 # ---- the report -------------------------------------------------------------------------
 def write_report(evaluation: Evaluation, out: str | Path, video: bool = False, overwrite: bool = False) -> list[Path]:
     """results.json, report.md and pictures (bars, learning curves, maze paths, videos) in ``out``."""
+    out = Path(out)
+    with locked_report(out):
+        refuse_to_replace(out, overwrite=overwrite)
+        return _write_report(evaluation, out, video)
+
+
+def _write_report(evaluation: Evaluation, out: Path, video: bool) -> list[Path]:
     from zsrl import plots
 
-    out = Path(out)
-    refuse_to_replace(out, overwrite=overwrite)
     domain = make_domain(evaluation.domain_spec)
     run_dir = Path(evaluation.run_dir)
     pictures: list[Path] = []

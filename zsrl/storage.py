@@ -331,6 +331,10 @@ def is_dataset_dir(path: Path) -> bool:
 
 
 _RECOGNISE = {"run": is_run_dir, "dataset": is_dataset_dir}
+#: what a run or dataset folder holds of its own (hidden entries are its partial writes and old
+#: copies; tb/: the TensorBoard logs of earlier releases)
+_OWN = {"run": {"config.json", "run.json", "metrics.csv", "eval.csv", "checkpoint", "model", "tb"},
+        "dataset": {"meta.json", "tensors", "coverage.png"}}
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
@@ -362,6 +366,14 @@ def _check_replaceable(path: str | Path, kind: Kind) -> None:
     if target == Path.home().resolve() or target == Path(target.anchor) or Path(path).is_symlink():
         raise UserError(f"--overwrite will not remove {path}; choose another --out")
     if _RECOGNISE[kind](target):
+        foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir()
+                         if not p.name.startswith(".") and p.name not in _OWN[kind])
+        if foreign:
+            raise UserError(
+                f"--overwrite will not remove {path}: besides the {kind} it holds {', '.join(foreign[:6])}"
+                f"{' …' if len(foreign) > 6 else ''} (an evaluation, another run or dataset, or files of "
+                f"your own), which replacing the {kind} would delete. Move them away or choose another --out."
+            )
         return
     other: Kind = "dataset" if kind == "run" else "run"
     found = f"a zsrl {other}" if _RECOGNISE[other](target) else "not something zsrl wrote"
