@@ -378,7 +378,9 @@ class HILPAgent(Agent):
         obs, action = batch["observation"], batch["action"]
         next_obs, goal = batch["next", "observation"], batch["goal"]
         discount = cfg.discount * (~batch["next", "terminated"]).to(obs.dtype)
-        with torch.no_grad():  # φ before its step: features, z, the running mean
+        # φ before its step: features, z, the running mean; in float32 even under bf16 autocast
+        # (the intrinsic reward is ψ's TD target, and its batch mean cancels to a small number)
+        with torch.no_grad(), torch.autocast(obs.device.type, enabled=False):
             phi1_s, phi1_next = model.phi(torch.cat([obs, next_obs]))[0].chunk(2)
             f_s, f_next = phi1_s - model.phi_mean, phi1_next - model.phi_mean
             feats = f_next - f_s if cfg.feature_type == "diff" else f_next

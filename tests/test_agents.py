@@ -407,6 +407,23 @@ def test_gpu_check_smallest_cpu_form(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_every_agent_trains_with_every_precision_on_a_cpu(tmp_path, capsys):
+    """``scripts/gpu_check.py --device cpu --sizes tiny`` in eager and bf16 mode (compiled
+    updates: test_compiled_update_agrees_with_eager): every agent key trains with finite
+    metrics, and bf16 agrees with eager within its tolerance."""
+    from scripts.gpu_check import AGENTS, main
+
+    out = tmp_path / "gc.json"
+    rc = main(["--device", "cpu", "--sizes", "tiny", "--modes", "eager", "bf16", "--updates", "20", "--warmup", "2",
+               "--tiny-batch", "64", "--dataset-size", "5000", "--json", str(out)])
+    assert rc == 0, capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    ran = {(r["agent"], r["mode"]) for r in rows if not r.get("skipped")}
+    assert ran >= {(a, m) for a in AGENTS if a != "fb:sequential" for m in ("eager", "bf16")}
+    assert all(r["finite"] for r in rows if not r.get("skipped"))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("agent_key", ["fb:sequential", "fb:hindsight", "fb:joint", "td3", "td3:ema", "fre", "fre:policy", "vcfb", "mcfb", "hilp"])
 def test_compiled_update_agrees_with_eager(agent_key):
     """torch.compile (inductor, really compiled: dynamo reports compiled graphs) agrees with
