@@ -55,10 +55,12 @@ def read_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
             f"{directory} was written with model format {version!r}; this zsrl reads up to "
             f"{MODEL_FORMAT_VERSION}. Upgrade zsrl to load it."
         )
+    if "agent" not in meta:
+        raise CheckpointError(f"{cfg_path} names no agent; the model cannot be rebuilt from it")
     try:
-        agent_cls = agent_class(meta["agent"])
-    except (RegistryError, KeyError) as exc:
-        raise CheckpointError(f"{cfg_path}: cannot find the agent that wrote it ({exc})") from None
+        agent_cls = agent_class(meta["agent"], source=f"the model {directory}")
+    except RegistryError as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from None
     cfg = from_dict(agent_cls.config_class, meta["agent_config"], "agent")
     model = agent_cls.model_class(meta["obs_dim"], meta["action_dim"], cfg)
     try:

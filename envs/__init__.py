@@ -50,9 +50,10 @@ __all__ = [
 ]
 
 
-def make_domain(name: str) -> Domain:
-    """Build the domain called ``name`` (see :mod:`zsrl.registry` for the lookup order)."""
-    factory = domain_factory(name)
+def make_domain(name: str, source: str | None = None) -> Domain:
+    """Build the domain called ``name`` (see :mod:`zsrl.registry` for the lookup order and
+    for ``source``, the artifact a name was read from)."""
+    factory = domain_factory(name, source)
     try:
         domain = factory() if callable(factory) else factory
     except UserError:

@@ -716,3 +716,28 @@ def test_an_evaluation_of_a_run_replaced_meanwhile_is_refused(lab, tmp_path, mon
     monkeypatch.setattr(zsrl.evaluate, "evaluate_goals", replaced_meanwhile)
     with pytest.raises(CheckpointError, match="was replaced .* while it was being evaluated"):
         zsrl.evaluate.evaluate_run(run, tasks=["reach_top_left"], episodes=1)
+
+
+def test_files_without_checksums_are_not_loaded_unverified(lab, tmp_path):
+    """A dataset or checkpoint whose checksum table is gone, or misses a file, is refused:
+    anyone can edit a JSON file, so a missing table is no licence to skip verification."""
+    root, _ = lab
+    ds = shutil.copytree(root / "ds", tmp_path / "ds")
+    meta = json.loads((ds / "meta.json").read_text())
+    (ds / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(DatasetError, match="cannot be verified .*no checksum table"):
+        OfflineDataset.load(ds)
+    (ds / "meta.json").write_text(json.dumps(meta))
+    first = next(iter(meta["sha256"]))
+    (ds / "meta.json").write_text(json.dumps({**meta, "sha256": {k: v for k, v in meta["sha256"].items() if k != first}}))
+    with pytest.raises(DatasetError, match=f"cannot be verified \\({first} have no checksum"):
+        OfflineDataset.load(ds)
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    manifest = json.loads((run / "checkpoint" / "manifest.json").read_text())
+    (run / "checkpoint" / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}))
+    with pytest.raises(CheckpointError, match="cannot be verified .*no checksum table"):
+        resume_run(run)
+    (run / "checkpoint" / "manifest.json").write_text(json.dumps(manifest))
+    (run / "checkpoint" / "extra.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="its files extra.pt have no checksum"):
+        resume_run(run)

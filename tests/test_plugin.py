@@ -23,7 +23,7 @@ def pendulum_run(tmp_path_factory):
         assert main(["collect", "--domain", PENDULUM, "--collector", "random", "--transitions", "400",
                      "--num-envs", "2", "--out", str(tmp / "data"), "--no-progress"]) == 0
         assert main(["train", "--agent", "fb", "--dataset", str(tmp / "data"), "--out", str(tmp / "run"),
-                     *TINY]) == 0
+                     "--trust-plugins", *TINY]) == 0
     return tmp / "run"
 
 
@@ -53,7 +53,7 @@ def test_eval_video_of_a_gymnasium_plugin(pendulum_run, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "eval"
     assert main(["eval", str(pendulum_run), "--tasks", "swingup", "--goals", "upright", "--episodes", "1",
-                 "--reward-samples", "100", "--video", "--out", str(out)]) == 0
+                 "--reward-samples", "100", "--video", "--out", str(out), "--trust-plugins"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert not [n for n in results["notes"] if n.startswith("no video")], results["notes"]
     assert {"video_swingup.mp4", "video_goal_upright.mp4"} <= set(results["files"])
@@ -84,3 +84,41 @@ def test_a_video_replays_the_scored_episode(pendulum_run, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="left the evaluated one at step 4"):
         plots.policy_video(domain, episode, tmp_path / "w.gif", episode=1)
     assert not (tmp_path / "w.gif").exists()
+
+
+def test_a_plugin_named_by_an_artifact_is_imported_only_when_the_user_allows_it(pendulum_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    """A run, dataset or model that names a module path (which anyone can write into its JSON)
+    does not get that module imported: the error says which module and how to allow it
+    (--trust-plugins, ZSRL_TRUST_PLUGINS, or naming it yourself)."""
+    import shutil
+
+    from zsrl.agents.base import Model
+    from zsrl.errors import CheckpointError, RegistryError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.py").write_text("import pathlib\npathlib.Path('pwned').write_text('x')\nclass D: pass\n")
+    run = shutil.copytree(pendulum_run, tmp_path / "run")
+    data = shutil.copytree(pendulum_run.parent / "data", tmp_path / "data")
+    for path in (run / "config.json", data / "meta.json", run / "model" / "config.json"):
+        meta = json.loads(path.read_text())
+        meta.update({"domain": "evil:D"} if path.name != "meta.json" else {"domain_spec": "evil:D"})
+        if path.parent.name == "model":
+            meta = {**meta, "agent": "evil:D"}
+        path.write_text(json.dumps(meta))
+    for argv in (["eval", str(run), "--out", str(tmp_path / "e"), "--episodes", "1"],
+                 ["train", "--resume", str(run)],
+                 ["train", "--agent", "fb", "--dataset", str(data), "--out", str(tmp_path / "r")],
+                 ["data", "goals", str(data), "--out", str(tmp_path / "g.json")]):
+        assert main(argv) == 2, argv
+        err = " ".join(capsys.readouterr().err.split())
+        assert "names the domain 'evil:D'" in err and "--trust-plugins" in err and "ZSRL_TRUST_PLUGINS=evil" in err, err
+    with pytest.raises(CheckpointError, match="the model .* names the agent 'evil:D'"):
+        Model.load(run / "model")
+    assert not (tmp_path / "pwned").exists()
+    monkeypatch.setenv("ZSRL_TRUST_PLUGINS", "evil")
+    with pytest.raises(RegistryError, match="could not be created|not a zsrl Domain"):
+        from zsrl.envs import make_domain
+
+        make_domain("evil:D", source="a test artifact")
+    assert (tmp_path / "pwned").exists()  # allowed: imported

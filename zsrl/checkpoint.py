@@ -82,9 +82,15 @@ def _is_model(directory: Path) -> bool:
 def verify(directory: Path) -> dict[str, Any]:
     """Check every file of ``directory`` against its manifest; returns the manifest."""
     manifest = read_manifest(directory)
-    sums = manifest.get("sha256", {})
-    if not isinstance(sums, dict):
-        raise CheckpointError(f"{directory}/{MANIFEST} is corrupt (no checksum table)")
+    sums = manifest.get("sha256")
+    unlisted = sorted(p.name for p in directory.iterdir()
+                      if p.is_file() and p.name not in (MANIFEST, _LEGACY_MANIFEST) and p.name not in (sums or {}))
+    if not isinstance(sums, dict) or unlisted:
+        why = f"its files {', '.join(unlisted)} have no checksum" if isinstance(sums, dict) else "no checksum table"
+        raise CheckpointError(
+            f"{directory} cannot be verified ({why} in its manifest: damaged, edited, or written by an "
+            f"older zsrl); it is not loaded unverified.{_older_copy_hint(directory)}"
+        )
     for name, expected in sums.items():
         file = directory / name
         if not file.is_file():

@@ -16,6 +16,7 @@ paragraph without a traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import textwrap
@@ -40,6 +41,12 @@ or step by step:
 
 run `zsrl COMMAND --help` for the options of each command.
 """
+
+
+def _add_trust_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-plugins", action="store_true",
+                   help="import the plug-in modules that the run, model or dataset names (their code runs); "
+                   "by default only built-in, registered and installed plug-ins are")
 
 
 def _add_collector_options(p: argparse.ArgumentParser) -> None:
@@ -102,6 +109,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     d = dsub.add_parser("describe", help="size, episodes, per-dimension ranges, coverage")
     d.add_argument("path")
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_trust_option(d)
     g = dsub.add_parser("goals", help="choose goal states from a dataset and write a goal file",
                         description="Choose COUNT goals from the dataset's reached states, one from each of "
                         "COUNT equal slices, and write them with the dataset's per-coordinate spread as a "
@@ -110,6 +118,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--count", type=int, default=5)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="goal file to write (default: the built-in goal file of the dataset's domain)")
+    _add_trust_option(g)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -128,6 +137,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint; "
                    "with train.steps=N, train a run (finished or not) on to N updates")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a run directory")
+    _add_trust_option(p)
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 
@@ -151,6 +161,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="also film one evaluated episode per task and goal (needs rendering)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results already in --out (and the --json file)")
+    _add_trust_option(p)
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -244,8 +255,9 @@ def _cmd_describe(args: argparse.Namespace) -> None:
     ds = OfflineDataset.load(args.path)
     info = ds.describe()
     try:
-        domain = make_domain(ds.meta.get("domain_spec", ds.domain))
-    except RegistryError:
+        domain = make_domain(ds.meta.get("domain_spec", ds.domain), source=f"dataset {args.path}")
+    except RegistryError as exc:
+        print(f"note: no floor coverage: {exc}", file=sys.stderr)
         domain = None
     floor = None if domain is None else domain.coverage(ds.data["next", "observation"].numpy())
     if floor is not None:
@@ -262,7 +274,7 @@ def _cmd_goals(args: argparse.Namespace) -> None:
     from zsrl.utils import now_iso, versions
 
     ds = OfflineDataset.load(args.path)
-    domain = make_domain(ds.meta.get("domain_spec", ds.domain))
+    domain = make_domain(ds.meta.get("domain_spec", ds.domain), source=f"dataset {args.path}")
     observations = ds.data["next", "observation"].numpy()
     physics = ds.data["next", "physics"].numpy() if ds.has_physics else None
     source = {"dataset": str(args.path), "collector": ds.meta.get("collector"), "seed": ds.meta.get("seed"),
@@ -327,7 +339,8 @@ def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig
     """The agent's generic preset on the domain the dataset was collected on."""
     import torch
 
-    from zsrl.config import generic_preset, load_run_config
+    from zsrl.config import generic_preset, load_run_config, parse_overrides
+    from zsrl.registry import domain_factory
     from zsrl.storage import read_json
 
     meta = read_json(Path(dataset) / "meta.json", f"dataset {dataset} (is it a `zsrl collect` folder?)")
@@ -335,6 +348,8 @@ def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig
     if not isinstance(domain, str) or not domain:
         raise UserError(f"dataset {dataset}: meta.json names no domain; use --config PRESET domain=NAME")
     preset = generic_preset(agent, gpu=torch.cuda.is_available())
+    if "domain" not in parse_overrides(overrides):  # a module path named by the dataset needs trust
+        domain_factory(domain, source=f"dataset {dataset}")
     print(f"training {agent} with the preset {preset} on domain {domain} (from the dataset)")
     return load_run_config(preset, overrides, domain=domain)
 
@@ -418,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     term = TerminateAsInterrupt()
     try:
-        with term:
+        from zsrl.registry import trusted_plugins
+
+        with term, trusted_plugins() if getattr(args, "trust_plugins", False) else contextlib.nullcontext():
             COMMANDS[args.command](args)
     except UserError as exc:
         _print_error(args.command, str(exc))

@@ -262,18 +262,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 # ---- run configs -----------------------------------------------------------------------
-def agent_config_class(name: str) -> type[AgentConfig]:
-    return agent_class(name).config_class
+def agent_config_class(name: str, source: str | None = None) -> type[AgentConfig]:
+    return agent_class(name, source).config_class
 
 
-def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Parse a whole run config; the agent section is parsed with its agent's dataclass."""
+def run_config_from_dict(data: dict[str, Any], source: str | None = None) -> RunConfig:
+    """Parse a whole run config; the agent section is parsed with its agent's dataclass.
+    ``source``: the artifact the config was read from (see :mod:`zsrl.registry` on trust)."""
     data = dict(data)
     agent = data.pop("agent", None)
     if not isinstance(agent, dict) or not agent.get("name"):
         raise UserError("config: 'agent' must be a mapping with a 'name' (e.g. agent: {name: fb})")
     cfg = from_dict(RunConfig, data)
-    cfg.agent = from_dict(agent_config_class(agent["name"]), agent, "agent")
+    cfg.agent = from_dict(agent_config_class(agent["name"], source), agent, "agent")
     validate(cfg)
     return cfg
 

@@ -395,11 +395,15 @@ def _tensor_checksums(root: Path) -> dict[str, str]:
 
 
 def _verify_checksums(path: Path, expected: Any) -> None:
-    """Compare the tensor files with the checksums meta.json recorded (datasets since v0.2)."""
-    if expected is None:
-        return
-    if not isinstance(expected, dict):
-        raise DatasetError(f"dataset {path}: meta.json is corrupt (bad checksum table); re-collect it.")
+    """Compare the tensor files with the checksums meta.json recorded; every file must have one."""
+    unlisted = sorted(f.relative_to(path / "tensors").as_posix() for f in (path / "tensors").rglob("*")
+                      if f.is_file() and f.relative_to(path / "tensors").as_posix() not in (expected or {}))
+    if not isinstance(expected, dict) or unlisted:
+        why = f"{', '.join(unlisted[:3])} have no checksum" if isinstance(expected, dict) else "it has no checksum table"
+        raise DatasetError(
+            f"dataset {path} cannot be verified ({why} in meta.json: damaged, edited, or written by an older "
+            "zsrl); it is not loaded unverified. Re-collect it."
+        )
     with storage_errors(f"read the dataset {path}"):
         for rel, digest in expected.items():
             file = path / "tensors" / rel

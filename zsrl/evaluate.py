@@ -423,9 +423,9 @@ def evaluate_run(
         raise UserError("give at least one evaluation seed")
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json", f"run {run_dir}")
-    cfg = run_config_from_dict(config)
+    cfg = run_config_from_dict(config, source=f"run {run_dir}")
     run = read_json(run_dir / "run.json", f"run {run_dir}")
-    domain = make_domain(cfg.domain)
+    domain = make_domain(cfg.domain, source=f"run {run_dir}")
     dev = resolve_device(device)
     if cfg.task:  # a supervised oracle knows one task only
         tasks, user_tasks, goals = [cfg.task], [], []

@@ -9,13 +9,23 @@ path, in this order:
 3. third-party plug-ins advertised through the entry-point groups ``zsrl.agents`` and
    ``zsrl.domains`` (``[project.entry-points."zsrl.domains"] my_env = "my_pkg.mod:MyDomain"``);
 4. a literal ``"my_pkg.my_mod:MyDomain"`` path.
+
+**Trust.** A name the user gives (a command-line argument, a config they pass, their own
+code) resolves in all four ways. A name read from an artifact — a run's ``config.json``, a
+dataset's ``meta.json``, a model's ``config.json``, which anyone can write — resolves only
+in the first three: importing a module path that an artifact names would run that module's
+code. The user allows it with ``--trust-plugins`` (:func:`trusted_plugins`) or the environment
+variable ``ZSRL_TRUST_PLUGINS`` (``1`` for every module, or a comma-separated list of module
+names), or by naming the plug-in again themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -38,6 +48,39 @@ _BUILTIN_DOMAINS = {
 }
 
 _registered: dict[str, dict[str, Any]] = {"zsrl.agents": {}, "zsrl.domains": {}}
+#: module names allowed from artifacts for now (``"*"``: all), see :func:`trusted_plugins`
+_trusted: set[str] = set()
+TRUST_ENV = "ZSRL_TRUST_PLUGINS"
+
+
+@contextlib.contextmanager
+def trusted_plugins(modules: str | list[str] = "*") -> Iterator[None]:
+    """Within the block, artifacts may name these plug-in modules (``"*"``: any)."""
+    added = {modules} if isinstance(modules, str) else set(modules)
+    added -= _trusted
+    _trusted.update(added)
+    try:
+        yield
+    finally:
+        _trusted.difference_update(added)
+
+
+def _is_trusted(module: str) -> bool:
+    env = {m.strip() for m in os.environ.get(TRUST_ENV, "").split(",") if m.strip()}
+    allowed = _trusted | ({"*"} if env & {"1", "*", "all"} else env)
+    return "*" in allowed or module in allowed
+
+
+def _check_trusted(name: str, source: str | None, kind: str) -> None:
+    """Refuse a module path read from an artifact (``source``) that the user has not allowed."""
+    module = name.partition(":")[0]
+    if source is None or _is_trusted(module):
+        return
+    raise RegistryError(
+        f"{source} names the {kind} {name!r}, a module outside zsrl and its installed plug-ins; "
+        f"opening it would import and run the code of {module!r}. If you trust it, pass "
+        f"--trust-plugins (or set {TRUST_ENV}={module}), or name the {kind} yourself."
+    )
 
 
 def import_object(path: str) -> Any:
@@ -60,7 +103,7 @@ def import_object(path: str) -> Any:
     return obj
 
 
-def _resolve(group: str, builtins: dict[str, str], name: str) -> Any:
+def _resolve(group: str, builtins: dict[str, str], name: str, source: str | None = None) -> Any:
     if name in _registered[group]:
         return _registered[group][name]
     if name in builtins:
@@ -68,10 +111,11 @@ def _resolve(group: str, builtins: dict[str, str], name: str) -> Any:
     for ep in entry_points(group=group):
         if ep.name == name:
             return ep.load()
+    kind = group.split(".")[1][:-1]
     if ":" in name:
+        _check_trusted(name, source, kind)
         return import_object(name)
     known = sorted(set(builtins) | set(_registered[group]) | available_plugins(group))
-    kind = group.split(".")[1][:-1]
     raise RegistryError(
         f"unknown {kind} {name!r}. Known: {', '.join(known)}. "
         f"A plug-in can be named as 'package.module:Class' or registered in the "
@@ -93,14 +137,15 @@ def register_domain(name: str, factory: Any) -> None:
     _registered["zsrl.domains"][name] = factory
 
 
-def agent_class(name: str) -> Any:
-    return _resolve("zsrl.agents", _BUILTIN_AGENTS, name)
+def agent_class(name: str, source: str | None = None) -> Any:
+    """The Agent class called ``name``; ``source``: the artifact the name was read from."""
+    return _resolve("zsrl.agents", _BUILTIN_AGENTS, name, source)
 
 
-def domain_factory(name: str) -> Any:
-    """The Domain class (or zero-argument factory) called ``name``; ``zsrl.envs.make_domain``
-    builds and checks the domain."""
-    return _resolve("zsrl.domains", _BUILTIN_DOMAINS, name)
+def domain_factory(name: str, source: str | None = None) -> Any:
+    """The Domain class (or zero-argument factory) called ``name`` (``source``: the artifact
+    the name was read from); ``zsrl.envs.make_domain`` builds and checks the domain."""
+    return _resolve("zsrl.domains", _BUILTIN_DOMAINS, name, source)
 
 
 def known_domains() -> list[str]:

@@ -168,12 +168,13 @@ def _check_names(cfg: RunConfig, domain: Any) -> None:
                         f"{', '.join(tasks)}")
 
 
-def prepare(cfg: RunConfig, dataset: Path | OfflineDataset) -> tuple[Any, OfflineDataset, OfflineDataset, Any]:
+def prepare(cfg: RunConfig, dataset: Path | OfflineDataset, source: str | None = None
+            ) -> tuple[Any, OfflineDataset, OfflineDataset, Any]:
     """Domain, dataset (loaded from its path, or as given, on the training device), the
     transitions the agent trains on (held-action windows when ``agent.action_repeat > 1``)
     and a seeded, set-up agent: everything that can fail on bad input, done before a run
-    directory is touched."""
-    domain = make_domain(cfg.domain)
+    directory is touched. ``source``: the run ``cfg`` was read from (:mod:`zsrl.registry`)."""
+    domain = make_domain(cfg.domain, source)
     _check_names(cfg, domain)
     device = resolve_device(cfg.train.device)
     if isinstance(dataset, OfflineDataset):
@@ -333,10 +334,10 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
         saved = read_json_object(run_dir / "config.json", f"run {run_dir}")
         if steps is not None and isinstance(saved.get("train"), dict):  # else parsing says what is wrong
             saved = {**saved, "train": {**saved["train"], "steps": steps}}
-        cfg = run_config_from_dict(saved)
+        cfg = run_config_from_dict(saved, source=f"run {run_dir}")
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
         data_path = _dataset_of(run_dir, run, dataset)
-        domain, data, train_data, agent = prepare(cfg, data_path)
+        domain, data, train_data, agent = prepare(cfg, data_path, source=f"run {run_dir}")
         _warn_other_thread_count(run, agent.device)
         for sub in (CHECKPOINT, FINAL_MODEL):
             remove_stale_partials(run_dir / sub)  # debris of killed writers (we hold the lock)
