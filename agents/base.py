@@ -196,6 +196,11 @@ class Agent:
     def after_step(self) -> None:
         """Host-side bookkeeping after every update (e.g. the phase of a multi-phase agent)."""
 
+    def batch_bytes(self, batch_size: int) -> int:
+        """About the memory one update of ``batch_size`` takes beyond the networks (checked
+        against the device before training; 0: small enough to leave unchecked)."""
+        return 0
+
     # ---- declared training state -----------------------------------------------------------
     def add_module(self, name: str, module: nn.Module) -> Any:
         """Declare ``module`` part of the training state (moved to the agent's device)."""

@@ -109,6 +109,10 @@ class CFBAgent(FBAgent):
             self.alpha_opt = self.add_optimizer("alpha_opt", self.log_alpha.parameters(), lr=cfg.lr_alpha)
             self.fb_optimizers.append(self.alpha_opt)  # stepped on the F/B step's loss
 
+    def batch_bytes(self, batch_size: int) -> int:
+        extra = (self.cfg.ood_action_samples + 1) * 3 if self.penalty == "measure" else 0  # (E, K+1, N, N)
+        return super().batch_bytes(batch_size) + 4 * extra * self.cfg.num_heads * batch_size**2
+
     def sample_actions(self, obs: torch.Tensor, next_obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The ``K`` sampled actions per state, ``(K, N, A)``, without gradient."""
         cfg, model = self.cfg, self.model

@@ -222,6 +222,11 @@ class FBAgent(Agent):
             self.next_b = self.add_module("next_b", OneStepB(obs_dim, action_dim, cfg))
             self.fb_optimizers.append(self.add_optimizer("next_b_opt", self.next_b.parameters(), lr=cfg.lr_f))
 
+    def batch_bytes(self, batch_size: int) -> int:
+        """The ``(E, N, N)`` measure, its target, difference and gradients: about ``6 E N²``
+        floats (MC-FB's penalty, ``K + 1`` of them more)."""
+        return 4 * 6 * self.cfg.num_heads * batch_size**2
+
     def sample_batch(self, dataset: Any, batch_size: int) -> TensorDict:
         """Uniform transitions; with hindsight goals, plus each one's ``goal`` state."""
         if self.cfg.goal_from_trajectory == 0:

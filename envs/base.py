@@ -57,6 +57,22 @@ RewardFn = Callable[[Transitions], np.ndarray]
 ArrayRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+def checked_rewards(values: Any, n: int, what: str) -> np.ndarray:
+    """What a reward function returned for ``n`` transitions as float32 ``(n,)``; a
+    ValueError when it is not ``n`` real numbers (None, text, complex, another count)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged sequences
+        array = np.asarray(None)
+    if array.dtype.kind not in "biuf":
+        kind = "None" if values is None else f"{type(values).__name__} of {array.dtype.name}"
+        raise ValueError(f"{what} returned {kind}, not {n} real numbers (one reward per transition)")
+    array = array.astype(np.float32).reshape(-1)
+    if array.shape[0] != n:
+        raise ValueError(f"{what} returned {array.shape[0]} rewards for {n} transitions")
+    return array
+
+
 class _FromArrays:
     """A :data:`RewardFn` calling an :data:`ArrayRewardFn` on the batch's arrays."""
 
@@ -65,7 +81,8 @@ class _FromArrays:
 
     def __call__(self, transitions: Transitions) -> np.ndarray:
         rewards = self.fn(transitions.observation, transitions.action, transitions.next_observation)
-        return np.asarray(rewards, dtype=np.float32).reshape(-1)
+        return checked_rewards(rewards, len(transitions), f"the reward function {self.fn.__name__!r}"
+                               if hasattr(self.fn, "__name__") else "the reward function")
 
     def __repr__(self) -> str:
         return f"<reward {getattr(self.fn, '__name__', self.fn)!r}>"
@@ -154,13 +171,7 @@ class Domain(ABC):
                 f"domain {self.name!r} has no task {task!r}; its tasks are: "
                 f"{', '.join(tasks)}"
             ) from None
-        rewards = np.asarray(fn(transitions), dtype=np.float32).reshape(-1)
-        if rewards.shape[0] != len(transitions):
-            raise ValueError(
-                f"reward function for {task!r} returned {rewards.shape[0]} rewards "
-                f"for {len(transitions)} transitions"
-            )
-        return rewards
+        return checked_rewards(fn(transitions), len(transitions), f"the reward function of {task!r}")
 
     def goal(self, name: str) -> np.ndarray:
         try:

@@ -137,6 +137,7 @@ def run_job(job: Job) -> Job:
         job.results = saved["results"]
         return job
     if not _same_run(job, run_dir):
+        cached.unlink(missing_ok=True)  # the result of another job, which the new run replaces
         start_run(job.preset, job.data, run_dir,
                   [f"train.seed={job.seed}", *job.overrides, f"train.progress={str(job.progress).lower()}"],
                   overwrite=True)
@@ -191,7 +192,7 @@ def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     domain = make_domain(domain_name)
     cfg = CollectorConfig(collector=args.collector, device=args.device)  # the defaults of `zsrl collect`
     collector = cfg.collector_for(domain)
-    name = f"sticky{cfg.hold}-{cfg.hold_max or 10 * cfg.hold}r{cfg.rest:g}" if collector == "sticky" else collector
+    name = "sticky{}-{}r{:g}".format(*cfg.sticky()) if collector == "sticky" else collector
     path = args.out / "data" / f"{domain_name}_{name}_e{cfg.num_envs}_{args.num_transitions}_s{args.data_seed}"
     if not path.exists():
         collect_to_disk(domain, cfg, args.num_transitions, path, seed=args.data_seed, progress=not args.quiet)

@@ -189,5 +189,6 @@ def test_collect_and_pipeline_share_one_collector_configuration(capsys):
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    d = CollectorConfig()
-    assert f"(default: {d.hold})" in text and f"(default: {d.rest:g})" in text and "ten times --hold" in text
+    hold, hold_max, rest = CollectorConfig().sticky()
+    assert (hold, hold_max, rest) == (10, 100, 0.2)  # the quick start's
+    assert f"(default: {hold})" in text and f"(default: {rest:g})" in text and "ten times --hold" in text

@@ -209,3 +209,21 @@ def test_maze_goal_grid_reports_every_goals_final_distance(tmp_path, capsys):
     assert 0 <= row["within_3cm"] <= row["within_5cm"] <= row["within_8cm"] <= 1
     assert goal_grid_main([str(tmp_path / "nothing"), "--json", str(out)]) == 2
     assert "has no trained model" in capsys.readouterr().err
+
+
+def test_many_episodes_are_rolled_out_in_chunks_as_one_rollout_would(run, monkeypatch):
+    """Episodes beyond ROLLOUT_CHUNK are rolled out chunk by chunk (bounded memory); episode e
+    keeps its seed, so the first episodes score as in a shorter evaluation."""
+    import zsrl.evaluate
+    from zsrl.evaluate import evaluate_run
+
+    short = evaluate_run(run, tasks=["reach_top_left", "dense_reach_top_left"], goals=["reach_top_right"],
+                         episodes=3)
+    monkeypatch.setattr(zsrl.evaluate, "ROLLOUT_CHUNK", 3)
+    long = evaluate_run(run, tasks=["reach_top_left", "dense_reach_top_left"], goals=["reach_top_right"],
+                        episodes=7)
+    assert long.tasks["reach_top_left"].returns[:3] == short.tasks["reach_top_left"].returns
+    assert len(long.tasks["reach_top_left"].returns) == 7
+    assert long.rollouts["task:reach_top_left"].alive.shape[1] == 3  # the first chunk, for pictures
+    for result in (long.goals["reach_top_right"], long.tasks["dense_reach_top_left"].goal):
+        assert 0 <= result.success <= 1 and 0 <= result.time_within <= 1

@@ -17,6 +17,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import save_maze_dataset
@@ -741,3 +742,48 @@ def test_files_without_checksums_are_not_loaded_unverified(lab, tmp_path):
     (run / "checkpoint" / "extra.pt").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="its files extra.pt have no checksum"):
         resume_run(run)
+
+
+# ---- settings that would answer wrongly, silently, or not fit ----------------------------------
+def test_settings_that_would_answer_wrongly_or_not_fit_are_refused(lab, tmp_path, capsys, monkeypatch):
+    from conftest import make_arrays
+
+    import zsrl.train
+    from zsrl.data import from_numpy
+
+    root, _ = lab
+    ds = root / "ds"
+
+    def refused(argv, message):
+        assert main(argv) == 2, argv
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err and "Traceback" not in err, (argv, err)
+
+    out = str(tmp_path / "r")
+    train = ["train", "--config", PRESET, "--dataset", str(ds), "--out", out, *TINY]
+    refused([*train, "task=reach_top_left"], "learns without rewards: task=reach_top_left is for a supervised agent")
+    refused([*train, "train.batch_size=100000"], "train.batch_size=100000 is larger than the dataset")
+    refused([*train, "train.steps=10000000000000"], "train.steps = 10000000000000 is out of range")
+    monkeypatch.setattr(zsrl.train, "available_memory", lambda device: 2**10)
+    refused(train, "train.batch_size=32 needs about")
+    monkeypatch.undo()
+    assert not Path(out).exists()
+    collect = ["collect", "--domain", "point_mass_maze", "--transitions", "10", "--out", out, "--no-progress"]
+    refused([*collect, "--collector", "random", "--hold", "10"], "--hold set the sticky collector, not 'random'")
+    refused([*collect, "--num-envs", "3000"], "--num-envs 3000: at most 256")
+    ev = ["eval", str(root / "ref"), "--out", str(tmp_path / "e"), "--episodes", "1"]
+    refused([*ev, "--seeds", "0,0"], "repeat one; each seed counts once")
+    refused([*ev, "--tasks", ""], "nothing to evaluate")
+    refused([*ev, "--tasks", "reach_top_left", "--oracle", str(root / "ref")], "is a fb run, not a supervised oracle")
+    oracle = tmp_path / "oracle"
+    start_run("td3/point_mass_maze_cpu", ds, oracle, ["task=reach_top_left", "train.steps=4", "train.batch_size=32",
+                                                      "train.progress=false", "agent.hidden_dim=16"])
+    refused(["eval", str(oracle), "--goals", "all", "--out", str(tmp_path / "e2")], "cannot be prompted with")
+    (tmp_path / "odd.py").write_text("def none(o, a, n):\n    return None\ndef cplx(o, a, n):\n    return 1j * o[:, 0]\n")
+    monkeypatch.chdir(tmp_path)
+    refused([*ev, "--tasks", "", "--task", "odd:none"], "returned None, not")
+    refused([*ev, "--tasks", "", "--task", "odd:cplx"], "returned ndarray of complex64, not")
+    arrays = make_arrays(n=64, episode_len=16)
+    order = np.random.default_rng(0).permutation(64)
+    with pytest.raises(DatasetError, match="not episodes stored in order .*were the rows shuffled"):
+        from_numpy({k: v[order] for k, v in arrays.items()}, {"domain": "point_mass_maze"})

@@ -58,12 +58,13 @@ def _add_collector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collector", choices=COLLECTORS, default=d.collector,
                    help="exploration policy: uniform random, sticky random (random actions held for a while), "
                    "RND (random network distillation) or a saved SB3 policy (default: the domain's, see `zsrl domains`)")
+    hold, _, rest = d.sticky()
     p.add_argument("--hold", type=int, default=d.hold,
-                   help=f"sticky collector: each action is held a random multiple of this many steps (default: {d.hold})")
+                   help=f"sticky collector: each action is held a random multiple of this many steps (default: {hold})")
     p.add_argument("--hold-max", type=int, default=d.hold_max, metavar="STEPS",
                    help="sticky collector: ... up to this many (default: ten times --hold)")
     p.add_argument("--rest", type=float, default=d.rest, metavar="P",
-                   help=f"sticky collector: probability that a held action is zero (default: {d.rest:g})")
+                   help=f"sticky collector: probability that a held action is zero (default: {rest:g})")
     p.add_argument("--episode-length", type=int, default=d.episode_length, metavar="STEPS",
                    help="steps per collected episode (default: the domain's collection episode length, "
                    "see `zsrl domains`; the maze's is 50000 so that random walks leave the start room)")

@@ -35,6 +35,8 @@ from zsrl.storage import new_directory
 from zsrl.utils import fault_point, now_iso, resolve_device, versions
 
 COLLECTORS = ("random", "sticky", "rnd", "sb3")
+#: parallel environments at most (each holds a simulator in memory)
+MAX_ENVS = 256
 
 
 @dataclass
@@ -50,10 +52,10 @@ class CollectorConfig:
 
     #: ``random``, ``sticky``, ``rnd`` or ``sb3``; None: the domain's ``default_collector``
     collector: str | None = None
-    hold: int = 10
-    #: None: ten times ``hold``
+    #: the sticky collector's settings; None: 10 steps, ten times ``hold``, 0.2 (:meth:`sticky`)
+    hold: int | None = None
     hold_max: int | None = None
-    rest: float = 0.2
+    rest: float | None = None
     #: parallel environments (they decide the data: keep the number to repeat a dataset)
     num_envs: int = 4
     asynchronous: bool = False
@@ -68,14 +70,28 @@ class CollectorConfig:
     def collector_for(self, domain: Any) -> str:
         return self.collector or domain.default_collector
 
-    def check(self) -> None:
-        """A :class:`UserError` naming the flag of the first bad setting."""
+    def sticky(self) -> tuple[int, int, float]:
+        """``(hold, hold_max, rest)`` of the sticky collector, defaults filled in."""
+        hold = self.hold or 10
+        return hold, self.hold_max or 10 * hold, 0.2 if self.rest is None else self.rest
+
+    def check(self, domain: Any) -> None:
+        """A :class:`UserError` naming the flag of the first bad setting (for ``domain``)."""
         for flag, value in (("--num-envs", self.num_envs), ("--hold", self.hold), ("--hold-max", self.hold_max),
                             ("--episode-length", self.episode_length)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"{flag} must be a positive integer, got {value!r}")
+        if self.num_envs > MAX_ENVS:
+            raise UserError(f"--num-envs {self.num_envs}: at most {MAX_ENVS} (each environment holds a simulator "
+                            "in memory, and more than the CPU has cores collect no faster)")
         if self.collector is not None and self.collector not in COLLECTORS:
             raise UserError(f"unknown collector {self.collector!r}; choose one of {', '.join(COLLECTORS)}")
+        collector = self.collector_for(domain)
+        given = [flag for flag, value in (("--hold", self.hold), ("--hold-max", self.hold_max), ("--rest", self.rest))
+                 if value is not None]
+        if given and collector != "sticky":
+            raise UserError(f"{', '.join(given)} set the sticky collector, not {collector!r}; pass --collector sticky "
+                            "or leave them out")
         if not self.action_noise >= 0:
             raise UserError(f"--action-noise must be >= 0, got {self.action_noise!r}")
         resolve_device(self.device)  # a clear error for --device gpu0
@@ -141,7 +157,8 @@ def make_explorer(cfg: CollectorConfig, collector: str, obs_dim: int, action_dim
     if collector == "random":
         return RandomExplorer(action_dim, seed)
     if collector == "sticky":
-        return RandomExplorer(action_dim, seed, hold=cfg.hold, hold_max=cfg.hold_max or 10 * cfg.hold, rest=cfg.rest)
+        hold, hold_max, rest = cfg.sticky()
+        return RandomExplorer(action_dim, seed, hold=hold, hold_max=hold_max, rest=rest)
     if collector == "rnd":
         return RNDExplorer(obs_dim, action_dim, capacity=num_transitions, cfg=RNDConfig(device=cfg.device), seed=seed)
     if collector == "sb3":
@@ -289,7 +306,7 @@ def collect_to_disk(
     writer lock; ``overwrite`` replaces only a dataset directory.
     """
     out = Path(out)
-    cfg.check()
+    cfg.check(domain)
     _check_counts(transitions=num_transitions)
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")

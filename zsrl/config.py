@@ -91,7 +91,7 @@ def validate(cfg: Any, prefix: str = "") -> None:
 class TrainConfig:
     """Options of the training loop shared by every agent."""
 
-    steps: int = param(100_000, ge=1)
+    steps: int = param(100_000, ge=1, le=10**12)
     batch_size: int = param(1024, ge=2, why="the losses contrast the samples of a batch")
     seed: int = param(0, ge=0)
     device: str = "auto"

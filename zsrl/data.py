@@ -460,6 +460,16 @@ def _validate(data: TensorDict, what: str) -> None:
             )
     if data["action"].abs().max() > 1 + 1e-5:
         raise DatasetError(f"{what}: actions must lie in [-1, 1] (max |a| = {float(data['action'].abs().max()):.3g})")
+    episode, step = data["episode"], data["step"]
+    starts = episode[1:] != episode[:-1]
+    blocks, ids = int(starts.sum()) + 1, int(episode.unique().numel())
+    jumps = int(((step[1:] != step[:-1] + 1) & ~starts).sum())
+    if blocks != ids or jumps:
+        raise DatasetError(
+            f"{what}: its rows are not episodes stored in order ({ids} episode ids in {blocks} runs of rows, "
+            f"{jumps} steps that do not follow the one before): were the rows shuffled? Samplers of future "
+            "states read an episode's rows one after the other; store each episode contiguously, in order."
+        )
 
 
 def from_numpy(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> OfflineDataset:

@@ -30,13 +30,14 @@ Two levels:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from zsrl.agents.base import Model
 from zsrl.checkpoint import (
@@ -54,7 +55,7 @@ from zsrl.config import run_config_from_dict
 from zsrl.data import OfflineDataset, Transitions, as_transitions
 from zsrl.envs import Domain, RewardFn, make_domain, reward_from_arrays
 from zsrl.errors import CheckpointError, UserError
-from zsrl.registry import import_object
+from zsrl.registry import agent_class, import_object
 from zsrl.stats import aggregate
 from zsrl.storage import read_json
 from zsrl.utils import now_iso, resolve_device, versions
@@ -244,6 +245,25 @@ def rollout(
     return Rollout(seed=seed, **stacked)
 
 
+#: parallel environments of one rollout at most: more episodes are rolled out chunk by chunk
+ROLLOUT_CHUNK = 100
+
+
+def rollout_chunks(
+    model: Any, domain: Domain, z: torch.Tensor | None, episodes: int, seed: int, goal: np.ndarray | None = None,
+    what: str = "",
+) -> Iterator[Rollout]:
+    """The ``episodes`` episodes as :func:`rollout` runs them (episode ``e`` from seed
+    ``seed + e``), in chunks of at most :data:`ROLLOUT_CHUNK` parallel environments, so that
+    memory stays bounded whatever ``episodes`` is; a progress bar shows when there are several."""
+    with tqdm(total=episodes, unit="ep", desc=f"eval {what}", disable=episodes <= ROLLOUT_CHUNK,
+              mininterval=1.0) as bar:
+        for start in range(0, episodes, ROLLOUT_CHUNK):
+            n = min(ROLLOUT_CHUNK, episodes - start)
+            yield rollout(model, domain, z, n, seed=seed + start, goal=goal)
+            bar.update(n)
+
+
 def episode_returns(reward_fn: RewardFn, traj: Rollout, name: str = "the task") -> np.ndarray:
     """Sum of ``reward_fn`` over each episode's (alive) steps: ``(E,)``.
 
@@ -283,10 +303,15 @@ def evaluate_tasks(
         obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, seed + 7919 * k)
         dev = model.device
         z = model.infer_z_from_transitions(obs.to(dev), next_obs.to(dev), rewards.to(dev))
-        traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1))
-        if rollouts is not None:
-            rollouts[f"task:{name}"] = traj
-        returns = episode_returns(fn, traj, repr(name))
+        goal = domain.goal_of_task(name) if isinstance(name, str) else None
+        returns, goal_stats = [], []
+        for traj in rollout_chunks(model, domain, z, episodes, seed + 1000 * (k + 1), what=str(name)):
+            if rollouts is not None and not returns:
+                rollouts[f"task:{name}"] = traj  # the first episodes, for pictures
+            returns.append(episode_returns(fn, traj, repr(name)))
+            if goal is not None:
+                goal_stats.append(episode_goal_stats(domain, traj, domain.goal(goal)))
+        returns = np.concatenate(returns)
         results[name] = {
             "mean_return": float(returns.mean()),
             "std_return": float(returns.std()),
@@ -295,24 +320,31 @@ def evaluate_tasks(
             "label_seconds": round(label_time, 4),
             "z": z.squeeze(0).cpu().tolist(),
         }
-        goal = domain.goal_of_task(name) if isinstance(name, str) else None
         if goal is not None:
-            results[name]["goal"] = goal_metrics(domain, traj, domain.goal(goal))
+            results[name]["goal"] = goal_metrics(domain, goal_stats)
     return results
 
 
-def goal_metrics(domain: Domain, traj: Rollout, goal: np.ndarray) -> dict[str, float]:
-    """Success rate, mean final / closest distance and time within the goal of a rollout."""
+def episode_goal_stats(domain: Domain, traj: Rollout, goal: np.ndarray) -> dict[str, np.ndarray]:
+    """Per episode of a rollout: reached (the domain's success rule), final and closest
+    distance to ``goal``, steps within it and steps taken."""
     alive = traj.alive
     last = alive.sum(0) - 1  # index of each env's last transition
     dist = np.asarray(domain.goal_distance(traj.next_observation, goal))  # (T, E)
-    final = dist[last, np.arange(alive.shape[1])]
     within = (dist <= domain.goal_threshold) & alive
+    return {"success": domain.goal_success(dist, alive), "final": dist[last, np.arange(alive.shape[1])],
+            "min": np.where(alive, dist, np.inf).min(0), "within": within.sum(0), "steps": alive.sum(0)}
+
+
+def goal_metrics(domain: Domain, stats: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Success rate, mean final / closest distance and time within the goal over the episodes
+    of one or more rollouts (:func:`episode_goal_stats`)."""
+    s = {k: np.concatenate([part[k] for part in stats]) for k in stats[0]}
     return {
-        "success": float(domain.goal_success(dist, alive).mean()),
-        "final_distance": float(final.mean()),
-        "min_distance": float(np.where(alive, dist, np.inf).min(0).mean()),
-        "time_within": float(within.sum() / max(int(alive.sum()), 1)),
+        "success": float(s["success"].mean()),
+        "final_distance": float(s["final"].mean()),
+        "min_distance": float(s["min"].mean()),
+        "time_within": float(s["within"].sum() / max(int(s["steps"].sum()), 1)),
         "threshold": float(domain.goal_threshold),
     }
 
@@ -331,10 +363,12 @@ def evaluate_goals(
     for k, name in enumerate(goals):
         goal = domain.goal(name)
         z = model.infer_z_from_goal(torch.as_tensor(goal, device=model.device))
-        traj = rollout(model, domain, z, episodes, seed=seed + 1000 * (k + 1), goal=goal)
-        if rollouts is not None:
-            rollouts[f"goal:{name}"] = traj
-        results[name] = goal_metrics(domain, traj, goal)
+        stats = []
+        for traj in rollout_chunks(model, domain, z, episodes, seed + 1000 * (k + 1), goal, what=f"goal {name}"):
+            if rollouts is not None and not stats:
+                rollouts[f"goal:{name}"] = traj  # the first episodes, for pictures
+            stats.append(episode_goal_stats(domain, traj, goal))
+        results[name] = goal_metrics(domain, stats)
     return results
 
 
@@ -427,13 +461,23 @@ def evaluate_run(
     run = read_json(run_dir / "run.json", f"run {run_dir}")
     domain = make_domain(cfg.domain, source=f"run {run_dir}")
     dev = resolve_device(device)
-    if cfg.task:  # a supervised oracle knows one task only
+    oracle = agent_class(cfg.agent.name, source=f"run {run_dir}").needs_task
+    if oracle:  # a supervised oracle knows one task only
+        asked = [t for t in tasks or [] if t != cfg.task] + list(user_tasks) + list(goals)
+        if asked:
+            raise UserError(f"run {run_dir} is a {cfg.agent.name} oracle trained on the task {cfg.task!r}: it "
+                            f"acts on that task only and cannot be prompted with {', '.join(asked)}")
         tasks, user_tasks, goals = [cfg.task], [], []
     elif tasks is None:
         tasks = [] if user_tasks else list(domain.tasks)
     fns: dict[str, RewardFn] = {name: task_reward_fn(domain, name) for name in tasks}
     fns.update({spec: user_reward_function(spec) for spec in user_tasks})
     goals = list(domain.goals) if list(goals) == ["all"] else list(goals)
+    if not fns and not goals:
+        raise UserError(f"nothing to evaluate: no task and no goal asked for (domain {domain.name!r} has the "
+                        f"tasks {', '.join(domain.tasks)}{' and goals: --goals all' if domain.goals else ''})")
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"the evaluation seeds {list(seeds)} repeat one; each seed counts once")
     for g in goals:
         domain.goal(g)  # validates the name before any work
     model, scored, notes = load_scored_model(run_dir, domain, dev, cfg.train.steps)
@@ -460,7 +504,7 @@ def evaluate_run(
         )
     return Evaluation(
         run_dir=str(run_dir), agent=cfg.agent.name, domain=domain.name, domain_spec=cfg.domain,
-        task=cfg.task, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),
+        task=cfg.task if oracle else None, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),
         tasks={name: _task_over_seeds(name, per_seed) for name in fns},
         goals={name: _goal_over_seeds(name, per_seed) for name in goals},
         per_seed=per_seed, config=config,
@@ -510,6 +554,9 @@ def compare_with_oracle(
     for oracle_dir in oracle_runs:
         oracle = evaluate_run(oracle_dir, episodes=evaluation.episodes, seeds=evaluation.seeds,
                               device=device)
+        if oracle.task is None:
+            raise UserError(f"--oracle {oracle_dir} is a {oracle.agent} run, not a supervised oracle (td3 trained "
+                            "on a task's reward); '% of oracle' needs one")
         for task, r in oracle.tasks.items():
             mine = evaluation.tasks.get(task)
             if mine is not None:

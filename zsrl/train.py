@@ -152,6 +152,9 @@ def build_agent(cfg: RunConfig, obs_dim: int, action_dim: int, device: torch.dev
     cls = agent_class(cfg.agent.name)
     if cls.needs_task and not cfg.task:
         raise UserError(f"agent {cfg.agent.name!r} is supervised: set the task to learn, e.g. task=walk")
+    if cfg.task and not cls.needs_task:
+        raise UserError(f"agent {cfg.agent.name!r} learns without rewards: task={cfg.task} is for a supervised "
+                        "agent (td3); leave it out and prompt the model with the task when evaluating")
     if cls.needs_task and cfg.agent.action_repeat != 1:
         raise UserError(
             f"agent {cfg.agent.name!r} learns from one-step task rewards; set agent.action_repeat=1"
@@ -185,9 +188,31 @@ def prepare(cfg: RunConfig, dataset: Path | OfflineDataset, source: str | None =
     check_fits_domain(data, domain, str(data.path))
     seed_everything(cfg.train.seed)
     train_data = held_action_transitions(data, cfg.agent.action_repeat)
+    batch = cfg.train.batch_size
+    if batch > len(train_data):
+        raise UserError(f"train.batch_size={batch} is larger than the dataset, {len(train_data):,} transitions "
+                        "to train on; collect more data or lower train.batch_size")
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
+    need, available = agent.batch_bytes(batch), available_memory(device)
+    if need > available:
+        raise UserError(f"train.batch_size={batch} needs about {need / 2**30:,.1f} GiB for {cfg.agent.name}'s update "
+                        f"(its losses contrast every pair of the batch) and {device} has {available / 2**30:,.1f} "
+                        "GiB free; lower train.batch_size")
     agent.setup(train_data, domain, cfg.task)
     return domain, data, train_data, agent
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: CUDA's free memory, or the host's MemAvailable (Linux; no
+    bound elsewhere)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return 2**62
+    return next((int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")),
+                2**62)
 
 
 def configure_device(tc: Any, device: torch.device) -> tuple[bool, bool]:
