@@ -19,7 +19,7 @@ from torch import nn
 from zsrl.config import from_dict
 from zsrl.errors import CheckpointError, RegistryError
 from zsrl.registry import agent_class
-from zsrl.storage import atomic_write_bytes, atomic_write_json
+from zsrl.storage import atomic_write_bytes, atomic_write_json, check_format_version
 
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"
@@ -49,12 +49,7 @@ def read_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
         meta = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{cfg_path} is corrupt (invalid JSON)") from None
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{directory} was written with model format {version!r}; this zsrl reads up to "
-            f"{MODEL_FORMAT_VERSION}. Upgrade zsrl to load it."
-        )
+    check_format_version(meta.get("format_version"), MODEL_FORMAT_VERSION, f"the model {directory}", CheckpointError)
     if "agent" not in meta:
         raise CheckpointError(f"{cfg_path} names no agent; the model cannot be rebuilt from it")
     try:
@@ -70,6 +65,12 @@ def read_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not match its config.json: {exc}") from None
+        raise CheckpointError(f"{weights} does not match its config.json: {first_line(exc)}") from None
     model.meta = meta  # type: ignore[attr-defined]
     return model.to(device).eval().requires_grad_(False)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line (torch lists every mismatched tensor)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " …"

@@ -536,6 +536,9 @@ def test_files_follow_the_umask(lab):
 
 # ---- plug-ins and collection arguments that used to end in tracebacks ------------------------
 PLUGIN = '''
+import gymnasium
+import numpy as np
+
 from zsrl.envs.gym_domain import GymDomain
 
 
@@ -549,6 +552,40 @@ class UnknownEnv(GymDomain):
 
 class DiscreteActions(GymDomain):
     env_id = "CartPole-v1"
+
+
+class _Faulty(gymnasium.Wrapper):
+    """Pendulum that fails at its third step: by raising, by changing its observation's shape,
+    or by returning NaN."""
+
+    def __init__(self, env, how):
+        super().__init__(env)
+        self.how, self.steps = how, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == 3:
+            if self.how == "raise":
+                raise RuntimeError("the simulator broke")
+            obs = np.full(4, 0.5, np.float32) if self.how == "shape" else obs * np.nan
+        return obs, reward, terminated, truncated, info
+
+
+class Raises(GymDomain):
+    env_id = "Pendulum-v1"
+    how = "raise"
+
+    def _raw_env(self, render_mode, episode_length=None):
+        return _Faulty(super()._raw_env(render_mode, episode_length), self.how)
+
+
+class VaryingShape(Raises):
+    how = "shape"
+
+
+class NaNObservation(Raises):
+    how = "nan"
 '''
 
 
@@ -556,6 +593,9 @@ class DiscreteActions(GymDomain):
     (["--domain", "faulty_plugin:NotADomain"], "gives a NotADomain, not a zsrl Domain"),
     (["--domain", "faulty_plugin:UnknownEnv"], "gymnasium has no env 'NoSuchEnv-v9'"),
     (["--domain", "faulty_plugin:DiscreteActions"], "zsrl needs a bounded continuous (Box) action space; 'CartPole-v1' has Discrete(2)"),
+    (["--domain", "faulty_plugin:Raises"], "the environment of domain 'Pendulum-v1' failed after 8 transitions: RuntimeError: the simulator broke"),
+    (["--domain", "faulty_plugin:VaryingShape"], "the environment of domain 'Pendulum-v1' failed after 8 transitions: ValueError"),
+    (["--domain", ":X"], "':X' is not of the form 'package.module:Name'"),
     (["--domain", "point_mass_maze", "--num-envs", "0"], "--num-envs must be a positive integer, got 0"),
     (["--domain", "point_mass_maze", "--transitions", "0"], "--transitions must be a positive integer, got 0"),
     (["--domain", "point_mass_maze", "--seed", "-1"], "--seed must be >= 0, got -1"),
@@ -787,3 +827,70 @@ def test_settings_that_would_answer_wrongly_or_not_fit_are_refused(lab, tmp_path
     order = np.random.default_rng(0).permutation(64)
     with pytest.raises(DatasetError, match="not episodes stored in order .*were the rows shuffled"):
         from_numpy({k: v[order] for k, v in arrays.items()}, {"domain": "point_mass_maze"})
+
+
+def test_tracebacks_of_the_probe_are_one_paragraph_errors(lab, tmp_path, monkeypatch, capsys):
+    """What used to end in a traceback or a misleading message now says what is wrong."""
+    import subprocess
+    import sys
+
+    from conftest import make_arrays
+
+    from zsrl.agents.fb import FBConfig, FBModel
+    from zsrl.data import from_numpy
+    from zsrl.evaluate import rollout
+
+    root, _ = lab
+
+    def refused(argv, message):
+        assert main(argv) == 2, argv
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err and "Traceback" not in err, (argv, err)
+
+    long_name = tmp_path / ("r" * 250)
+    refused(["train", "--config", PRESET, "--dataset", str(root / "ds"), "--out", str(long_name), *TINY],
+            "is too long for the file system")
+    refused(["eval", str(root / "ref"), "--tasks", "", "--task", ":f", "--out", str(tmp_path / "e")],
+            "':f' is not of the form 'package.module:Name'")
+    one = from_numpy(make_arrays(n=1, episode_len=1), {"domain": "point_mass_maze", "collector": "test"})
+    one.save(tmp_path / "one")
+    assert main(["data", "describe", str(tmp_path / "one")]) == 0
+    arrays = make_arrays(n=256, episode_len=64, hold=32)
+    for key in ("observation", "next_observation"):
+        arrays[key][:] = 0.1
+    from_numpy(arrays, {"domain": "point_mass_maze", "collector": "test"}).save(tmp_path / "still")
+    refused(["train", "--config", PRESET, "--dataset", str(tmp_path / "still"), "--out", str(tmp_path / "r"),
+             *TINY], "never change (every coordinate is constant)")
+    # a moved dataset: eval says how to point at it, and takes it
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    data = json.loads((run / "run.json").read_text())
+    moved = shutil.copytree(root / "ds", tmp_path / "moved")
+    (run / "run.json").write_text(json.dumps({**data, "dataset": str(tmp_path / "gone")}))
+    ev = ["eval", str(run), "--tasks", "reach_top_left", "--episodes", "1", "--out", str(tmp_path / "e")]
+    refused(ev, f"If it moved, evaluate with `zsrl eval {run} --dataset NEW_PLACE`")
+    assert main([*ev, "--dataset", str(moved)]) == 0
+    # a metrics.csv that is not zsrl's: the report says so and is written
+    (run / "metrics.csv").write_text("a,b\n1,2\n")
+    assert main([*ev[:-1], str(tmp_path / "e3"), "--dataset", str(moved)]) == 0
+    notes = json.loads((tmp_path / "e3" / "results.json").read_text())["notes"]
+    assert any("no learning curves" in n and "no 'step' column" in n for n in notes)
+    # a reward function that raises
+    (tmp_path / "bad_rewards.py").write_text("def boom(o, a, n):\n    raise KeyError('oops')\n")
+    monkeypatch.chdir(tmp_path)
+    refused(["eval", str(root / "ref"), "--tasks", "", "--task", "bad_rewards:boom", "--out", str(tmp_path / "e4")],
+            "the reward function <reward 'boom'> raised KeyError: 'oops'")
+    # an environment that breaks, or returns NaN, in the middle of an evaluation
+    (tmp_path / "faulty_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import faulty_plugin
+
+    model = FBModel(3, 1, FBConfig(z_dim=4, hidden_dim=16, embedding_dim=8, backward_hidden_dim=16))
+    with pytest.raises(UserError, match="failed at step 2 of an evaluation episode: RuntimeError: the simulator broke"):
+        rollout(model, faulty_plugin.Raises(), model.sample_z(1), episodes=2, seed=0)
+    with pytest.raises(UserError, match="returned NaN or inf observations at step 2 of an evaluation episode"):
+        rollout(model, faulty_plugin.NaNObservation(), model.sample_z(1), episodes=2, seed=0)
+    # a reader that stops early: no traceback
+    proc = subprocess.run(f"{sys.executable} -c 'import sys; from zsrl.cli import main; sys.exit(main(sys.argv[1:]))' "
+                          f"data describe {root / 'ds'} | head -1", shell=True, capture_output=True, text=True,
+                          check=False)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

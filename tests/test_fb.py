@@ -115,7 +115,11 @@ def test_newer_format_is_refused(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["format_version"] = 99
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="model format 99.*Upgrade zsrl"):
+    with pytest.raises(CheckpointError, match="format version 99, newer than this zsrl reads .*upgrade zsrl"):
+        Model.load(tmp_path / "m")
+    cfg["format_version"] = 1.0
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="records the format version 1.0, not a whole number"):
         Model.load(tmp_path / "m")
 
 

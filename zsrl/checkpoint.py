@@ -31,10 +31,12 @@ from typing import Any
 import torch
 
 from zsrl.agents.base import Model
+from zsrl.agents.model_files import first_line
 from zsrl.errors import CheckpointError
 from zsrl.storage import (
     atomic_write_bytes,
     atomic_write_json,
+    check_format_version,
     complete_copy,
     old_copy,
     read_json_object,
@@ -170,12 +172,8 @@ def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]
     if path is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
     manifest = verify(path)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > TRAINING_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has training-state format {version!r}; this zsrl reads up to "
-            f"{TRAINING_FORMAT_VERSION}. Upgrade zsrl to resume it."
-        )
+    check_format_version(manifest.get("format_version"), TRAINING_FORMAT_VERSION, f"the checkpoint {path}",
+                         CheckpointError)
     try:
         state = torch.load(path / TRAINING_STATE, map_location=agent.device, weights_only=True)
         rng, step, loop = state["rng"], int(state["step"]), state.get("loop", {})
@@ -189,7 +187,7 @@ def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]
     try:
         agent.load_state_dict(state["agent"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path} does not match this run's agent config: {exc}") from None
+        raise CheckpointError(f"{path} does not match this run's agent config: {first_line(exc)}") from None
     set_rng_state(rng)
     return step, loop
 

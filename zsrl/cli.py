@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -156,6 +157,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
     p.add_argument("--out", help="directory for results.json, report.md and plots")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dataset", help="the run's dataset, where it moved (it must be the same data)")
     p.add_argument("--oracle", action="append", default=[], metavar="ORACLE_RUN_DIR",
                    help="a supervised run (configs/td3/...) on the same dataset; adds '%% of oracle' (repeatable)")
     p.add_argument("--video", action="store_true",
@@ -390,7 +392,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         evaluation = evaluate_run(
             args.run_dir, tasks=None if args.tasks is None else _names(args.tasks), user_tasks=args.task,
             goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
-            seeds=seeds, device=args.device,
+            seeds=seeds, device=args.device, dataset=args.dataset,
         )
         if args.oracle:
             compare_with_oracle(evaluation, args.oracle, device=args.device)
@@ -441,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         _print_error(args.command, str(exc))
         return int(getattr(exc, "exit_code", 2))
+    except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`: the reader stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
     except OSError as exc:  # a storage failure that no caller put in words
         from zsrl.storage import STORAGE_ERRNOS, describe_os_error
 
@@ -451,9 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(args.command, f"{describe_os_error(exc)}{where}. Fix the storage (free space, permissions) "
                      "and run the command again.")
         return 2
-    except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print(f"zsrl {args.command}: {'terminated' if term.terminated else 'interrupted'}; nothing partial "
               "was left behind.", file=sys.stderr)

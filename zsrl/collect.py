@@ -17,9 +17,10 @@ What is collected and how is one :class:`CollectorConfig`, shared by ``zsrl coll
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,18 @@ def reached_states(
     return reached, next_physics
 
 
+@contextlib.contextmanager
+def env_errors(domain: Any, doing: str) -> Iterator[None]:
+    """An exception from the domain's environment (a plug-in's code) as one paragraph."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"the environment of domain {getattr(domain, 'name', domain)!r} failed {doing}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
 def collection_episode_length(domain: Any, episode_length: int | None = None) -> int:
     """Steps per collected episode: ``episode_length``, else the domain's collection length."""
     return episode_length or domain.collection_episode_length or domain.episode_length
@@ -207,11 +220,13 @@ def collect(
     bar = tqdm(total=num_transitions, unit="tr", disable=not progress, desc=f"collect {domain.name}",
                smoothing=0.05, mininterval=1.0)
     try:
-        obs, info = envs.reset(seed=seed)
+        with env_errors(domain, "at reset"):
+            obs, info = envs.reset(seed=seed)
         physics = info.get("physics") if store_physics else None
         while collected < num_transitions:
             action = np.asarray(explorer.act(obs), dtype=np.float32)
-            next_obs, _, terminated, truncated, info = envs.step(action)
+            with env_errors(domain, f"after {collected:,} transitions"):
+                next_obs, _, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             true_next, next_physics = reached_states(next_obs, info, done, store_physics)
             take = min(num_envs, num_transitions - collected)

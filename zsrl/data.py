@@ -41,6 +41,7 @@ from tensordict import TensorDict
 from zsrl.errors import DatasetError, StorageError, UserError
 from zsrl.storage import (
     atomic_write_json,
+    check_format_version,
     complete_copy,
     describe_os_error,
     is_dataset_dir,
@@ -228,12 +229,7 @@ class OfflineDataset:
                 "`zsrl collect`; an interrupted collection never leaves one behind."
             )
         meta = read_json_object(meta_path, f"dataset {path}")
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise DatasetError(
-                f"dataset {path} has format version {version!r}; this zsrl reads versions "
-                f"<= {FORMAT_VERSION}. Upgrade zsrl or re-collect the dataset."
-            )
+        check_format_version(meta.get("format_version"), FORMAT_VERSION, f"dataset {path}", DatasetError)
         if domain is not None:
             check_domain(path, meta.get("domain"), domain)
         _check_leaf_files(path / "tensors")
@@ -278,7 +274,7 @@ class OfflineDataset:
             "action": _ranges(act),
             "coverage": {
                 "occupied_cells_10_per_dim_top2_pca": occupied,
-                "mean_per_dim_std": float(obs.std(0).mean()),
+                "mean_per_dim_std": float(_std(obs).mean()),
             },
         }
 
@@ -291,8 +287,13 @@ def _ranges(x: torch.Tensor) -> dict[str, list[float]]:
         "mean": x.mean(0).tolist(),
         "p99": q[1].tolist(),
         "max": x.max(0).values.tolist(),
-        "std": x.std(0).tolist(),
+        "std": _std(x).tolist(),
     }
+
+
+def _std(x: torch.Tensor) -> torch.Tensor:
+    """Per-column sample standard deviation (0 for a single row)."""
+    return x.std(0) if x.shape[0] > 1 else torch.zeros_like(x[0])
 
 
 def _occupied_cells(obs: torch.Tensor, bins: int) -> float:
@@ -301,9 +302,11 @@ def _occupied_cells(obs: torch.Tensor, bins: int) -> float:
     A domain-agnostic proxy for state coverage (maze domains report exact floor coverage).
     """
     x = obs - obs.mean(0)
-    if x.shape[1] >= 2:
+    if min(x.shape) >= 2:
         _, _, v = torch.pca_lowrank(x, q=2, center=False)
         x = x @ v[:, :2]
+    elif x.shape[1] >= 2:  # one state: no plane to fit
+        x = x[:, :2]
     else:
         x = torch.cat([x, torch.zeros_like(x)], 1)
     lo, hi = x.min(0).values, x.max(0).values
@@ -351,6 +354,25 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
         meta = (path / "meta.json").read_bytes()
         size = sum(f.stat().st_size for f in (path / "tensors").rglob("*") if f.is_file())
     return {"meta_sha256": hashlib.sha256(meta).hexdigest(), "tensor_bytes": size}
+
+
+def run_dataset(run_dir: Path, run: dict[str, Any], dataset: str | Path | None, moved: str) -> Path:
+    """The dataset a run recorded in its ``run.json`` (or ``dataset``, a moved copy), checked
+    against the recorded fingerprint; ``moved`` says how to point at a new place."""
+    recorded = run.get("dataset")
+    if not isinstance(recorded, str):
+        raise UserError(f"{run_dir}/run.json is corrupt (no dataset path)")
+    path = Path(dataset) if dataset is not None else Path(recorded)
+    if not path.exists():
+        raise DatasetError(f"the dataset of run {run_dir} is gone from {path}. If it moved, {moved}.")
+    expected = run.get("dataset_fingerprint")
+    if expected is not None and (path / "meta.json").is_file() and fingerprint(path) != expected:
+        raise DatasetError(
+            f"the dataset at {path} is not the one run {run_dir} started on (its meta.json or "
+            "size differ: it was re-collected or replaced). Using other data would mix two "
+            "datasets in one run; pass the original with `--dataset`, or start a new run."
+        )
+    return path
 
 
 def env_dims(domain: Any, seed: int = 0) -> tuple[int, int]:

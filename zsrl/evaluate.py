@@ -29,6 +29,7 @@ Two levels:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -50,9 +51,9 @@ from zsrl.checkpoint import (
     load_model_dir,
     read_manifest,
 )
-from zsrl.collect import make_vector_env, reached_states
+from zsrl.collect import env_errors, make_vector_env, reached_states
 from zsrl.config import run_config_from_dict
-from zsrl.data import OfflineDataset, Transitions, as_transitions
+from zsrl.data import OfflineDataset, Transitions, as_transitions, run_dataset
 from zsrl.envs import Domain, RewardFn, make_domain, reward_from_arrays
 from zsrl.errors import CheckpointError, UserError
 from zsrl.registry import agent_class, import_object
@@ -175,6 +176,16 @@ def _plain(value: Any) -> Any:
 
 
 # ---- one model, one seed ----------------------------------------------------------------
+@contextlib.contextmanager
+def reward_errors(reward_fn: RewardFn) -> Iterator[None]:
+    """An exception from a reward function (often the user's own) as one paragraph."""
+    try:
+        yield
+    except (UserError, ValueError):
+        raise  # ours, already in words (checked_rewards)
+    except Exception as exc:
+        raise UserError(f"the reward function {reward_fn!r} raised {type(exc).__name__}: {exc}") from exc
+
 def label_samples(
     dataset: OfflineDataset, reward_fn: RewardFn, n: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
@@ -187,7 +198,8 @@ def label_samples(
     idx = torch.randperm(len(dataset), generator=g)[:n].to(dataset.device)
     batch = dataset.data[idx]
     t0 = time.perf_counter()
-    rewards = np.asarray(reward_fn(as_transitions(batch)), dtype=np.float32).reshape(-1)
+    with reward_errors(reward_fn):
+        rewards = np.asarray(reward_fn(as_transitions(batch)), dtype=np.float32).reshape(-1)
     elapsed = time.perf_counter() - t0
     if rewards.shape[0] != n:
         raise ValueError(f"the reward function returned {rewards.shape[0]} rewards for {n} transitions")
@@ -212,10 +224,12 @@ def rollout(
     With ``goal`` and a model whose goal embedding depends on the state, ``z`` is
     re-inferred from the goal and the current observation at every step.
     """
-    envs = make_vector_env(domain, episodes, seed)
+    with env_errors(domain, "while it was made"):
+        envs = make_vector_env(domain, episodes, seed)
     device = model.device
     goal_t = None if goal is None else torch.as_tensor(goal, device=device, dtype=torch.float32)
-    obs, info = envs.reset(seed=seed)
+    with env_errors(domain, "at reset"):
+        obs, info = envs.reset(seed=seed)
     physics = info.get("physics")
     alive = np.ones(episodes, dtype=bool)
     keys = ("observation", "action", "next_observation", "physics", "next_physics", "alive")
@@ -230,7 +244,12 @@ def rollout(
                 else:
                     zz = z.expand(episodes, -1)
                 action = model.act(obs_t, zz, mean=True).cpu().numpy()
-            next_obs, _, term, trunc, info = envs.step(action)
+            with env_errors(domain, f"at step {t} of an evaluation episode"):
+                next_obs, _, term, trunc, info = envs.step(action)
+            if not np.isfinite(next_obs).all():
+                raise UserError(f"the environment of domain {domain.name!r} returned NaN or inf observations at "
+                                f"step {t} of an evaluation episode; fix the environment (the policy acted on "
+                                "finite ones)")
             done = term | trunc
             true_next, next_physics = reached_states(next_obs, info, done, "physics" in info)
             for key, value in zip(keys, (obs, action, true_next, physics, next_physics, alive.copy())):
@@ -270,7 +289,8 @@ def episode_returns(reward_fn: RewardFn, traj: Rollout, name: str = "the task") 
     Raises ValueError when the reward function returns NaN or inf on the rollout.
     """
     batch = traj.as_transitions()
-    rewards = np.asarray(reward_fn(batch), dtype=np.float64).reshape(traj.alive.shape)
+    with reward_errors(reward_fn):
+        rewards = np.asarray(reward_fn(batch), dtype=np.float64).reshape(traj.alive.shape)
     bad = ~np.isfinite(rewards) & traj.alive
     if bad.any():
         raise ValueError(
@@ -440,11 +460,12 @@ def evaluate_run(
     reward_samples: int | None = None,
     seeds: Sequence[int] = (0,),
     device: str = "auto",
-    dataset: OfflineDataset | None = None,
+    dataset: OfflineDataset | str | Path | None = None,
 ) -> Evaluation:
     """Evaluate a run directory on domain tasks, user reward functions and goals.
 
-    The prompts label states of the run's dataset (``dataset``: that dataset, already loaded).
+    The prompts label states of the run's dataset (``dataset``: that dataset, already loaded,
+    or its folder where it moved).
 
     ``tasks=None`` means every task of the domain, unless only user reward functions are
     asked for; goals (``["all"]`` for every goal of the domain) are evaluated as well as the
@@ -481,10 +502,11 @@ def evaluate_run(
     for g in goals:
         domain.goal(g)  # validates the name before any work
     model, scored, notes = load_scored_model(run_dir, domain, dev, cfg.train.steps)
-    if dataset is None:
-        dataset = OfflineDataset.load(run["dataset"], device=dev, domain=domain.name)
-    else:
+    if isinstance(dataset, OfflineDataset):
         dataset = dataset.to(dev)
+    else:
+        path = run_dataset(run_dir, run, dataset, f"evaluate with `zsrl eval {run_dir} --dataset NEW_PLACE`")
+        dataset = OfflineDataset.load(path, device=dev, domain=domain.name)
 
     per_seed: list[dict[str, Any]] = []
     rollouts: dict[str, Rollout] = {}

@@ -86,13 +86,13 @@ def _check_trusted(name: str, source: str | None, kind: str) -> None:
 def import_object(path: str) -> Any:
     """Import ``package.module:attribute`` (the working directory is importable too)."""
     module_name, _, attr = path.partition(":")
-    if not attr:
+    if not attr or not module_name:
         raise RegistryError(f"{path!r} is not of the form 'package.module:Name'")
     if os.getcwd() not in sys.path:  # plug-ins in the working directory, as `python -m` would
         sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:  # ValueError: a relative or empty module name
         raise RegistryError(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
     try:
         obj: Any = module

@@ -153,7 +153,10 @@ def _write_report(evaluation: Evaluation, out: Path, video: bool) -> list[Path]:
         oracle = {t: r.oracle_return for t, r in evaluation.tasks.items() if r.oracle_return is not None}
         pictures.append(plots.task_bars(evaluation.to_dict(), out / "returns.png", oracle=oracle or None))
     if (run_dir / "metrics.csv").is_file():
-        pictures.append(plots.learning_curves(run_dir, out / "learning_curves.png"))
+        try:
+            pictures.append(plots.learning_curves(run_dir, out / "learning_curves.png"))
+        except ValueError as exc:  # a metrics.csv without rows, or not zsrl's
+            evaluation.notes.append(f"no learning curves: {exc}")
     if evaluation.rollouts and domain.has_layout:
         pictures.append(plots.maze_trajectories(domain, evaluation.rollouts, out / "trajectories.png"))
     if video:

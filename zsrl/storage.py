@@ -140,6 +140,16 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
+def check_format_version(version: Any, supported: int, what: str, error: type[UserError] = UserError) -> None:
+    """Refuse a file format this zsrl cannot read: a ``format_version`` that is not a whole
+    number (an edited or corrupt file) or is newer than ``supported``."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise error(f"{what} records the format version {version!r}, not a whole number: the file was edited "
+                    "or is corrupt")
+    if version > supported:
+        raise error(f"{what} has format version {version}, newer than this zsrl reads ({supported}); upgrade zsrl")
+
+
 # ---- one writer per folder ----------------------------------------------------------------
 _held: dict[Path, int] = {}  # lock file → nesting depth, for this process
 
@@ -193,7 +203,13 @@ def writer_lock(path: str | Path, what: str) -> Iterator[None]:
             _held[lock] -= 1
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _try_lock(lock)
+    try:
+        fd = _try_lock(lock)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise UserError(f"the name {Path(path).name!r} is too long for the file system (its lock file "
+                        f"{lock.name!r} is longer still); choose a shorter one") from None
     if fd is None:
         raise LockedError(
             f"{what} {Path(path)} is being written by {_holder(lock)}; two writers would mix "

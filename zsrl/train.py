@@ -61,10 +61,11 @@ from zsrl.data import (
     check_fits_domain,
     fingerprint,
     held_action_transitions,
+    run_dataset,
 )
 from zsrl.engine import Engine, MetricAccumulator, diverged, nonfinite_parameter
 from zsrl.envs import make_domain
-from zsrl.errors import DatasetError, Interrupted, UserError
+from zsrl.errors import Interrupted, UserError
 from zsrl.interrupt import StopRequests
 from zsrl.registry import agent_class
 from zsrl.storage import (
@@ -192,6 +193,9 @@ def prepare(cfg: RunConfig, dataset: Path | OfflineDataset, source: str | None =
     if batch > len(train_data):
         raise UserError(f"train.batch_size={batch} is larger than the dataset, {len(train_data):,} transitions "
                         "to train on; collect more data or lower train.batch_size")
+    if not bool((train_data.data["next", "observation"].std(0) > 0).any()):
+        raise UserError(f"the observations of dataset {data.path} never change (every coordinate is constant): "
+                        "there is nothing to learn from it; collect it again with a policy that moves")
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
     need, available = agent.batch_bytes(batch), available_memory(device)
     if need > available:
@@ -295,27 +299,6 @@ def start_run(
     return out
 
 
-def _dataset_of(run_dir: Path, run: dict[str, Any], dataset: str | Path | None) -> Path:
-    """The run's dataset (or ``dataset``, a moved copy), checked against its fingerprint."""
-    recorded = run.get("dataset")
-    if not isinstance(recorded, str):
-        raise UserError(f"{run_dir}/run.json is corrupt (no dataset path)")
-    path = Path(dataset) if dataset is not None else Path(recorded)
-    if not path.exists():
-        raise DatasetError(
-            f"the dataset of run {run_dir} is gone from {path}. If it moved, resume with "
-            f"`zsrl train --resume {run_dir} --dataset NEW_PLACE`."
-        )
-    expected = run.get("dataset_fingerprint")
-    if expected is not None and (path / "meta.json").is_file() and fingerprint(path) != expected:
-        raise DatasetError(
-            f"the dataset at {path} is not the one run {run_dir} started on (its meta.json or "
-            "size differ: it was re-collected or replaced). Resuming on other data would mix two "
-            "datasets in one run; pass the original with `--dataset`, or start a new run."
-        )
-    return path
-
-
 def _checkpointed_before(run_dir: Path, cfg: RunConfig) -> str | None:
     """Evidence that ``run_dir`` once had a complete checkpoint (so that its absence is a loss).
 
@@ -361,7 +344,7 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
             saved = {**saved, "train": {**saved["train"], "steps": steps}}
         cfg = run_config_from_dict(saved, source=f"run {run_dir}")
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
-        data_path = _dataset_of(run_dir, run, dataset)
+        data_path = run_dataset(run_dir, run, dataset, f"resume with `zsrl train --resume {run_dir} --dataset NEW_PLACE`")
         domain, data, train_data, agent = prepare(cfg, data_path, source=f"run {run_dir}")
         _warn_other_thread_count(run, agent.device)
         for sub in (CHECKPOINT, FINAL_MODEL):
