@@ -894,3 +894,18 @@ def test_tracebacks_of_the_probe_are_one_paragraph_errors(lab, tmp_path, monkeyp
                           f"data describe {root / 'ds'} | head -1", shell=True, capture_output=True, text=True,
                           check=False)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_resume_refuses_a_config_edited_by_hand(lab, tmp_path):
+    root, _ = lab
+    run = shutil.copytree(root / "ref", tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    edited = {**cfg, "agent": {**cfg["agent"], "lr_f": 0.1}}
+    (run / "config.json").write_text(json.dumps(edited))
+    before = snapshot(run)
+    with pytest.raises(UserError, match=r"was edited since the run started \(agent.lr_f: 0.0005 → 0.1\)"):
+        resume_run(run, steps=60)
+    assert snapshot(run) == before
+    (run / "config.json").write_text(json.dumps(cfg))
+    resume_run(run, steps=50)  # train.steps is the one change a resume takes
+    assert checkpoint_step(run) == 50

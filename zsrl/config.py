@@ -257,6 +257,14 @@ def _without_retired(cls: type, data: dict[str, Any], prefix: str) -> dict[str, 
     return {k: v for k, v in data.items() if k not in retired}
 
 
+def config_differences(saved: Any, other: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in saved, value in other)`` wherever two nested configs differ."""
+    if isinstance(saved, dict) and isinstance(other, dict):
+        return [d for k in sorted(set(saved) | set(other), key=str)
+                for d in config_differences(saved.get(k), other.get(k), f"{prefix}.{k}" if prefix else str(k))]
+    return [] if saved == other else [(prefix, saved, other)]
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zsrl.collect import CollectorConfig, collect_to_disk, make_explorer
-from zsrl.config import load_run_config
+from zsrl.config import config_differences, load_run_config
 from zsrl.data import OfflineDataset, env_dims
 from zsrl.envs import Domain, make_domain
 from zsrl.errors import UserError
@@ -99,7 +99,7 @@ def _check_same_collection(path: Path, meta: dict[str, Any], asked: dict[str, An
 
 def _check_same_config(run: Path, asked: dict[str, Any]) -> None:
     saved = read_json_object(run / "config.json", f"run {run}")
-    differ = [f"{key} {value!r} (asked: {asked_value!r})" for key, value, asked_value in _diff(saved, asked)
+    differ = [f"{key} {value!r} (asked: {asked_value!r})" for key, value, asked_value in config_differences(saved, asked)
               if key != "train.progress"]  # the progress bar changes nothing
     if differ:
         raise UserError(
@@ -107,11 +107,3 @@ def _check_same_config(run: Path, asked: dict[str, Any]) -> None:
             f"The pipeline never replaces a run; continue that one with `zsrl train --resume {run}` "
             "and evaluate it with `zsrl eval`, or choose another --out."
         )
-
-
-def _diff(saved: Any, asked: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, saved value, asked value)`` where two nested configs differ."""
-    if isinstance(saved, dict) and isinstance(asked, dict):
-        return [d for k in sorted(set(saved) | set(asked), key=str)
-                for d in _diff(saved.get(k), asked.get(k), f"{prefix}.{k}" if prefix else str(k))]
-    return [] if saved == asked else [(prefix, saved, asked)]

@@ -54,7 +54,14 @@ from zsrl.checkpoint import (
     save_checkpoint,
     save_final_model,
 )
-from zsrl.config import RunConfig, load_run_config, resolve_auto, run_config_from_dict, validate
+from zsrl.config import (
+    RunConfig,
+    config_differences,
+    load_run_config,
+    resolve_auto,
+    run_config_from_dict,
+    validate,
+)
 from zsrl.data import (
     OfflineDataset,
     check_domain,
@@ -291,12 +298,28 @@ def start_run(
             "cpu_threads": torch.get_num_threads(),
             "started": now_iso(),
             "command": " ".join(sys.argv),
+            "config": asdict(cfg),  # as started: a resume refuses a config.json edited since
             "versions": versions(),
         }
         with storage_errors(f"create the run directory {out}"):
             create_run_dir(out, {"config.json": asdict(cfg), "run.json": run_info}, replace)
         _train(cfg, data, train_data, domain, out, agent, start=0, loop={}, resumed=False)
     return out
+
+
+def _check_unedited(run_dir: Path, started: Any, saved: dict[str, Any]) -> None:
+    """Refuse a ``config.json`` edited since the run started (``train.steps`` aside, which
+    ``--resume train.steps=N`` sets); runs of earlier releases recorded no config to compare."""
+    if not isinstance(started, dict):
+        return
+    edits = [f"{key}: {was!r} → {now!r}" for key, was, now in config_differences(started, saved)
+             if key != "train.steps"]
+    if edits:
+        raise UserError(
+            f"{run_dir}/config.json was edited since the run started ({'; '.join(edits[:4])}"
+            f"{' …' if len(edits) > 4 else ''}); a resume continues the run as it started and takes no other "
+            "change than train.steps=N. Undo the edit, or start a new run with the new settings."
+        )
 
 
 def _checkpointed_before(run_dir: Path, cfg: RunConfig) -> str | None:
@@ -340,10 +363,11 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
         raise UserError(f"{run_dir} is not a zsrl run directory (no run.json); start one with `zsrl train`")
     with writer_lock(run_dir, "run"):
         saved = read_json_object(run_dir / "config.json", f"run {run_dir}")
+        run = read_json_object(run_dir / "run.json", f"run {run_dir}")
+        _check_unedited(run_dir, run.get("config"), saved)
         if steps is not None and isinstance(saved.get("train"), dict):  # else parsing says what is wrong
             saved = {**saved, "train": {**saved["train"], "steps": steps}}
         cfg = run_config_from_dict(saved, source=f"run {run_dir}")
-        run = read_json_object(run_dir / "run.json", f"run {run_dir}")
         data_path = run_dataset(run_dir, run, dataset, f"resume with `zsrl train --resume {run_dir} --dataset NEW_PLACE`")
         domain, data, train_data, agent = prepare(cfg, data_path, source=f"run {run_dir}")
         _warn_other_thread_count(run, agent.device)
