@@ -227,3 +227,17 @@ def test_many_episodes_are_rolled_out_in_chunks_as_one_rollout_would(run, monkey
     assert long.rollouts["task:reach_top_left"].alive.shape[1] == 3  # the first chunk, for pictures
     for result in (long.goals["reach_top_right"], long.tasks["dense_reach_top_left"].goal):
         assert 0 <= result.success <= 1 and 0 <= result.time_within <= 1
+
+
+def test_a_prompt_scores_the_same_whatever_is_evaluated_beside_it(run):
+    """Reward labels and rollouts are seeded by the prompt's name and the evaluation seed, not
+    by its position in the list; evaluation seeds start from different episodes."""
+    from zsrl.evaluate import evaluate_run, prompt_seed
+
+    alone = evaluate_run(run, tasks=["reach_top_left"], goals=["reach_top_right"], episodes=2)
+    beside = evaluate_run(run, tasks=["reach_bottom_right", "reach_top_left"], goals=["reach_bottom_left", "reach_top_right"],
+                          episodes=2)
+    assert alone.tasks["reach_top_left"].returns == beside.tasks["reach_top_left"].returns
+    assert alone.goals["reach_top_right"] == beside.goals["reach_top_right"]
+    bases = [prompt_seed("task:reach_top_left", s, 1) for s in range(3)]
+    assert min(abs(a - b) for a in bases for b in bases if a != b) > 10_000

@@ -106,6 +106,8 @@ def test_a_plugin_named_by_an_artifact_is_imported_only_when_the_user_allows_it(
         if path.parent.name == "model":
             meta = {**meta, "agent": "evil:D"}
         path.write_text(json.dumps(meta))
+    info = json.loads((run / "run.json").read_text())  # the config as started, edited the same way
+    (run / "run.json").write_text(json.dumps({**info, "config": {**info["config"], "domain": "evil:D"}}))
     for argv in (["eval", str(run), "--out", str(tmp_path / "e"), "--episodes", "1"],
                  ["train", "--resume", str(run)],
                  ["train", "--agent", "fb", "--dataset", str(data), "--out", str(tmp_path / "r")],

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -176,6 +177,13 @@ def _plain(value: Any) -> Any:
 
 
 # ---- one model, one seed ----------------------------------------------------------------
+def prompt_seed(prompt: str, seed: int, purpose: int = 0) -> int:
+    """The random seed of one prompt's reward labels (``purpose`` 0) or rollouts (1): a
+    function of the prompt's name and the evaluation seed only, so a task scores the same
+    whatever else is evaluated beside it, and evaluation seeds share no episode (episode
+    ``e`` of a rollout seeded ``b`` starts from ``b + e``)."""
+    return (zlib.crc32(f"{purpose}:{prompt}".encode()) + 1_000_003 * seed) % 2**31
+
 @contextlib.contextmanager
 def reward_errors(reward_fn: RewardFn) -> Iterator[None]:
     """An exception from a reward function (often the user's own) as one paragraph."""
@@ -319,13 +327,14 @@ def evaluate_tasks(
     fns = tasks if isinstance(tasks, Mapping) else {t: task_reward_fn(domain, t) for t in tasks}
     n = reward_samples or getattr(model.cfg, "inference_samples", 10_000)
     results = {}
-    for k, (name, fn) in enumerate(fns.items()):
-        obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, seed + 7919 * k)
+    for name, fn in fns.items():
+        obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, prompt_seed(f"task:{name}", seed))
         dev = model.device
         z = model.infer_z_from_transitions(obs.to(dev), next_obs.to(dev), rewards.to(dev))
         goal = domain.goal_of_task(name) if isinstance(name, str) else None
         returns, goal_stats = [], []
-        for traj in rollout_chunks(model, domain, z, episodes, seed + 1000 * (k + 1), what=str(name)):
+        for traj in rollout_chunks(model, domain, z, episodes, prompt_seed(f"task:{name}", seed, 1),
+                                   what=str(name)):
             if rollouts is not None and not returns:
                 rollouts[f"task:{name}"] = traj  # the first episodes, for pictures
             returns.append(episode_returns(fn, traj, repr(name)))
@@ -380,11 +389,12 @@ def evaluate_goals(
 ) -> dict[str, dict[str, Any]]:
     """Goal-prompted success rate and distances per named goal."""
     results = {}
-    for k, name in enumerate(goals):
+    for name in goals:
         goal = domain.goal(name)
         z = model.infer_z_from_goal(torch.as_tensor(goal, device=model.device))
         stats = []
-        for traj in rollout_chunks(model, domain, z, episodes, seed + 1000 * (k + 1), goal, what=f"goal {name}"):
+        for traj in rollout_chunks(model, domain, z, episodes, prompt_seed(f"goal:{name}", seed, 1), goal,
+                                   what=f"goal {name}"):
             if rollouts is not None and not stats:
                 rollouts[f"goal:{name}"] = traj  # the first episodes, for pictures
             stats.append(episode_goal_stats(domain, traj, goal))
