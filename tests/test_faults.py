@@ -909,3 +909,15 @@ def test_resume_refuses_a_config_edited_by_hand(lab, tmp_path):
     (run / "config.json").write_text(json.dumps(cfg))
     resume_run(run, steps=50)  # train.steps is the one change a resume takes
     assert checkpoint_step(run) == 50
+
+
+def test_rewards_that_overflow_the_prompt_are_refused(lab, tmp_path, monkeypatch, capsys):
+    """Finite rewards of 1e38 overflow float32 when FB sums them into z; instead of NaN
+    actions (which the simulator rejects), the prompt is refused with what to do."""
+    root, _ = lab
+    (tmp_path / "huge.py").write_text("import numpy as np\ndef huge(o, a, n):\n    return np.full(len(o), 1e38)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(root / "ref"), "--tasks", "", "--task", "huge:huge", "--episodes", "1",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is not finite" in err and "up to 1e+38 in size" in err and "Traceback" not in err, err
