@@ -27,6 +27,7 @@ carries whole transitions for methods that need both ends (HILP).
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,12 +36,14 @@ from tensordict import TensorDict
 from torch import nn
 
 from zsrl.agents.model_files import MODEL_FORMAT_VERSION, MODEL_WEIGHTS, read_model, write_model
+from zsrl.agents.policy import Policy
 from zsrl.config import AgentConfig
+from zsrl.data import ArrayRewardFn, reward_from_arrays
 from zsrl.engine import Metrics, ParameterAverage
 from zsrl.errors import CheckpointError
 from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step, restore_fast_adam
 
-__all__ = ["MODEL_WEIGHTS", "Agent", "Model", "check_finite"]
+__all__ = ["MODEL_WEIGHTS", "Agent", "Model", "Policy", "check_finite"]
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
@@ -111,6 +114,35 @@ class Model(nn.Module):
     def action_repeat(self) -> int:
         """Environment steps each action is held for (``agent.action_repeat``)."""
         return int(getattr(self.cfg, "action_repeat", 1))
+
+    def prompt(
+        self, *, rewards: tuple[Any, ...] | None = None, reward_fn: ArrayRewardFn | None = None, goal: Any = None,
+        dataset: Any = None, samples: int | None = None, seed: int = 0,
+    ) -> Policy:
+        """A :class:`~zsrl.agents.policy.Policy` acting on one task, given as one of
+
+        * ``rewards=(states, r)`` — rewards observed at states (``(obs, next_obs, r)``:
+          reward-labelled transitions), arrays or tensors;
+        * ``reward_fn=f`` with ``dataset`` — ``f(obs, action, next_obs) -> (N,)`` labels
+          ``samples`` random transitions of the dataset (default: ``agent.inference_samples``);
+        * ``goal=g`` — a goal observation.
+        """
+        if sum(x is not None for x in (rewards, reward_fn, goal)) != 1:
+            raise ValueError("prompt with one of rewards=(states, rewards), reward_fn=f (with dataset=) or goal=g")
+        as_tensor = partial(torch.as_tensor, dtype=torch.float32, device=self.device)
+        if goal is not None:
+            return Policy(self, goal=as_tensor(goal).reshape(-1))
+        if reward_fn is not None:
+            if dataset is None:
+                raise ValueError("reward_fn= labels dataset states: pass the dataset (zsrl.load_dataset(DIR))")
+            n = samples or getattr(self.cfg, "inference_samples", 10_000)
+            rewards = dataset.labelled_sample(reward_from_arrays(reward_fn), n, seed)
+        parts = [as_tensor(x) for x in rewards]
+        if len(parts) == 2:
+            return Policy(self, z=self.infer_z_from_rewards(*parts))
+        if len(parts) == 3:
+            return Policy(self, z=self.infer_z_from_transitions(*parts))
+        raise ValueError(f"rewards= takes (states, rewards) or (obs, next_obs, rewards), got {len(parts)} arrays")
 
     def _check_prompt(self, obs: torch.Tensor, rewards: torch.Tensor | None = None) -> None:
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:

@@ -26,11 +26,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from zsrl.data import Transitions
+from zsrl.data import ArrayRewardFn, RewardFn, Transitions, reward_from_arrays
 from zsrl.errors import RegistryError, UnknownTaskError, UserError
 from zsrl.registry import domain_factory
 
-from .base import ArrayRewardFn, Domain, RewardFn, reward_from_arrays
+from .base import Domain
 from .gym_domain import GymDomain
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ Optional hooks, each with a default on :class:`Domain` (override what your domai
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from zsrl.data import Transitions
+from zsrl.data import RewardFn, Transitions, checked_rewards
 from zsrl.errors import UnknownTaskError, UserError
 
 from .goals import GoalSet
@@ -51,46 +51,6 @@ from .goals import GoalSet
 DENSE_PREFIX = "dense_"
 
 
-#: a batched reward function: transitions -> float32 rewards ``(N,)``
-RewardFn = Callable[[Transitions], np.ndarray]
-#: the form users write: ``f(obs, action, next_obs) -> (N,)`` over numpy batches
-ArrayRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def checked_rewards(values: Any, n: int, what: str) -> np.ndarray:
-    """What a reward function returned for ``n`` transitions as float32 ``(n,)``; a
-    ValueError when it is not ``n`` real numbers (None, text, complex, another count)."""
-    try:
-        array = np.asarray(values)
-    except (TypeError, ValueError):  # ragged sequences
-        array = np.asarray(None)
-    if array.dtype.kind not in "biuf":
-        kind = "None" if values is None else f"{type(values).__name__} of {array.dtype.name}"
-        raise ValueError(f"{what} returned {kind}, not {n} real numbers (one reward per transition)")
-    array = array.astype(np.float32).reshape(-1)
-    if array.shape[0] != n:
-        raise ValueError(f"{what} returned {array.shape[0]} rewards for {n} transitions")
-    return array
-
-
-class _FromArrays:
-    """A :data:`RewardFn` calling an :data:`ArrayRewardFn` on the batch's arrays."""
-
-    def __init__(self, fn: ArrayRewardFn) -> None:
-        self.fn = fn
-
-    def __call__(self, transitions: Transitions) -> np.ndarray:
-        rewards = self.fn(transitions.observation, transitions.action, transitions.next_observation)
-        return checked_rewards(rewards, len(transitions), f"the reward function {self.fn.__name__!r}"
-                               if hasattr(self.fn, "__name__") else "the reward function")
-
-    def __repr__(self) -> str:
-        return f"<reward {getattr(self.fn, '__name__', self.fn)!r}>"
-
-
-def reward_from_arrays(fn: ArrayRewardFn) -> RewardFn:
-    """``fn(obs, action, next_obs)`` as a :data:`RewardFn` over :class:`Transitions`."""
-    return _FromArrays(fn)
 
 
 class Domain(ABC):

@@ -29,7 +29,10 @@ import numpy as np
 from dm_control.rl import control
 from dm_control.suite import base as suite_base
 
-from .base import Domain, RewardFn, Transitions, UnknownTaskError
+from zsrl.data import RewardFn, Transitions
+from zsrl.errors import UnknownTaskError
+
+from .base import Domain
 
 _NO_PHYSICS = (
     "this dataset has no physics state; dm_control tasks are relabelled from the stored "

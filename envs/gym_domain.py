@@ -32,9 +32,10 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from zsrl.data import ArrayRewardFn, RewardFn, reward_from_arrays
 from zsrl.utils import UserError
 
-from .base import ArrayRewardFn, Domain, RewardFn, reward_from_arrays
+from .base import Domain
 
 EnvFactory = Callable[..., gym.Env]
 

@@ -58,7 +58,8 @@ from dm_control.suite import base as suite_base
 from dm_control.suite import common
 from dm_control.utils import rewards
 
-from .base import RewardFn, Transitions
+from zsrl.data import RewardFn, Transitions
+
 from .dmc import DMCDomain, action_to_control
 
 _XML = Path(__file__).parent / "assets" / "point_mass_maze.xml"

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from zsrl.collect import CollectorConfig, collect, make_explorer
+from zsrl.collection import CollectorConfig, collect, make_explorer
 from zsrl.envs import make_domain
 from zsrl.utils import versions
 

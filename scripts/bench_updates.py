@@ -40,7 +40,7 @@ from zsrl.data import OfflineDataset, from_numpy
 from zsrl.engine import Engine
 from zsrl.envs import make_domain
 from zsrl.registry import agent_class
-from zsrl.train import build_agent, configure_device
+from zsrl.training import build_agent, configure_device
 from zsrl.utils import resolve_device, seed_everything, versions
 
 #: config keys that set a hidden width, per agent (scaled by --widths)

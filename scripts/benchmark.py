@@ -6,7 +6,7 @@
         point_mass_maze --seeds 0,1,2 --oracle --jobs 4 --out bench_gpu
 
 For each domain a reward-free dataset is collected once, as ``zsrl collect`` collects it
-(:class:`zsrl.collect.CollectorConfig`: the domain's collector, sticky random for the maze and
+(:class:`zsrl.collection.CollectorConfig`: the domain's collector, sticky random for the maze and
 RND elsewhere, unless ``--collector``; ``--transitions``) and cached under ``OUT/data``. Each agent trains one run per training
 seed (``--seeds``) of its preset — ``configs/<agent>/<domain>_cpu.yaml`` by default, the
 published size ``configs/<agent>/<domain>.yaml`` on CUDA with ``--gpu`` — is prompted with
@@ -50,15 +50,15 @@ import numpy as np
 
 from zsrl import plots
 from zsrl.checkpoint import find_final_model
-from zsrl.collect import CollectorConfig, collect_to_disk
+from zsrl.collection import CollectorConfig, collect_to_disk
 from zsrl.config import load_run_config
 from zsrl.data import OfflineDataset
 from zsrl.envs import make_domain
 from zsrl.envs.base import DENSE_PREFIX
-from zsrl.evaluate import evaluate_run, pct_of_oracle
+from zsrl.evaluation import evaluate_run, pct_of_oracle
 from zsrl.stats import aggregate, bootstrap_ci
 from zsrl.storage import atomic_write_json
-from zsrl.train import resume_run, start_run
+from zsrl.training import resume_run, start_run
 from zsrl.utils import versions
 
 #: a finished job's result, cached in its run directory so that a rerun skips it

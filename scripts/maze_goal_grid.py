@@ -25,7 +25,7 @@ from zsrl.checkpoint import load_run_model
 from zsrl.envs import make_domain
 from zsrl.envs.point_mass_maze import PointMassMaze
 from zsrl.errors import UserError
-from zsrl.evaluate import rollout
+from zsrl.evaluation import rollout
 from zsrl.storage import atomic_write_json
 from zsrl.utils import versions
 

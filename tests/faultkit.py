@@ -21,7 +21,7 @@ import json, os, sys, time
 os.environ["OMP_NUM_THREADS"] = "1"
 import torch
 torch.set_num_threads(1)
-import zsrl.cli, zsrl.train, zsrl.collect, zsrl.evaluate, zsrl.storage, zsrl.agents.fb
+import zsrl.cli, zsrl.training, zsrl.collection, zsrl.evaluation, zsrl.storage, zsrl.agents.fb
 from zsrl.envs import make_domain
 make_domain("point_mass_maze").make_env(seed=0).close()
 import matplotlib

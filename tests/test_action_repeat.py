@@ -9,7 +9,7 @@ from zsrl.agents.fb import FBConfig, FBModel
 from zsrl.data import DatasetError, from_numpy, held_action_transitions
 from zsrl.envs import make_domain
 from zsrl.errors import UserError
-from zsrl.evaluate import rollout
+from zsrl.evaluation import rollout
 
 
 def _sticky(n=60, episode_len=20, hold=5):

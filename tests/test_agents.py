@@ -474,14 +474,14 @@ def test_compile_on_a_cpu_compiles_the_update_regions_not_the_whole_step():
 
 
 def test_compile_on_a_cpu_without_a_cpp_compiler_warns_and_trains_eagerly(monkeypatch):
-    import zsrl.train
+    import zsrl.training
     from zsrl.config import load_run_config
 
     tc = load_run_config("fb/point_mass_maze_cpu", ["train.compile=true"]).train
-    assert zsrl.train.configure_device(tc, CPU) == (True, False)
-    monkeypatch.setattr(zsrl.train, "missing_cpp_compiler", lambda: "none was found (test)")
+    assert zsrl.training.configure_device(tc, CPU) == (True, False)
+    monkeypatch.setattr(zsrl.training, "missing_cpp_compiler", lambda: "none was found (test)")
     with pytest.warns(UserWarning, match=r"needs a C\+\+ compiler and none was found .*train.compile=false"):
-        assert zsrl.train.configure_device(tc, CPU) == (False, False)
+        assert zsrl.training.configure_device(tc, CPU) == (False, False)
 
 
 def test_optimizer_step_shares_one_backward_between_disjoint_optimizers():
@@ -522,7 +522,7 @@ def test_optimizer_step_shares_one_backward_between_disjoint_optimizers():
 def test_gpu_switches_default_to_auto_and_resolve_per_device():
     from zsrl.config import load_run_config, resolve_auto
     from zsrl.errors import UserError
-    from zsrl.train import configure_device
+    from zsrl.training import configure_device
 
     cfg = load_run_config("fb/walker_cpu")
     tc = cfg.train

@@ -15,7 +15,7 @@ from zsrl.agents.fb import FBAgent, FBConfig, FBModel
 from zsrl.cli import main
 from zsrl.config import list_presets, load_run_config
 from zsrl.data import from_numpy
-from zsrl.train import resume_run, start_run
+from zsrl.training import resume_run, start_run
 
 CPU = torch.device("cpu")
 SMALL = {"z_dim": 8, "hidden_dim": 32, "embedding_dim": 16, "backward_hidden_dim": 32, "discount": 0.9}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from zsrl.cli import main
-from zsrl.collect import collect
+from zsrl.collection import collect
 from zsrl.data import OfflineDataset
 from zsrl.envs import make_domain
 from zsrl.errors import UserError
@@ -178,7 +178,7 @@ def test_collect_and_pipeline_share_one_collector_configuration(capsys):
     and the maze's default collector is the sticky one: collecting by hand gives the quick
     start's data."""
     from zsrl.cli import _collector_config, build_parser
-    from zsrl.collect import CollectorConfig
+    from zsrl.collection import CollectorConfig
     from zsrl.envs import make_domain
 
     parser = build_parser()

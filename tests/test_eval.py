@@ -8,7 +8,7 @@ from conftest import save_maze_dataset
 
 from zsrl.cli import main
 from zsrl.stats import aggregate, iqm
-from zsrl.train import start_run
+from zsrl.training import start_run
 
 TINY = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
         "train.batch_size=32", "train.steps=10", "train.log_every=5", "train.progress=false",
@@ -65,7 +65,7 @@ def test_iqm_and_bootstrap():
 
 
 def test_pct_of_oracle_needs_a_real_denominator():
-    from zsrl.evaluate import pct_of_oracle
+    from zsrl.evaluation import pct_of_oracle
 
     assert pct_of_oracle(50.0, 200.0) == pytest.approx(25.0)
     assert pct_of_oracle(50.0, 1e-30) is None  # an oracle that failed too gives no ratio
@@ -214,12 +214,12 @@ def test_maze_goal_grid_reports_every_goals_final_distance(tmp_path, capsys):
 def test_many_episodes_are_rolled_out_in_chunks_as_one_rollout_would(run, monkeypatch):
     """Episodes beyond ROLLOUT_CHUNK are rolled out chunk by chunk (bounded memory); episode e
     keeps its seed, so the first episodes score as in a shorter evaluation."""
-    import zsrl.evaluate
-    from zsrl.evaluate import evaluate_run
+    import zsrl.evaluation
+    from zsrl.evaluation import evaluate_run
 
     short = evaluate_run(run, tasks=["reach_top_left", "dense_reach_top_left"], goals=["reach_top_right"],
                          episodes=3)
-    monkeypatch.setattr(zsrl.evaluate, "ROLLOUT_CHUNK", 3)
+    monkeypatch.setattr(zsrl.evaluation, "ROLLOUT_CHUNK", 3)
     long = evaluate_run(run, tasks=["reach_top_left", "dense_reach_top_left"], goals=["reach_top_right"],
                         episodes=7)
     assert long.tasks["reach_top_left"].returns[:3] == short.tasks["reach_top_left"].returns
@@ -232,7 +232,7 @@ def test_many_episodes_are_rolled_out_in_chunks_as_one_rollout_would(run, monkey
 def test_a_prompt_scores_the_same_whatever_is_evaluated_beside_it(run):
     """Reward labels and rollouts are seeded by the prompt's name and the evaluation seed, not
     by its position in the list; evaluation seeds start from different episodes."""
-    from zsrl.evaluate import evaluate_run, prompt_seed
+    from zsrl.evaluation import evaluate_run, prompt_seed
 
     alone = evaluate_run(run, tasks=["reach_top_left"], goals=["reach_top_right"], episodes=2)
     beside = evaluate_run(run, tasks=["reach_bottom_right", "reach_top_left"], goals=["reach_bottom_left", "reach_top_right"],

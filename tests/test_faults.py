@@ -27,7 +27,7 @@ from zsrl.checkpoint import checkpoint_step, find_checkpoint, load_run_model
 from zsrl.cli import main
 from zsrl.data import DatasetError, OfflineDataset
 from zsrl.errors import CheckpointError, LockedError, StorageError, UserError
-from zsrl.train import resume_run, start_run
+from zsrl.training import resume_run, start_run
 
 pytestmark = pytest.mark.slow  # behind `pytest -m slow`, with the learning tests
 
@@ -743,20 +743,20 @@ def test_overwrite_replaces_a_run_only_when_it_holds_nothing_else(lab, tmp_path,
 
 
 def test_an_evaluation_of_a_run_replaced_meanwhile_is_refused(lab, tmp_path, monkeypatch):
-    import zsrl.evaluate
+    import zsrl.evaluation
 
     root, _ = lab
     run = shutil.copytree(root / "ref", tmp_path / "run")
-    real = zsrl.evaluate.evaluate_goals
+    real = zsrl.evaluation.evaluate_goals
 
     def replaced_meanwhile(*args, **kwargs):
         data = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps({**data, "started": "later"}))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(zsrl.evaluate, "evaluate_goals", replaced_meanwhile)
+    monkeypatch.setattr(zsrl.evaluation, "evaluate_goals", replaced_meanwhile)
     with pytest.raises(CheckpointError, match="was replaced .* while it was being evaluated"):
-        zsrl.evaluate.evaluate_run(run, tasks=["reach_top_left"], episodes=1)
+        zsrl.evaluation.evaluate_run(run, tasks=["reach_top_left"], episodes=1)
 
 
 def test_files_without_checksums_are_not_loaded_unverified(lab, tmp_path):
@@ -788,7 +788,7 @@ def test_files_without_checksums_are_not_loaded_unverified(lab, tmp_path):
 def test_settings_that_would_answer_wrongly_or_not_fit_are_refused(lab, tmp_path, capsys, monkeypatch):
     from conftest import make_arrays
 
-    import zsrl.train
+    import zsrl.training
     from zsrl.data import from_numpy
 
     root, _ = lab
@@ -804,7 +804,7 @@ def test_settings_that_would_answer_wrongly_or_not_fit_are_refused(lab, tmp_path
     refused([*train, "task=reach_top_left"], "learns without rewards: task=reach_top_left is for a supervised agent")
     refused([*train, "train.batch_size=100000"], "train.batch_size=100000 is larger than the dataset")
     refused([*train, "train.steps=10000000000000"], "train.steps = 10000000000000 is out of range")
-    monkeypatch.setattr(zsrl.train, "available_memory", lambda device: 2**10)
+    monkeypatch.setattr(zsrl.training, "available_memory", lambda device: 2**10)
     refused(train, "train.batch_size=32 needs about")
     monkeypatch.undo()
     assert not Path(out).exists()
@@ -838,7 +838,7 @@ def test_tracebacks_of_the_probe_are_one_paragraph_errors(lab, tmp_path, monkeyp
 
     from zsrl.agents.fb import FBConfig, FBModel
     from zsrl.data import from_numpy
-    from zsrl.evaluate import rollout
+    from zsrl.evaluation import rollout
 
     root, _ = lab
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from zsrl.checkpoint import load_run_model
-from zsrl.collect import collect
+from zsrl.collection import collect
 from zsrl.config import run_config_from_dict
 from zsrl.envs import make_domain
-from zsrl.evaluate import rollout
+from zsrl.evaluation import rollout
 from zsrl.explore import RandomExplorer
-from zsrl.train import start_run
+from zsrl.training import start_run
 
 GOALS = {"corner": np.array([-0.27, 0.27, 0, 0], np.float32), "room_centre": np.array([-0.15, 0.15, 0, 0], np.float32)}
 

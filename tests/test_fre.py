@@ -363,11 +363,11 @@ def test_fre_learns_to_reach_prompted_goals(tmp_path):
     Compared with a uniformly random policy from the same start states, and with the other
     goal: an untrained or prompt-ignoring policy fails both comparisons.
     """
-    from zsrl.collect import collect
+    from zsrl.collection import collect
     from zsrl.config import RunConfig, TrainConfig
-    from zsrl.evaluate import rollout
+    from zsrl.evaluation import rollout
     from zsrl.registry import register_domain
-    from zsrl.train import start_run
+    from zsrl.training import start_run
 
     register_domain(PointDomain.name, PointDomain)
     domain = PointDomain()
@@ -411,12 +411,12 @@ def test_fre_learns_to_reach_prompted_goals(tmp_path):
 
 def test_point_mass_maze_end_to_end(tmp_path):
     """The CPU preset's agent trains a few updates on real point-mass maze data and prompts."""
-    from zsrl.collect import collect
+    from zsrl.collection import collect
     from zsrl.config import load_run_config
     from zsrl.envs import make_domain
-    from zsrl.evaluate import rollout
+    from zsrl.evaluation import rollout
     from zsrl.explore import RandomExplorer
-    from zsrl.train import start_run
+    from zsrl.training import start_run
 
     domain = make_domain("point_mass_maze")
     with torch_threads(1), warnings.catch_warnings():

@@ -7,12 +7,12 @@ import pytest
 from conftest import save_maze_dataset
 
 from zsrl.cli import main
+from zsrl.data import Transitions
 from zsrl.envs import make_domain
-from zsrl.envs.base import Transitions
 from zsrl.envs.goals import GOALS_DIR, MIN_SCALE, GoalSet, choose_goals
 from zsrl.errors import UserError
-from zsrl.evaluate import evaluate_run
-from zsrl.train import start_run
+from zsrl.evaluation import evaluate_run
+from zsrl.training import start_run
 
 SHIPPED = {"walker": 24, "cheetah": 17, "quadruped": 78}
 

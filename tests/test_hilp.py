@@ -18,7 +18,7 @@ from zsrl.config import from_dict, list_presets, load_run_config
 from zsrl.data import from_numpy
 from zsrl.engine import Engine
 from zsrl.errors import UserError
-from zsrl.train import resume_run, start_run
+from zsrl.training import resume_run, start_run
 
 CPU = torch.device("cpu")
 TINY = HILPConfig(z_dim=8, phi_hidden_dim=32, hidden_dim=32, embedding_dim=16)
@@ -267,7 +267,7 @@ def test_resume_reaches_identical_parameters(maze_data, tmp_path):
 
 def test_cli_trains_and_the_model_prompts_with_goals(maze_data, tmp_path):
     from zsrl.envs import make_domain
-    from zsrl.evaluate import rollout
+    from zsrl.evaluation import rollout
 
     out = tmp_path / "run"
     assert main(["train", "--config", "hilp/point_mass_maze_cpu", "--dataset", str(maze_data),
@@ -325,10 +325,10 @@ def test_goal_prompts_reach_maze_goals_a_random_policy_does_not(tmp_path):
     1–2 cm of every goal; random: 0–1 of 8 for the start room's target, 0 for the others.
     """
     from zsrl.checkpoint import load_run_model
-    from zsrl.collect import collect
+    from zsrl.collection import collect
     from zsrl.config import run_config_from_dict
     from zsrl.envs import make_domain
-    from zsrl.evaluate import rollout
+    from zsrl.evaluation import rollout
     from zsrl.explore import RandomExplorer
 
     torch.manual_seed(0)

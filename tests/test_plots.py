@@ -9,7 +9,7 @@ import torch
 from matplotlib.image import imread
 
 from zsrl import plots
-from zsrl.evaluate import Rollout, rollout
+from zsrl.evaluation import Rollout, rollout
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAZE_TASKS = ["reach_top_left", "reach_top_right", "reach_bottom_left", "reach_bottom_right"]

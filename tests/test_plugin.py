@@ -74,7 +74,7 @@ def test_a_video_replays_the_scored_episode(pendulum_run, tmp_path, monkeypatch)
     from examples.pendulum_domain import PendulumDomain
     from zsrl import plots
     from zsrl.checkpoint import load_run_model
-    from zsrl.evaluate import rollout
+    from zsrl.evaluation import rollout
 
     domain = PendulumDomain()
     model = load_run_model(pendulum_run, domain)

@@ -11,7 +11,7 @@ from zsrl.cli import main
 from zsrl.config import load_run_config
 from zsrl.envs import make_domain
 from zsrl.errors import CheckpointError
-from zsrl.train import resume_run, start_run
+from zsrl.training import resume_run, start_run
 
 TINY = [
     "agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",

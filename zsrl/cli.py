@@ -51,9 +51,9 @@ def _add_trust_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_collector_options(p: argparse.ArgumentParser) -> None:
-    """The options of :class:`zsrl.collect.CollectorConfig`, with its defaults (one set for
+    """The options of :class:`zsrl.collection.CollectorConfig`, with its defaults (one set for
     `zsrl collect` and `zsrl pipeline`)."""
-    from zsrl.collect import COLLECTORS, CollectorConfig
+    from zsrl.collection import COLLECTORS, CollectorConfig
 
     d = CollectorConfig()
     p.add_argument("--collector", choices=COLLECTORS, default=d.collector,
@@ -79,7 +79,7 @@ def _add_collector_options(p: argparse.ArgumentParser) -> None:
 
 
 def _collector_config(args: argparse.Namespace):
-    from zsrl.collect import CollectorConfig
+    from zsrl.collection import CollectorConfig
 
     return CollectorConfig(
         collector=args.collector, hold=args.hold, hold_max=args.hold_max, rest=args.rest, num_envs=args.num_envs,
@@ -234,7 +234,7 @@ def _format_describe(info: dict) -> str:
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
-    from zsrl.collect import collect_to_disk
+    from zsrl.collection import collect_to_disk
     from zsrl.envs import make_domain
 
     domain = make_domain(args.domain)
@@ -308,7 +308,7 @@ def _cmd_domains(_: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from zsrl.train import resume_run, start_run
+    from zsrl.training import resume_run, start_run
 
     if args.resume:
         from zsrl.config import parse_overrides
@@ -379,7 +379,7 @@ def _at_least_one(flag: str, value: int | None) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from zsrl import report
-    from zsrl.evaluate import compare_with_oracle, evaluate_run
+    from zsrl.evaluation import compare_with_oracle, evaluate_run
     from zsrl.utils import resolve_device
 
     seeds = _integers("--seeds", args.seeds)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,21 @@ class OfflineDataset:
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:
         """A uniformly sampled batch of transitions (a TensorDict on the dataset's device)."""
         return self.data[self.sample_indices(batch_size, generator)]
+
+    def labelled_sample(
+        self, reward_fn: Callable[[Transitions], Any], n: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(obs, next_obs, rewards)`` of ``n`` distinct random transitions (all if fewer),
+        drawn with ``seed`` and labelled by ``reward_fn`` on the host, returned on the
+        dataset's device: what a reward prompt reads. Rewards must be finite real numbers."""
+        g = torch.Generator().manual_seed(seed)
+        n = min(n, len(self))
+        idx = torch.randperm(len(self), generator=g)[:n].to(self.device)
+        batch = self.data[idx]
+        rewards = checked_rewards(reward_fn(as_transitions(batch)), n, f"the reward function {reward_fn!r}")
+        if not np.isfinite(rewards).all():
+            raise ValueError("the reward function returned NaN or inf rewards; fix it before prompting with it")
+        return batch["observation"], batch["next", "observation"], torch.as_tensor(rewards, device=self.device)
 
     @property
     def episode_end(self) -> torch.Tensor:
@@ -513,6 +528,48 @@ def from_numpy(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Off
     data = TensorDict(td, batch_size=[n])
     _validate(data, "collected data")
     return OfflineDataset(data, meta)
+
+
+def checked_rewards(values: Any, n: int, what: str) -> np.ndarray:
+    """What a reward function returned for ``n`` transitions as float32 ``(n,)``; a
+    ValueError when it is not ``n`` real numbers (None, text, complex, another count)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged sequences
+        array = np.asarray(None)
+    if array.dtype.kind not in "biuf":
+        kind = "None" if values is None else f"{type(values).__name__} of {array.dtype.name}"
+        raise ValueError(f"{what} returned {kind}, not {n} real numbers (one reward per transition)")
+    array = array.astype(np.float32).reshape(-1)
+    if array.shape[0] != n:
+        raise ValueError(f"{what} returned {array.shape[0]} rewards for {n} transitions")
+    return array
+
+
+#: a reward function of a batch of transitions → ``(N,)``
+RewardFn = Callable[[Transitions], np.ndarray]
+#: the form users write: ``f(obs, action, next_obs) -> (N,)`` over numpy batches
+ArrayRewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], Any]
+
+
+class _FromArrays:
+    """A :data:`RewardFn` calling an :data:`ArrayRewardFn` on the batch's arrays."""
+
+    def __init__(self, fn: ArrayRewardFn) -> None:
+        self.fn = fn
+
+    def __call__(self, transitions: Transitions) -> np.ndarray:
+        rewards = self.fn(transitions.observation, transitions.action, transitions.next_observation)
+        return checked_rewards(rewards, len(transitions), f"the reward function {self.fn.__name__!r}"
+                               if hasattr(self.fn, "__name__") else "the reward function")
+
+    def __repr__(self) -> str:
+        return f"<reward {getattr(self.fn, '__name__', self.fn)!r}>"
+
+
+def reward_from_arrays(fn: ArrayRewardFn) -> RewardFn:
+    """``fn(obs, action, next_obs)`` as a :data:`RewardFn` over :class:`Transitions`."""
+    return _FromArrays(fn)
 
 
 def as_transitions(data: TensorDict) -> Transitions:

@@ -18,15 +18,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from zsrl.collect import CollectorConfig, collect_to_disk, make_explorer
+from zsrl.collection import CollectorConfig, collect_to_disk, make_explorer
 from zsrl.config import config_differences, load_run_config
 from zsrl.data import OfflineDataset, env_dims
 from zsrl.envs import Domain, make_domain
 from zsrl.errors import UserError
-from zsrl.evaluate import Evaluation, evaluate_run
+from zsrl.evaluation import Evaluation, evaluate_run
 from zsrl.report import format_table, write_report
 from zsrl.storage import is_run_dir, read_json_object
-from zsrl.train import resume_run, start_run
+from zsrl.training import resume_run, start_run
 
 
 def run_pipeline(
@@ -44,7 +44,7 @@ def run_pipeline(
     """Collect (or reuse ``OUT/data``), pretrain with the CPU preset (or continue ``OUT/run``),
     evaluate every task and goal, write the report.
 
-    ``collector``: how to collect (default :class:`~zsrl.collect.CollectorConfig`, the quick
+    ``collector``: how to collect (default :class:`~zsrl.collection.CollectorConfig`, the quick
     start's); ``seed`` seeds the collection and the training.
     """
     out = Path(out)

@@ -37,7 +37,7 @@ from zsrl.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
     from zsrl.envs.base import Domain
-    from zsrl.evaluate import Rollout
+    from zsrl.evaluation import Rollout
 
 __all__ = [
     "benchmark_bars",
@@ -351,7 +351,7 @@ def maze_trajectories(
     Args:
         domain: a domain with a floor plan (``has_layout``: walls and targets in the xy
             plane, e.g. ``point_mass_maze``) and, optionally, ``goals``.
-        trajectories: ``{prompt_name: rollout}`` as returned by :func:`zsrl.evaluate.rollout`
+        trajectories: ``{prompt_name: rollout}`` as returned by :func:`zsrl.evaluation.rollout`
             — the position is ``observation[..., :2]``; only alive steps are drawn, then each
             episode's final ``next_observation``.
         path: output image.
@@ -456,7 +456,7 @@ def policy_video(
 
     Args:
         domain: builds the environment with ``domain.make_render_env(seed, task, size)``.
-        rollout: the episodes of one prompt from :func:`zsrl.evaluate.rollout`; episode
+        rollout: the episodes of one prompt from :func:`zsrl.evaluation.rollout`; episode
             ``e`` began at ``reset(seed=rollout.seed + e)``, and environments are
             deterministic given that seed, so replaying ``rollout.action[:, e]`` shows the
             very episode that was scored (no model needed, no second policy rollout).

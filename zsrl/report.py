@@ -1,6 +1,6 @@
-"""Render an :class:`~zsrl.evaluate.Evaluation`: results.json, report.md, a table, pictures.
+"""Render an :class:`~zsrl.evaluation.Evaluation`: results.json, report.md, a table, pictures.
 
-Nothing here evaluates: :func:`zsrl.evaluate.evaluate_run` produces the numbers, this module
+Nothing here evaluates: :func:`zsrl.evaluation.evaluate_run` produces the numbers, this module
 writes them. An evaluation folder (``zsrl eval --out``, default ``RUN_DIR/eval``) holds::
 
     results.json      strict JSON: what was scored, per-task / per-goal numbers, notes, files
@@ -26,7 +26,7 @@ import numpy as np
 
 from zsrl.envs import make_domain
 from zsrl.errors import UserError
-from zsrl.evaluate import MIN_ORACLE_RETURN, Evaluation
+from zsrl.evaluation import MIN_ORACLE_RETURN, Evaluation
 from zsrl.storage import atomic_write_bytes, is_dataset_dir, is_run_dir, writer_lock
 
 RESULTS = "results.json"

@@ -38,6 +38,7 @@ import io
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,7 @@ def start_run(
     out: str | Path,
     overrides: list[str] | None = None,
     overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Start a new run from a preset/YAML (plus overrides) or a RunConfig on a dataset (its
     directory, or an :class:`OfflineDataset` loaded from one); returns RUN_DIR.
@@ -303,7 +305,7 @@ def start_run(
         }
         with storage_errors(f"create the run directory {out}"):
             create_run_dir(out, {"config.json": asdict(cfg), "run.json": run_info}, replace)
-        _train(cfg, data, train_data, domain, out, agent, start=0, loop={}, resumed=False)
+        _train(cfg, data, train_data, domain, out, agent, start=0, loop={}, resumed=False, callbacks=callbacks)
     return out
 
 
@@ -351,7 +353,8 @@ def _warn_other_thread_count(run: dict[str, Any], device: torch.device) -> None:
         )
 
 
-def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: int | None = None) -> Path:
+def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: int | None = None,
+               callbacks: Sequence[Callback] = ()) -> Path:
     """Continue an interrupted run from its checkpoint (or restart one that never made one).
 
     ``dataset`` points at the run's dataset where it moved; it must be the same data.
@@ -391,7 +394,7 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
             atomic_write_json(run_dir / "run.json", {**run, "dataset": str(data_path.resolve())})
         if steps is not None:
             atomic_write_json(run_dir / "config.json", saved)
-        _train(cfg, data, train_data, domain, run_dir, agent, start=start, loop=loop, resumed=True)
+        _train(cfg, data, train_data, domain, run_dir, agent, start=start, loop=loop, resumed=True, callbacks=callbacks)
     return run_dir
 
 
@@ -431,8 +434,29 @@ class _Checkpointer:
             save_final_model(self.run_dir, self.agent.inference_model(), step, self.meta)
 
 
+class Callback:
+    """Hooks into a training run (``zsrl.train(..., callbacks=[...])``; override what you
+    need). A hook that returns True stops training there: a checkpoint and the final model of
+    that step are written, and the run can be trained on later with ``--resume``."""
+
+    def on_log(self, run_dir: Path, step: int, row: dict[str, float]) -> bool | None:
+        """A row of ``metrics.csv`` was written (every ``train.log_every`` updates)."""
+
+    def on_evaluation(self, run_dir: Path, step: int, returns: dict[str, float]) -> bool | None:
+        """A periodic zero-shot evaluation (``train.eval_every``) returned these mean returns."""
+
+    def on_checkpoint(self, run_dir: Path, step: int) -> bool | None:
+        """A checkpoint of ``step`` was written."""
+
+
+def _ask(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
+    """Call ``hook`` of every callback (each of them, in order); whether one asked to stop."""
+    answers = [bool(getattr(cb, hook)(*args)) for cb in callbacks]
+    return any(answers)
+
+
 def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, domain: Any, run_dir: Path,
-           agent: Any, *, start: int, loop: dict[str, Any], resumed: bool) -> None:
+           agent: Any, *, start: int, loop: dict[str, Any], resumed: bool, callbacks: Sequence[Callback] = ()) -> None:
     tc = cfg.train
     acc = MetricAccumulator()
     acc.load_state_dict(loop, agent.device)
@@ -454,7 +478,7 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
     bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress,
                desc=f"train {cfg.agent.name}", mininterval=1.0)
-    step = start
+    step, stop_early = start, False
     try:
         with StopRequests() as stop:
             for step in range(start + 1, tc.steps + 1):
@@ -466,21 +490,29 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
                         raise diverged(bad[0], bad[1], ckpt.last, run_dir)
                     ckpt.check_parameters(step)
                     ups = (step - step_last) / (now - t_last)
-                    log.write({"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2), **means})
+                    row = {"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2), **means}
+                    log.write(row)
                     fault_point("metrics:row")
                     bar.set_postfix(ups=f"{ups:.0f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:2]})
                     t_last, step_last = now, step
+                    stop_early |= _ask(callbacks, "on_log", run_dir, step, row)
                 if evaluator is not None and step % tc.eval_every == 0:
                     ckpt.check(step)
-                    evaluator(agent.inference_model(), step)
-                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                    returns = evaluator(agent.inference_model(), step)
+                    stop_early |= _ask(callbacks, "on_evaluation", run_dir, step, returns)
+                if step % tc.checkpoint_every == 0 or step == tc.steps or stop_early:
                     ckpt.save(step)
+                    stop_early |= _ask(callbacks, "on_checkpoint", run_dir, step)
                 bar.update(1)
                 if stop.signum is not None:
                     ckpt.save(step)
                     raise Interrupted(
                         f"training stopped by {stop.name} at step {step}; a checkpoint of that step is "
                         f"saved. Continue with `zsrl train --resume {run_dir}`", stop.signum)
+                if stop_early:
+                    ckpt.save(step)  # a callback asked at a checkpoint's hook: saved already
+                    print(f"run {run_dir}: a callback stopped training at step {step} of {tc.steps}")
+                    break
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save
         kept = f"the checkpoint of step {ckpt.last} is kept" if ckpt.last else "no checkpoint was written yet"
         raise UserError(
@@ -488,19 +520,19 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
         ) from None
     finally:
         bar.close()
-    ckpt.save_model(tc.steps)
+    ckpt.save_model(step)
 
 
 def _periodic_evaluator(cfg: RunConfig, data: OfflineDataset, domain: Any, run_dir: Path, resume_step: int | None):
     tc = cfg.train
     if tc.eval_every <= 0:
         return None
-    from zsrl.evaluate import evaluate_tasks
+    from zsrl.evaluation import evaluate_tasks
 
     tasks = tc.eval_tasks or list(domain.tasks)[:2]
     log = MetricsLog(run_dir / "eval.csv", resume_step=resume_step)
 
-    def run(model, step: int) -> None:
+    def run(model: Any, step: int) -> dict[str, float]:
         saved = rng_state()  # evaluation must not perturb the training random stream
         model.eval()
         results = evaluate_tasks(
@@ -509,6 +541,8 @@ def _periodic_evaluator(cfg: RunConfig, data: OfflineDataset, domain: Any, run_d
         )
         model.train()
         set_rng_state(saved)
-        log.write({"step": step, **{f"return/{t}": r["mean_return"] for t, r in results.items()}})
+        returns = {t: r["mean_return"] for t, r in results.items()}
+        log.write({"step": step, **{f"return/{t}": r for t, r in returns.items()}})
+        return returns
 
     return run

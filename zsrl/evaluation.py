@@ -52,9 +52,9 @@ from zsrl.checkpoint import (
     load_model_dir,
     read_manifest,
 )
-from zsrl.collect import env_errors, make_vector_env, reached_states
+from zsrl.collection import env_errors, make_vector_env, reached_states
 from zsrl.config import run_config_from_dict
-from zsrl.data import OfflineDataset, Transitions, as_transitions, run_dataset
+from zsrl.data import OfflineDataset, Transitions, run_dataset
 from zsrl.envs import Domain, RewardFn, make_domain, reward_from_arrays
 from zsrl.errors import CheckpointError, UserError
 from zsrl.registry import agent_class, import_object
@@ -197,24 +197,12 @@ def reward_errors(reward_fn: RewardFn) -> Iterator[None]:
 def label_samples(
     dataset: OfflineDataset, reward_fn: RewardFn, n: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """``n`` random dataset transitions labelled by ``reward_fn``.
-
-    Returns ``(obs, next_obs, rewards, seconds_spent_labelling)`` on the dataset's device.
-    """
-    g = torch.Generator().manual_seed(seed)
-    n = min(n, len(dataset))
-    idx = torch.randperm(len(dataset), generator=g)[:n].to(dataset.device)
-    batch = dataset.data[idx]
+    """``n`` random dataset transitions labelled by ``reward_fn``
+    (:meth:`~zsrl.data.OfflineDataset.labelled_sample`) and the seconds the labelling took."""
     t0 = time.perf_counter()
     with reward_errors(reward_fn):
-        rewards = np.asarray(reward_fn(as_transitions(batch)), dtype=np.float32).reshape(-1)
-    elapsed = time.perf_counter() - t0
-    if rewards.shape[0] != n:
-        raise ValueError(f"the reward function returned {rewards.shape[0]} rewards for {n} transitions")
-    if not np.isfinite(rewards).all():
-        raise ValueError("the reward function returned NaN or inf rewards; fix it before evaluating")
-    rewards_t = torch.as_tensor(rewards, device=dataset.device)
-    return batch["observation"], batch["next", "observation"], rewards_t, elapsed
+        obs, next_obs, rewards = dataset.labelled_sample(reward_fn, n, seed)
+    return obs, next_obs, rewards, time.perf_counter() - t0
 
 
 @torch.no_grad()
