@@ -38,7 +38,7 @@ from zsrl.evaluation import Evaluation, evaluate_run
 from zsrl.storage import is_run_dir, read_json_object
 from zsrl.training import Callback, resume_run, start_run
 
-__all__ = ["Callback", "Run", "collect", "evaluate", "load", "load_dataset", "train"]
+__all__ = ["Callback", "Run", "collect", "evaluate", "import_dataset", "load", "load_dataset", "train"]
 
 
 def collect(
@@ -55,6 +55,21 @@ def collect(
         raise UserError(f"zsrl.collection: {exc}; the settings are those of zsrl.collection.CollectorConfig") from None
     return collect_to_disk(make_domain(domain), cfg, transitions, out, seed=seed, overwrite=overwrite,
                            progress=progress, domain_spec=domain)
+
+
+def import_dataset(
+    kind: str, source: str | Path, domain: str, out: str | Path, *, episodes: int | None = None,
+    overwrite: bool = False,
+) -> OfflineDataset:
+    """Bring a dataset of the field into zsrl's format at ``out``: ``kind="exorl"``, an
+    ExORL episode folder of ``domain`` (:mod:`zsrl.importers`)."""
+    from zsrl.importers import import_exorl
+
+    if kind != "exorl":
+        raise UserError(f"unknown dataset format {kind!r}; zsrl imports: exorl")
+    if episodes is not None and episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {episodes}")
+    return import_exorl(source, make_domain(domain), out, episodes=episodes, overwrite=overwrite, domain_spec=domain)
 
 
 def load_dataset(path: str | Path, device: str = "cpu") -> OfflineDataset:

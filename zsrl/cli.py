@@ -121,6 +121,15 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="goal file to write (default: the built-in goal file of the dataset's domain)")
     _add_trust_option(g)
+    i = dsub.add_parser("import", help="bring a dataset of the field into zsrl's format",
+                        description="Import ExORL episode folders (.npz files with observation, action, "
+                        "discount and physics; the rewards are relabelled exactly from the physics state).")
+    i.add_argument("format", choices=["exorl"])
+    i.add_argument("source", help="the folder of episode files")
+    i.add_argument("--domain", required=True, help="the domain the data was collected on, e.g. walker")
+    i.add_argument("--out", required=True, help="the dataset folder to write")
+    i.add_argument("--episodes", type=int, help="import the first N episode files (by name) only")
+    i.add_argument("--overwrite", action="store_true", help="replace --out if it is a dataset directory")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -247,7 +256,15 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
-    (_cmd_goals if args.data_command == "goals" else _cmd_describe)(args)
+    {"goals": _cmd_goals, "describe": _cmd_describe, "import": _cmd_import}[args.data_command](args)
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from zsrl.api import import_dataset
+
+    ds = import_dataset(args.format, args.source, args.domain, args.out, episodes=args.episodes,
+                        overwrite=args.overwrite)
+    print(f"imported {ds.meta['episodes_imported']:,} episodes, {len(ds):,} transitions of {ds.domain} to {args.out}")
 
 
 def _cmd_describe(args: argparse.Namespace) -> None:
