@@ -22,7 +22,7 @@ SOURCES = {"zsrl": ROOT / "zsrl", "zsrl.agents": ROOT / "agents", "zsrl.envs": R
 CORE = {"errors", "utils", "nn", "config", "data", "storage", "engine", "registry", "stats", "interrupt"}
 #: the package itself (zsrl/__init__.py) is the face of the application: it lends the API lazily
 APPLICATION = {"zsrl", "api", "cli", "pipeline", "collection", "explore", "training", "checkpoint", "evaluation",
-               "importers", "report", "plots"}
+               "importers", "callbacks", "trackers", "report", "plots"}
 #: what each layer may import
 ALLOWED = {"core": {"core"}, "agents": {"core", "agents"}, "envs": {"core", "envs"},
            "application": {"core", "agents", "envs", "application"}}

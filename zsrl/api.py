@@ -10,7 +10,7 @@
 
 These are the functions the ``zsrl`` command line runs; they validate their input the same way
 and raise the same one-paragraph :class:`~zsrl.errors.UserError`. Training accepts callbacks
-(:class:`~zsrl.training.Callback`) at metric rows, evaluations and checkpoints; one that returns
+(:class:`~zsrl.callbacks.Callback`) at metric rows, evaluations and checkpoints; one that returns
 True stops the run there (a user's own early stop or logger).
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from zsrl.agents.base import Model
+from zsrl.callbacks import Callback
 from zsrl.checkpoint import (
     find_checkpoint,
     find_final_model,
@@ -36,7 +37,7 @@ from zsrl.envs import make_domain
 from zsrl.errors import UserError
 from zsrl.evaluation import Evaluation, evaluate_run
 from zsrl.storage import is_run_dir, read_json_object
-from zsrl.training import Callback, resume_run, start_run
+from zsrl.training import resume_run, start_run
 
 __all__ = ["Callback", "Run", "collect", "evaluate", "import_dataset", "load", "load_dataset", "train"]
 

@@ -112,6 +112,8 @@ class TrainConfig:
     #: ``bf16``: autocast the update's matmuls to bfloat16 (parameters and optimiser stay fp32)
     precision: Literal["fp32", "bf16"] = "fp32"
     progress: bool = True
+    #: experiment trackers that get the metric rows too: ``tensorboard``, ``wandb`` (zsrl.trackers)
+    loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
 
     #: options removed since zsrl 0.1, and the value each behaved as when off
     retired: ClassVar[dict[str, Any]] = {"tensorboard": False}

@@ -164,8 +164,27 @@ def _write_report(evaluation: Evaluation, out: Path, video: bool) -> list[Path]:
     files = [p.name for p in pictures] + [RESULTS, REPORT]
     _remove_stale_files(out, files)
     write_results_json(evaluation, out / RESULTS, files)
-    atomic_write_bytes(out / REPORT, render_markdown(evaluation, pictures).encode())
+    markdown = render_markdown(evaluation, pictures)
+    atomic_write_bytes(out / REPORT, markdown.encode())
+    _send_to_trackers(evaluation, markdown, [p for p in pictures if p.suffix == ".mp4"])
     return pictures
+
+
+def _send_to_trackers(evaluation: Evaluation, markdown: str, videos: list[Path]) -> None:
+    """The result tables and videos to the trackers the run logs to (``train.loggers``)."""
+    from zsrl.trackers import open_trackers
+
+    names = evaluation.config.get("train", {}).get("loggers") or []
+    if not names:
+        return
+    tasks = [["task", "mean return", "episodes"], *([t, r.mean_return, len(r.returns)] for t, r in evaluation.tasks.items())]
+    goals = [["goal", "success", "final distance"],
+             *([g, r.success, r.final_distance] for g, r in evaluation.goals.items())]
+    for tracker in open_trackers(names, Path(evaluation.run_dir), evaluation.config):
+        try:
+            tracker.log_report(markdown, {"tasks": tasks, "goals": goals}, videos, evaluation.scored.step)
+        finally:
+            tracker.close()
 
 
 def _videos(evaluation: Evaluation, domain: Any, out: Path) -> list[Path]:

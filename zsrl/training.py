@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from zsrl.callbacks import Callback
 from zsrl.checkpoint import (
     CHECKPOINT,
     FINAL_MODEL,
@@ -87,6 +88,7 @@ from zsrl.storage import (
     storage_errors,
     writer_lock,
 )
+from zsrl.trackers import check_trackers, open_trackers
 from zsrl.utils import (
     fault_point,
     now_iso,
@@ -283,6 +285,7 @@ def start_run(
     cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
     validate(cfg)
     out = Path(out)
+    check_trackers(cfg.train.loggers)
     if isinstance(dataset, OfflineDataset) and dataset.path is None:
         raise UserError("the dataset is in memory only; save it (dataset.save(DIR)) and train on DIR")
     data_path = Path(dataset.path if isinstance(dataset, OfflineDataset) else dataset)
@@ -434,21 +437,6 @@ class _Checkpointer:
             save_final_model(self.run_dir, self.agent.inference_model(), step, self.meta)
 
 
-class Callback:
-    """Hooks into a training run (``zsrl.train(..., callbacks=[...])``; override what you
-    need). A hook that returns True stops training there: a checkpoint and the final model of
-    that step are written, and the run can be trained on later with ``--resume``."""
-
-    def on_log(self, run_dir: Path, step: int, row: dict[str, float]) -> bool | None:
-        """A row of ``metrics.csv`` was written (every ``train.log_every`` updates)."""
-
-    def on_evaluation(self, run_dir: Path, step: int, returns: dict[str, float]) -> bool | None:
-        """A periodic zero-shot evaluation (``train.eval_every``) returned these mean returns."""
-
-    def on_checkpoint(self, run_dir: Path, step: int) -> bool | None:
-        """A checkpoint of ``step`` was written."""
-
-
 def _ask(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
     """Call ``hook`` of every callback (each of them, in order); whether one asked to stop."""
     answers = [bool(getattr(cb, hook)(*args)) for cb in callbacks]
@@ -474,6 +462,8 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
               "less where inductor's cache already holds its kernels")
     log = MetricsLog(run_dir / "metrics.csv", start if resumed else None)
     evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None)
+    trackers = open_trackers(tc.loggers, run_dir, asdict(cfg))
+    callbacks = [*callbacks, *trackers]
 
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
     bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress,
@@ -520,6 +510,8 @@ def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, dom
         ) from None
     finally:
         bar.close()
+        for tracker in trackers:
+            tracker.close()
     ckpt.save_model(step)
 
 
