@@ -52,7 +52,10 @@ __all__ = [
 
 def make_domain(name: str, source: str | None = None) -> Domain:
     """Build the domain called ``name`` (see :mod:`zsrl.registry` for the lookup order and
-    for ``source``, the artifact a name was read from)."""
+    for ``source``, the artifact a name was read from); ``gym:ENV_ID`` is any registered
+    gymnasium env as a :class:`GymDomain` without tasks (prompt it with reward functions)."""
+    if name.startswith("gym:"):
+        return GymDomain(name.removeprefix("gym:"), name=name)
     factory = domain_factory(name, source)
     try:
         domain = factory() if callable(factory) else factory

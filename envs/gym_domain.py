@@ -218,3 +218,9 @@ class GymDomain(Domain):
         low = self.native_action_space.low.astype(np.float64)
         high = self.native_action_space.high.astype(np.float64)
         return low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (high - low)
+
+    def zsrl_action(self, native: np.ndarray) -> np.ndarray:
+        """Map actions in the env's units to zsrl's ``[-1, 1]`` (the inverse of :meth:`native_action`)."""
+        low = self.native_action_space.low.astype(np.float64)
+        high = self.native_action_space.high.astype(np.float64)
+        return (2.0 * (np.asarray(native, np.float64) - low) / (high - low) - 1.0).astype(np.float32)

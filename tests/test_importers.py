@@ -63,3 +63,52 @@ def test_the_cli_imports_trains_on_and_refuses_another_domains_data(tmp_path, ca
     np.savez(tmp_path / "junk" / "x.npz", observation=np.zeros((3, 4)))
     with pytest.raises(DatasetError, match="is not an ExORL episode: it lacks action, discount, physics"):
         zsrl.import_dataset("exorl", tmp_path / "junk", "point_mass_maze", tmp_path / "j")
+
+
+def test_a_zsrl_dataset_goes_to_minari_and_back(tmp_path, monkeypatch):
+    pytest.importorskip("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    data = zsrl.collect("point_mass_maze", transitions=2000, out=tmp_path / "ds", episode_length=1000, progress=False)
+    exported = zsrl.export_minari(tmp_path / "ds", "zsrl/maze/sticky-v0")
+    assert (exported.total_episodes, exported.total_steps) == (data.meta["num_episodes"], 2000)
+    back = zsrl.import_dataset("minari", "zsrl/maze/sticky-v0", "point_mass_maze", tmp_path / "back")
+    for key in ("observation", "action", ("next", "observation"), ("next", "terminated"), "physics", "episode"):
+        assert (back.data[key] == data.data[key]).all(), key
+    np.testing.assert_array_equal(make_domain("point_mass_maze").reward("reach_top_left", as_transitions(back.data)),
+                                  make_domain("point_mass_maze").reward("reach_top_left", as_transitions(data.data)))
+
+
+def test_a_minari_dataset_of_any_gymnasium_env_trains(tmp_path, monkeypatch, capsys):
+    """A dataset recorded with Minari's own API in the env's units (Pendulum's torques in
+    [-2, 2]) imports as domain gym:Pendulum-v1 with zsrl's [-1, 1] actions, and trains."""
+    minari = pytest.importorskip("minari")
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    env = gym.make("Pendulum-v1")
+    rng = np.random.default_rng(0)
+    buffers = []
+    for k in range(2):
+        obs, _ = env.reset(seed=k)
+        observations, actions = [obs], []
+        for _ in range(100):
+            action = rng.uniform(-2, 2, 1).astype(np.float32)
+            obs, *_ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+        buffers.append(EpisodeBuffer(id=k, observations=np.array(observations), actions=np.array(actions),
+                                     rewards=np.zeros(100), terminations=np.zeros(100, bool),
+                                     truncations=np.r_[np.zeros(99, bool), True], infos={}))
+    minari.create_dataset_from_buffers("test/pendulum/random-v0", buffers, env="Pendulum-v1", algorithm_name="random")
+    assert main(["data", "import", "minari", "test/pendulum/random-v0", "--domain", "gym:Pendulum-v1",
+                 "--out", str(tmp_path / "ds")]) == 0
+    data = zsrl.load_dataset(tmp_path / "ds")
+    np.testing.assert_allclose(data.data["action"][:100].numpy().ravel(), np.array(buffers[0].actions).ravel() / 2,
+                               atol=1e-6)
+    assert main(["train", "--agent", "fb", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "run"),
+                 "agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
+                 "train.batch_size=32", "train.steps=5", "train.progress=false"]) == 0
+    assert main(["data", "import", "minari", "test/nothing-v0", "--domain", "gym:Pendulum-v1",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "cannot be loaded" in capsys.readouterr().err

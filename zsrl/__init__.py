@@ -14,8 +14,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Callback", "Run", "collect", "evaluate", "import_dataset", "load", "load_dataset", "train")
-__all__ = ["Callback", "Run", "__version__", "collect", "evaluate", "import_dataset", "load", "load_dataset", "train"]
+_API = ("Callback", "Run", "collect", "evaluate", "export_minari", "import_dataset", "load", "load_dataset", "train")
+__all__ = ["Callback", "Run", "__version__", "collect", "evaluate", "export_minari", "import_dataset", "load",
+           "load_dataset", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,7 +39,8 @@ from zsrl.evaluation import Evaluation, evaluate_run
 from zsrl.storage import is_run_dir, read_json_object
 from zsrl.training import resume_run, start_run
 
-__all__ = ["Callback", "Run", "collect", "evaluate", "import_dataset", "load", "load_dataset", "train"]
+__all__ = ["Callback", "Run", "collect", "evaluate", "export_minari", "import_dataset", "load", "load_dataset",
+           "train"]
 
 
 def collect(
@@ -62,15 +63,27 @@ def import_dataset(
     kind: str, source: str | Path, domain: str, out: str | Path, *, episodes: int | None = None,
     overwrite: bool = False,
 ) -> OfflineDataset:
-    """Bring a dataset of the field into zsrl's format at ``out``: ``kind="exorl"``, an
-    ExORL episode folder of ``domain`` (:mod:`zsrl.importers`)."""
-    from zsrl.importers import import_exorl
+    """Bring a dataset of the field into zsrl's format at ``out`` (:mod:`zsrl.importers`):
+    ``kind="exorl"``, an ExORL episode folder of ``domain``; ``kind="minari"``, a local Minari
+    dataset id (``domain`` may be ``gym:ENV_ID`` for any gymnasium env)."""
+    from zsrl.importers import import_exorl, import_minari
 
-    if kind != "exorl":
-        raise UserError(f"unknown dataset format {kind!r}; zsrl imports: exorl")
+    importers = {"exorl": import_exorl, "minari": import_minari}
+    if kind not in importers:
+        raise UserError(f"unknown dataset format {kind!r}; zsrl imports: {', '.join(importers)}")
     if episodes is not None and episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {episodes}")
-    return import_exorl(source, make_domain(domain), out, episodes=episodes, overwrite=overwrite, domain_spec=domain)
+    return importers[kind](source, make_domain(domain), out, episodes=episodes, overwrite=overwrite,
+                           domain_spec=domain)
+
+
+def export_minari(dataset: OfflineDataset | str | Path, dataset_id: str) -> Any:
+    """Write a zsrl dataset as the local Minari dataset ``dataset_id`` (:func:`zsrl.importers.export_minari`)."""
+    from zsrl.importers import export_minari as export
+
+    data = dataset if isinstance(dataset, OfflineDataset) else OfflineDataset.load(dataset)
+    return export(data, dataset_id, make_domain(data.meta.get("domain_spec", data.domain),
+                                                source=f"dataset {data.path}"))
 
 
 def load_dataset(path: str | Path, device: str = "cpu") -> OfflineDataset:

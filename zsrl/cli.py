@@ -123,13 +123,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     _add_trust_option(g)
     i = dsub.add_parser("import", help="bring a dataset of the field into zsrl's format",
                         description="Import ExORL episode folders (.npz files with observation, action, "
-                        "discount and physics; the rewards are relabelled exactly from the physics state).")
-    i.add_argument("format", choices=["exorl"])
-    i.add_argument("source", help="the folder of episode files")
-    i.add_argument("--domain", required=True, help="the domain the data was collected on, e.g. walker")
+                        "discount and physics; the rewards are relabelled exactly from the physics state) or a "
+                        "local Minari dataset (pip install 'zsrl[minari]').")
+    i.add_argument("format", choices=["exorl", "minari"])
+    i.add_argument("source", help="exorl: the folder of episode files; minari: the dataset id")
+    i.add_argument("--domain", required=True, help="the domain the data was collected on, e.g. walker, or "
+                   "gym:ENV_ID for any gymnasium env")
     i.add_argument("--out", required=True, help="the dataset folder to write")
     i.add_argument("--episodes", type=int, help="import the first N episode files (by name) only")
     i.add_argument("--overwrite", action="store_true", help="replace --out if it is a dataset directory")
+    e = dsub.add_parser("export", help="write a zsrl dataset as a local Minari dataset")
+    e.add_argument("path")
+    e.add_argument("--minari-id", required=True, help="the Minari dataset id, e.g. zsrl/maze/sticky-v0")
+    _add_trust_option(e)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -256,7 +262,15 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
-    {"goals": _cmd_goals, "describe": _cmd_describe, "import": _cmd_import}[args.data_command](args)
+    {"goals": _cmd_goals, "describe": _cmd_describe, "import": _cmd_import, "export": _cmd_export}[args.data_command](args)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from zsrl.api import export_minari
+
+    exported = export_minari(args.path, args.minari_id)
+    print(f"wrote the Minari dataset {args.minari_id} ({exported.total_episodes:,} episodes, "
+          f"{exported.total_steps:,} steps)")
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
@@ -360,7 +374,7 @@ def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig
     import torch
 
     from zsrl.config import generic_preset, load_run_config, parse_overrides
-    from zsrl.registry import domain_factory
+    from zsrl.envs import make_domain
     from zsrl.storage import read_json
 
     meta = read_json(Path(dataset) / "meta.json", f"dataset {dataset} (is it a `zsrl collect` folder?)")
@@ -369,7 +383,7 @@ def _generic_config(agent: str, dataset: str, overrides: list[str]) -> RunConfig
         raise UserError(f"dataset {dataset}: meta.json names no domain; use --config PRESET domain=NAME")
     preset = generic_preset(agent, gpu=torch.cuda.is_available())
     if "domain" not in parse_overrides(overrides):  # a module path named by the dataset needs trust
-        domain_factory(domain, source=f"dataset {dataset}")
+        make_domain(domain, source=f"dataset {dataset}")
     print(f"training {agent} with the preset {preset} on domain {domain} (from the dataset)")
     return load_run_config(preset, overrides, domain=domain)
 
