@@ -83,6 +83,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from zsrl import distributed
 from zsrl.agents.base import Agent, Model
 from zsrl.agents.goals import goal_dims_index, sample_batch_with_goals
 from zsrl.agents.skill import Actor, ForwardMap, SkillPolicyConfig, input_norm, td3_actor_loss
@@ -272,29 +273,35 @@ class FBAgent(Agent):
         z: torch.Tensor,
     ) -> tuple[torch.Tensor, Metrics, torch.Tensor, torch.Tensor]:
         """``L_FB + ortho_coef · L_ortho`` → ``(loss, metrics, F(s, a, z), B(s'))``, the last
-        two with their gradients (for a variant's extra term)."""
+        two with their gradients (for a variant's extra term).
+
+        Under data parallelism (:mod:`zsrl.distributed`) this rank's ``n`` rows meet the
+        ``N`` columns of the global batch: ``B(s')`` is the global batch's ``(N, d)``, the
+        diagonal starts at this rank's row offset, and the means are over the global pairs.
+        """
         cfg, model = self.cfg, self.model
+        n = obs.shape[0]
         with torch.no_grad():  # the target measure M̄ = mean_heads F̄(s', a', z) B̄(s')ᵀ
-            next_action = clipped_noise_action(model.actor(next_obs, z), cfg.actor_std, cfg.std_clip)  # (N, A)
-            target_f = self.forward_target(next_obs, z, next_action)  # (E, N, d)
-            target_b = self.backward_target(next_obs)  # (N, d)
-            target_m = target_f.mean(0) @ target_b.T  # (N, N)
-        f = model.forward_map(obs, z, action)  # (E, N, d)
-        b = model.backward_map(next_obs)  # (N, d)
-        m = f @ b.T  # (E, N, N): M_ij = F(s_i, a_i, z_i)ᵀB(s'_j)
-        n = m.shape[-1]
-        diff = m - discount.view(1, -1, 1) * target_m.unsqueeze(0)  # (E, N, N): Δ = M − γ(1−d)M̄
-        diff_diag = diff.diagonal(dim1=-2, dim2=-1)  # (E, N)
-        fb_offdiag = 0.5 * (diff.pow(2).sum() - diff_diag.pow(2).sum()) / (n * (n - 1))
+            next_action = clipped_noise_action(model.actor(next_obs, z), cfg.actor_std, cfg.std_clip)  # (n, A)
+            target_f = self.forward_target(next_obs, z, next_action)  # (E, n, d)
+            target_b = distributed.gather_rows(self.backward_target(next_obs))  # (N, d)
+            target_m = target_f.mean(0) @ target_b.T  # (n, N)
+        f = model.forward_map(obs, z, action)  # (E, n, d)
+        b = distributed.gather_rows(model.backward_map(next_obs))  # (N, d)
+        m = f @ b.T  # (E, n, N): M_ij = F(s_i, a_i, z_i)ᵀB(s'_j)
+        total, offset = b.shape[0], distributed.row_offset(n)  # global batch; column of row 0
+        diff = m - discount.view(1, -1, 1) * target_m.unsqueeze(0)  # (E, n, N): Δ = M − γ(1−d)M̄
+        diff_diag = diff.diagonal(offset, dim1=-2, dim2=-1)  # (E, n): Δ_ii
+        fb_offdiag = 0.5 * (diff.pow(2).sum() - diff_diag.pow(2).sum()) / (n * (total - 1))
         fb_diag = -diff_diag.mean(-1).sum()
         fb = fb_offdiag + fb_diag  # L_FB, summed over heads
-        cov = b @ b.T  # (N, N): B_iᵀB_j
-        cov_diag = cov.diagonal()
-        ortho_offdiag = 0.5 * (cov.pow(2).sum() - cov_diag.pow(2).sum()) / (n * (n - 1))
+        cov = b.narrow(0, offset, n) @ b.T  # (n, N): B_iᵀB_j
+        cov_diag = cov.diagonal(offset)
+        ortho_offdiag = 0.5 * (cov.pow(2).sum() - cov_diag.pow(2).sum()) / (n * (total - 1))
         ortho_diag = -cov_diag.mean()
         ortho = ortho_offdiag + ortho_diag  # L_ortho
         with torch.no_grad():
-            m_diag = m.diagonal(dim1=-2, dim2=-1).mean()
+            m_diag = m.diagonal(offset, dim1=-2, dim2=-1).mean()
             metrics = {
                 "loss/fb": fb.detach(),
                 "loss/fb_offdiag": fb_offdiag.detach(),
@@ -303,7 +310,7 @@ class FBAgent(Agent):
                 "loss/ortho_offdiag": ortho_offdiag.detach(),
                 "loss/ortho_diag": ortho_diag.detach(),
                 "diag/M_diag": m_diag,
-                "diag/M_offdiag": (m.mean() * n - m_diag) / (n - 1),
+                "diag/M_offdiag": (m.mean() * total - m_diag) / (total - 1),
             }
         loss = fb + cfg.ortho_coef * ortho
         return loss, metrics, f, b
@@ -317,7 +324,7 @@ class FBAgent(Agent):
         own parameters: one backward pass serves both), and B's diagnostics."""
         discount = self.cfg.discount * (~terminated).to(obs.dtype)
         loss, metrics, f, b = self.fb_loss(obs, action, next_obs, discount, z)
-        f, b = f.detach(), b.detach()
+        f, b = f.detach(), b.detach()  # b: the global batch's B(s') (this rank's rows at its offset)
         with torch.no_grad():
             cov = b.T @ b / b.shape[0]  # (d, d); the identity when B is orthonormal under ρ
             eff_rank = cov.diagonal().sum().square() / cov.square().sum()  # participation ratio
@@ -330,7 +337,8 @@ class FBAgent(Agent):
                 "diag/z_norm": z.norm(dim=-1).mean(),
             })
         if self.next_b is not None:
-            next_b_loss = 0.5 * (self.next_b(obs, action) - b).pow(2).sum(-1).mean()
+            own_b = b.narrow(0, distributed.row_offset(obs.shape[0]), obs.shape[0])
+            next_b_loss = 0.5 * (self.next_b(obs, action) - own_b).pow(2).sum(-1).mean()
             loss = loss + next_b_loss
             metrics["loss/next_b"] = next_b_loss.detach()
         return loss, metrics

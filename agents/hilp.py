@@ -80,6 +80,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from zsrl import distributed
 from zsrl.agents.base import Agent, Model
 from zsrl.agents.goals import goal_dims_index, sample_batch_with_goals
 from zsrl.agents.skill import Actor, ForwardMap, SkillPolicyConfig, td3_actor_loss
@@ -325,7 +326,7 @@ class HILPAgent(Agent):
         z = model.sample_z(n, feats.device)
         perm = torch.randperm(n, device=feats.device)
         feats_p = feats.gather(0, perm[:, None].expand_as(feats))
-        cov = feats.T @ feats / n
+        cov = distributed.global_mean(feats.T @ feats) / n  # over the global batch
         eps = 1e-6 * cov.diagonal().mean() + 1e-12
         chol, _ = torch.linalg.cholesky_ex(cov + eps * torch.eye(d, device=feats.device, dtype=feats.dtype))
         mixed = torch.cholesky_solve(feats_p.T, chol).T
@@ -399,7 +400,7 @@ class HILPAgent(Agent):
         soft_update(self.phi_target, model.phi, cfg.phi_tau)
         soft_update(self.sf_target, model.successor_features, cfg.tau)
         with torch.no_grad():
-            model.phi_mean.lerp_(phi1_s.mean(0), cfg.feature_mean_tau)
+            model.phi_mean.lerp_(distributed.global_mean(phi1_s.mean(0)), cfg.feature_mean_tau)
         metrics.update(sf_metrics)
         metrics.update({
             "loss/actor": actor_loss.detach(),

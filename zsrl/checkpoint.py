@@ -4,7 +4,8 @@
 
     model.safetensors, config.json   the inference model (``Model.load`` reads these)
     training_state.pt                agent modules, optimizers, RNG states, step, the
-                                     metrics accumulated since the last log row
+                                     metrics accumulated since the last log row (of
+                                     every rank, in a data-parallel run)
     manifest.json                    step, format version and the sha256 of every file
                                      above (written last: its presence marks completion)
 
@@ -24,12 +25,13 @@ import contextlib
 import io
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zsrl import distributed
 from zsrl.agents.base import Model
 from zsrl.agents.model_files import first_line
 from zsrl.errors import CheckpointError
@@ -144,17 +146,20 @@ def _swapped_dir(path: Path, step: int, keep_old: bool) -> Iterator[Path]:
 
 
 def save_checkpoint(
-    run_dir: Path, agent: Any, step: int, extra_model_meta: dict[str, Any], loop: dict[str, Any] | None = None
+    run_dir: Path, agent: Any, step: int, extra_model_meta: dict[str, Any], loop: dict[str, Any] | None = None,
+    peers: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Replace ``run_dir/checkpoint`` with the state after ``step`` updates (see module doc).
 
     ``loop`` is the training loop's own state (the metrics accumulated since the last log
-    row), saved so that a resumed run writes the same metric rows.
+    row), saved so that a resumed run writes the same metric rows. ``peers``: the ``rng`` and
+    ``loop`` of ranks 1, 2, … of a data-parallel run (this process is rank 0).
     """
     with _swapped_dir(run_dir / CHECKPOINT, step, keep_old=True) as tmp:
         agent.inference_model().save(tmp, extra=extra_model_meta)
         buf = io.BytesIO()
-        torch.save({"agent": agent.state_dict(), "rng": rng_state(), "step": step, "loop": loop or {}}, buf)
+        torch.save({"agent": agent.state_dict(), "rng": rng_state(), "step": step, "loop": loop or {},
+                    "world_size": 1 + len(peers), "peers": list(peers)}, buf)
         atomic_write_bytes(tmp / TRAINING_STATE, buf.getvalue())
     return run_dir / CHECKPOINT
 
@@ -167,7 +172,10 @@ def save_final_model(run_dir: Path, model: Model, step: int, extra_model_meta: d
 
 
 def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]:
-    """Restore ``agent`` and the RNGs from the run's checkpoint; returns ``(step, loop state)``."""
+    """Restore ``agent`` and the RNGs from the run's checkpoint; returns ``(step, loop state)``.
+
+    In a data-parallel run every rank calls it and takes its own random stream and loop state.
+    """
     path = find_checkpoint(run_dir)
     if path is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
@@ -177,6 +185,9 @@ def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]
     try:
         state = torch.load(path / TRAINING_STATE, map_location=agent.device, weights_only=True)
         rng, step, loop = state["rng"], int(state["step"]), state.get("loop", {})
+        saved_world, rank = int(state.get("world_size", 1)), distributed.rank()
+        if 0 < rank < saved_world:
+            rng, loop = state["peers"][rank - 1]["rng"], state["peers"][rank - 1]["loop"]
     except FileNotFoundError:
         raise CheckpointError(f"{path}/{TRAINING_STATE} is missing; the run cannot be resumed") from None
     except _UNREADABLE as exc:  # truncated zip, foreign pickle … (never load it unsafely)
@@ -184,6 +195,9 @@ def load_training_state(run_dir: Path, agent: Any) -> tuple[int, dict[str, Any]]
             f"{path}/{TRAINING_STATE} is truncated or corrupt ({type(exc).__name__}); the run "
             f"cannot be resumed from it.{_older_copy_hint(path)}"
         ) from None
+    if saved_world != distributed.world_size():
+        raise CheckpointError(f"{path} was written by a run of {saved_world} processes and this one has "
+                              f"{distributed.world_size()}; resume it on {saved_world}")
     try:
         agent.load_state_dict(state["agent"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:

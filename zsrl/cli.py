@@ -457,7 +457,10 @@ COMMANDS = {
 
 
 def _print_error(command: str, message: str) -> None:
-    print(textwrap.fill(f"zsrl {command}: error: {message}", width=100, break_long_words=False,
+    from zsrl import distributed
+
+    where = f" (process {distributed.rank()} of {distributed.world_size()})" if distributed.active() else ""
+    print(textwrap.fill(f"zsrl {command}{where}: error: {message}", width=100, break_long_words=False,
                         break_on_hyphens=False), file=sys.stderr)
 
 
@@ -472,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with term, trusted_plugins() if getattr(args, "trust_plugins", False) else contextlib.nullcontext():
             COMMANDS[args.command](args)
     except UserError as exc:
-        _print_error(args.command, str(exc))
+        from zsrl.distributed import PeerError
+
+        if not isinstance(exc, PeerError):  # else rank 0 printed it
+            _print_error(args.command, str(exc))
         return int(getattr(exc, "exit_code", 2))
     except BrokenPipeError:  # e.g. `zsrl data describe DIR | head`: the reader stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
@@ -491,6 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zsrl {args.command}: {'terminated' if term.terminated else 'interrupted'}; nothing partial "
               "was left behind.", file=sys.stderr)
         return 143 if term.terminated else 130
+    finally:
+        from zsrl import distributed
+
+        distributed.shutdown()
     return 0
 
 

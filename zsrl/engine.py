@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zsrl import distributed
 from zsrl.errors import TrainingDiverged
 from zsrl.utils import rng_state, set_rng_state
 
@@ -226,7 +227,9 @@ class MetricAccumulator:
     """Sums of the per-step metric vectors since the last row, kept on the device.
 
     A second device vector counts, per metric, the steps whose running sum was still finite,
-    which pins down the exact step a metric first went non-finite.
+    which pins down the exact step a metric first went non-finite. In a data-parallel run
+    :meth:`read` and :meth:`first_nonfinite` (called by every rank at the same steps) return
+    the means over the ranks and the earliest non-finite step of any rank.
     """
 
     def __init__(self) -> None:
@@ -251,7 +254,8 @@ class MetricAccumulator:
         """``(means, first non-finite (metric, step) or None)`` in one host transfer; resets."""
         if self.sums is None:
             return {}, None
-        host = torch.cat([self.sums / self.count, self.finite_steps.double()]).tolist()
+        sums, finite_steps = self._over_ranks()
+        host = torch.cat([sums / self.count, finite_steps.double()]).tolist()
         n = len(self.names)
         means, first = dict(zip(self.names, host[:n])), self._first_bad(host[n:])
         self.reset()
@@ -259,7 +263,13 @@ class MetricAccumulator:
 
     def first_nonfinite(self) -> tuple[str, int] | None:
         """The first non-finite (metric, step) of the period so far, without resetting."""
-        return None if self.finite_steps is None else self._first_bad(self.finite_steps.tolist())
+        return None if self.finite_steps is None else self._first_bad(self._over_ranks()[1].tolist())
+
+    def _over_ranks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sums, finite steps)``: the mean of the ranks' sums and the least of their counts."""
+        if not distributed.active():
+            return self.sums, self.finite_steps
+        return distributed.global_mean(self.sums), distributed.global_min(self.finite_steps)
 
     def _first_bad(self, finite_steps: list[float]) -> tuple[str, int] | None:
         bad = [(int(k), name) for name, k in zip(self.names, finite_steps) if k < self.count]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zsrl import distributed
+
 
 def _activation_from_output(
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -198,11 +200,15 @@ def optimizer_step(loss: torch.Tensor, *opts: torch.optim.Optimizer, clip_grad_n
     ``loss`` is the sum of their losses (each parameter's gradient is then that of its own
     term). With ``clip_grad_norm`` > 0 the gradient norm of each parameter group (one network:
     FB's F and B are two groups of one optimiser) is clipped on its own, as metamotivo clips each
-    network.
+    network. Under data parallelism the gradients are averaged over the ranks first
+    (:func:`zsrl.distributed.average_gradients`), so clipping and the step see the gradient
+    of the global batch.
     """
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    if distributed.active():
+        distributed.average_gradients([p for opt in opts for g in opt.param_groups for p in g["params"]])
     for opt in opts:
         if clip_grad_norm > 0:
             for group in opt.param_groups:

@@ -23,6 +23,15 @@ the domain, before the run directory is created; ``--overwrite`` replaces only a
 directory, and one process at a time writes a run (:mod:`zsrl.storage`).
 SIGTERM and Ctrl-C save a checkpoint of the current step before exiting.
 
+**Data parallel** (``torchrun --nproc-per-node N -m zsrl train …``; :mod:`zsrl.distributed`):
+every rank runs this loop on its own share ``train.batch_size / N`` of each update's batch,
+drawn from its own random stream (rank 0's is a one-process run's), and the gradients are
+averaged inside the update. Rank 0 writes every file and takes the writer lock; an error it
+meets there stops every rank. Metric rows are means over the ranks; the ranks agree on
+stopping (signals, callbacks) at the log rows, and a checkpoint holds every rank's random
+stream, so a run resumes exactly on as many processes as it started with (``run.json``
+records ``world_size``; another count is refused).
+
 ``resume_run(RUN_DIR)`` restores agent, optimizers, targets, RNG states, the step and the
 metrics accumulated since the last row, so a run interrupted at step k and resumed reaches
 the same parameters and metric rows at step n as an uninterrupted one. ``resume_run(RUN_DIR,
@@ -33,12 +42,14 @@ run of N updates.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +57,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from zsrl import distributed
 from zsrl.callbacks import Callback
 from zsrl.checkpoint import (
     CHECKPOINT,
@@ -154,7 +166,7 @@ class MetricsLog:
             writer.writeheader()
         writer.writerow(row)
         with storage_errors(f"append to {self.path}", "The last checkpoint is intact; resume with "
-                            f"`zsrl train --resume {self.path.parent}`."), self.path.open("a", newline="") as f:
+                            f"`{resume_command(self.path.parent)}`."), self.path.open("a", newline="") as f:
             f.write(buf.getvalue())
 
 
@@ -190,7 +202,7 @@ def prepare(cfg: RunConfig, dataset: Path | OfflineDataset, source: str | None =
     directory is touched. ``source``: the run ``cfg`` was read from (:mod:`zsrl.registry`)."""
     domain = make_domain(cfg.domain, source)
     _check_names(cfg, domain)
-    device = resolve_device(cfg.train.device)
+    device = distributed.local_device(resolve_device(cfg.train.device))
     if isinstance(dataset, OfflineDataset):
         check_domain(dataset.path, dataset.domain, domain.name)
         data = dataset.to(device)
@@ -207,11 +219,12 @@ def prepare(cfg: RunConfig, dataset: Path | OfflineDataset, source: str | None =
         raise UserError(f"the observations of dataset {data.path} never change (every coordinate is constant): "
                         "there is nothing to learn from it; collect it again with a policy that moves")
     agent = build_agent(cfg, data.obs_dim, data.action_dim, device)
-    need, available = agent.batch_bytes(batch), available_memory(device)
+    # a rank's share: its rows against the global batch's columns
+    need, available = agent.batch_bytes(batch) // distributed.world_size(), available_memory(device)
     if need > available:
         raise UserError(f"train.batch_size={batch} needs about {need / 2**30:,.1f} GiB for {cfg.agent.name}'s update "
                         f"(its losses contrast every pair of the batch) and {device} has {available / 2**30:,.1f} "
-                        "GiB free; lower train.batch_size")
+                        "GiB free; lower train.batch_size (or spread it over more processes)")
     agent.setup(train_data, domain, cfg.task)
     return domain, data, train_data, agent
 
@@ -284,13 +297,15 @@ def start_run(
         raise UserError("overrides apply to presets; edit the RunConfig directly instead")
     cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
     validate(cfg)
+    distributed.init()
+    check_world_batch(cfg)
     out = Path(out)
     check_trackers(cfg.train.loggers)
     if isinstance(dataset, OfflineDataset) and dataset.path is None:
         raise UserError("the dataset is in memory only; save it (dataset.save(DIR)) and train on DIR")
     data_path = Path(dataset.path if isinstance(dataset, OfflineDataset) else dataset)
-    with writer_lock(out, "run"):
-        replace = check_out(out, "run", overwrite, protect=(data_path,))
+    with main_writer_lock(out):
+        replace = distributed.on_main(lambda: check_out(out, "run", overwrite, protect=(data_path,)))
         domain, data, train_data, agent = prepare(cfg, dataset)
         run_info = {
             "dataset": str(data_path.resolve()),
@@ -301,15 +316,38 @@ def start_run(
             # CPU float reductions split by thread: the same seed on another thread count trains
             # a different (equally valid) network, so the count is part of what reproduces a run
             "cpu_threads": torch.get_num_threads(),
+            # data parallel: ranks, each sampling train.batch_size / world_size rows of an update
+            "world_size": distributed.world_size(),
             "started": now_iso(),
             "command": " ".join(sys.argv),
             "config": asdict(cfg),  # as started: a resume refuses a config.json edited since
             "versions": versions(),
         }
-        with storage_errors(f"create the run directory {out}"):
-            create_run_dir(out, {"config.json": asdict(cfg), "run.json": run_info}, replace)
+
+        def create() -> None:
+            with storage_errors(f"create the run directory {out}"):
+                create_run_dir(out, {"config.json": asdict(cfg), "run.json": run_info}, replace)
+
+        distributed.on_main(create)
         _train(cfg, data, train_data, domain, out, agent, start=0, loop={}, resumed=False, callbacks=callbacks)
     return out
+
+
+def check_world_batch(cfg: RunConfig) -> None:
+    """The global batch must split evenly over the ranks of a ``torchrun`` launch."""
+    world = distributed.world_size()
+    if cfg.train.batch_size % world:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over "
+                        f"the {world} processes; give a multiple of {world}")
+
+
+@contextlib.contextmanager
+def main_writer_lock(run_dir: Path) -> Iterator[None]:
+    """The run's writer lock, held by rank 0 (the process that writes; every rank hears if
+    it cannot be taken)."""
+    with contextlib.ExitStack() as stack:
+        distributed.on_main(lambda: stack.enter_context(writer_lock(run_dir, "run")))
+        yield
 
 
 def _check_unedited(run_dir: Path, started: Any, saved: dict[str, Any]) -> None:
@@ -345,6 +383,27 @@ def _checkpointed_before(run_dir: Path, cfg: RunConfig) -> str | None:
     return None
 
 
+def resume_command(run_dir: Path, world: int | None = None) -> str:
+    """The command that resumes ``run_dir`` on ``world`` processes (default: this run's)."""
+    world = distributed.world_size() if world is None else world
+    launcher = "zsrl" if world == 1 else f"torchrun --nproc-per-node {world} -m zsrl"
+    return f"{launcher} train --resume {run_dir}"
+
+
+def _check_world_size(run_dir: Path, run: dict[str, Any]) -> None:
+    """A run resumes on as many processes as it started with: each rank's random stream and
+    share of the batch are part of its state."""
+    started, now = run.get("world_size", 1), distributed.world_size()
+    if started != now:
+        how = f"`{resume_command(run_dir, started)}`" + (
+            "" if started == 1 else f" (or {started} processes over several machines)")
+        raise UserError(
+            f"run {run_dir} trained on {started} process{'es' if started != 1 else ''} and this resume has {now}: "
+            f"each process's random stream and share of the batch are part of the run. Resume with {how}, "
+            "or start a new run."
+        )
+
+
 def _warn_other_thread_count(run: dict[str, Any], device: torch.device) -> None:
     threads = run.get("cpu_threads")
     if device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
@@ -367,18 +426,21 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a zsrl run directory (no run.json); start one with `zsrl train`")
-    with writer_lock(run_dir, "run"):
+    distributed.init()
+    with main_writer_lock(run_dir):
         saved = read_json_object(run_dir / "config.json", f"run {run_dir}")
         run = read_json_object(run_dir / "run.json", f"run {run_dir}")
+        _check_world_size(run_dir, run)
         _check_unedited(run_dir, run.get("config"), saved)
         if steps is not None and isinstance(saved.get("train"), dict):  # else parsing says what is wrong
             saved = {**saved, "train": {**saved["train"], "steps": steps}}
         cfg = run_config_from_dict(saved, source=f"run {run_dir}")
+        check_world_batch(cfg)
         data_path = run_dataset(run_dir, run, dataset, f"resume with `zsrl train --resume {run_dir} --dataset NEW_PLACE`")
         domain, data, train_data, agent = prepare(cfg, data_path, source=f"run {run_dir}")
         _warn_other_thread_count(run, agent.device)
-        for sub in (CHECKPOINT, FINAL_MODEL):
-            remove_stale_partials(run_dir / sub)  # debris of killed writers (we hold the lock)
+        # debris of killed writers (rank 0 holds the lock; the others wait for it here)
+        distributed.on_main(lambda: [remove_stale_partials(run_dir / sub) for sub in (CHECKPOINT, FINAL_MODEL)])
         start, loop = 0, {}
         if find_checkpoint(run_dir) is not None:
             start, loop = load_training_state(run_dir, agent)
@@ -393,10 +455,14 @@ def resume_run(run_dir: str | Path, dataset: str | Path | None = None, steps: in
                 f"run {run_dir} is at step {start}: train.steps={steps} would take it back. "
                 f"Give train.steps >= {start}, or start a new run for a shorter one."
             )
-        if dataset is not None and str(data_path.resolve()) != run["dataset"]:
-            atomic_write_json(run_dir / "run.json", {**run, "dataset": str(data_path.resolve())})
-        if steps is not None:
-            atomic_write_json(run_dir / "config.json", saved)
+
+        def record() -> None:
+            if dataset is not None and str(data_path.resolve()) != run["dataset"]:
+                atomic_write_json(run_dir / "run.json", {**run, "dataset": str(data_path.resolve())})
+            if steps is not None:
+                atomic_write_json(run_dir / "config.json", saved)
+
+        distributed.on_main(record)
         _train(cfg, data, train_data, domain, run_dir, agent, start=start, loop=loop, resumed=True, callbacks=callbacks)
     return run_dir
 
@@ -421,20 +487,32 @@ class _Checkpointer:
 
     def _advice(self) -> str:
         kept = f"The checkpoint of step {self.last} is intact; " if self.last else ""
-        return f"{kept}continue with `zsrl train --resume {self.run_dir}`."
+        return f"{kept}continue with `{resume_command(self.run_dir)}`."
 
     def save(self, step: int) -> None:
+        """Write the checkpoint of ``step`` (every rank calls it: rank 0 writes, with every
+        rank's random stream and metric sums; the replicas are checked identical first)."""
         if step == self.last:
             return
         self.check(step)
-        with storage_errors(f"write the checkpoint of step {step}", self._advice()):
-            save_checkpoint(self.run_dir, self.agent, step, self.meta, self.acc.state_dict())
+        distributed.check_replicas(self.agent.modules(), step)
+        ranks = distributed.gather_objects({"rng": rng_state(), "loop": self.acc.state_dict()})
+
+        def write() -> None:
+            with storage_errors(f"write the checkpoint of step {step}", self._advice()):
+                save_checkpoint(self.run_dir, self.agent, step, self.meta, self.acc.state_dict(), peers=ranks[1:])
+
+        distributed.on_main(write)
         self.last = step
 
     def save_model(self, step: int) -> None:
         self.check_parameters(step)
-        with storage_errors(f"write the final model to {self.run_dir / FINAL_MODEL}", self._advice()):
-            save_final_model(self.run_dir, self.agent.inference_model(), step, self.meta)
+
+        def write() -> None:
+            with storage_errors(f"write the final model to {self.run_dir / FINAL_MODEL}", self._advice()):
+                save_final_model(self.run_dir, self.agent.inference_model(), step, self.meta)
+
+        distributed.on_main(write)
 
 
 def _ask(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
@@ -446,67 +524,91 @@ def _ask(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
 def _train(cfg: RunConfig, data: OfflineDataset, train_data: OfflineDataset, domain: Any, run_dir: Path,
            agent: Any, *, start: int, loop: dict[str, Any], resumed: bool, callbacks: Sequence[Callback] = ()) -> None:
     tc = cfg.train
+    main, world = distributed.is_main(), distributed.world_size()
     acc = MetricAccumulator()
     acc.load_state_dict(loop, agent.device)
     ckpt = _Checkpointer(run_dir, agent, acc, {"domain": domain.name, "task": cfg.task}, start or None)
     if start >= tc.steps:
         if find_final_model(run_dir) is None:
             ckpt.save_model(start)
-            print(f"run {run_dir}: wrote the final model of step {start} from its checkpoint")
-        print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
+            if main:
+                print(f"run {run_dir}: wrote the final model of step {start} from its checkpoint")
+        if main:
+            print(f"run {run_dir} is already complete ({start} of {tc.steps} steps)")
         return
+    if start == 0 and not main:  # rank 0 keeps the stream of a one-process run
+        torch.manual_seed(distributed.rank_seed(tc.seed))
+    distributed.check_replicas(agent.modules(), start)
     compile_step, cudagraphs = configure_device(tc, agent.device)
     engine = Engine(agent, compile=compile_step, cudagraphs=cudagraphs, precision=tc.precision)
-    if compile_step:
+    if compile_step and main:
         print("compiling the update (torch.compile): its first steps take up to a minute or two, "
               "less where inductor's cache already holds its kernels")
-    log = MetricsLog(run_dir / "metrics.csv", start if resumed else None)
-    evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None)
-    trackers = open_trackers(tc.loggers, run_dir, asdict(cfg))
-    callbacks = [*callbacks, *trackers]
+    log = MetricsLog(run_dir / "metrics.csv", start if resumed else None) if main else None
+    evaluator = _periodic_evaluator(cfg, data, domain, run_dir, resume_step=start if resumed else None) if main else None
+    trackers = open_trackers(tc.loggers, run_dir, asdict(cfg)) if main else []
+    callbacks = [*callbacks, *trackers] if main else []
+    batch = tc.batch_size // world  # this rank's share of the global batch
 
     t_last, step_last, t0 = time.perf_counter(), start, time.perf_counter()
-    bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not tc.progress,
+    bar = tqdm(total=tc.steps, initial=start, unit="upd", disable=not (tc.progress and main),
                desc=f"train {cfg.agent.name}", mininterval=1.0)
-    step, stop_early = start, False
+    step, requested = start, False  # requested: a callback asked to stop
     try:
         with StopRequests() as stop:
             for step in range(start + 1, tc.steps + 1):
-                acc.add(engine.step(train_data, tc.batch_size), engine.metric_names, step)  # samples inside
-                if step % tc.log_every == 0 or step == tc.steps:
+                acc.add(engine.step(train_data, batch), engine.metric_names, step)  # samples inside
+                at_row = step % tc.log_every == 0 or step == tc.steps
+                if at_row:
                     now = time.perf_counter()
-                    means, bad = acc.read()  # the one host sync per log period
+                    means, bad = acc.read()  # the one host sync per log period (means over ranks)
                     if bad is not None:
                         raise diverged(bad[0], bad[1], ckpt.last, run_dir)
                     ckpt.check_parameters(step)
                     ups = (step - step_last) / (now - t_last)
-                    row = {"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2), **means}
-                    log.write(row)
-                    fault_point("metrics:row")
-                    bar.set_postfix(ups=f"{ups:.0f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:2]})
                     t_last, step_last = now, step
-                    stop_early |= _ask(callbacks, "on_log", run_dir, step, row)
-                if evaluator is not None and step % tc.eval_every == 0:
+                    if log is not None:
+                        row = {"step": step, "time": round(now - t0, 3), "updates_per_s": round(ups, 2), **means}
+                        log.write(row)
+                        fault_point("metrics:row")
+                        bar.set_postfix(ups=f"{ups:.0f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:2]})
+                        requested |= _ask(callbacks, "on_log", run_dir, step, row)
+                if tc.eval_every > 0 and step % tc.eval_every == 0:
                     ckpt.check(step)
-                    returns = evaluator(agent.inference_model(), step)
-                    stop_early |= _ask(callbacks, "on_evaluation", run_dir, step, returns)
-                if step % tc.checkpoint_every == 0 or step == tc.steps or stop_early:
+                    if evaluator is not None:
+                        returns = evaluator(agent.inference_model(), step)
+                        requested |= _ask(callbacks, "on_evaluation", run_dir, step, returns)
+                if step % tc.checkpoint_every == 0 or step == tc.steps:
                     ckpt.save(step)
-                    stop_early |= _ask(callbacks, "on_checkpoint", run_dir, step)
+                    requested |= _ask(callbacks, "on_checkpoint", run_dir, step)
                 bar.update(1)
-                if stop.signum is not None:
+                if world > 1 and not at_row:
+                    continue  # the ranks decide together, at the log rows
+                signalled, stopping = distributed.agree(stop.signum is not None, requested)
+                if signalled:
                     ckpt.save(step)
+                    by = stop.name if stop.signum is not None else "a stop request to another process of the run"
                     raise Interrupted(
-                        f"training stopped by {stop.name} at step {step}; a checkpoint of that step is "
-                        f"saved. Continue with `zsrl train --resume {run_dir}`", stop.signum)
-                if stop_early:
-                    ckpt.save(step)  # a callback asked at a checkpoint's hook: saved already
-                    print(f"run {run_dir}: a callback stopped training at step {step} of {tc.steps}")
+                        f"training stopped by {by} at step {step}; a checkpoint of that step is "
+                        f"saved. Continue with `{resume_command(run_dir)}`", stop.signum or signal.SIGTERM)
+                if stopping:
+                    ckpt.save(step)
+                    if main:
+                        print(f"run {run_dir}: a callback stopped training at step {step} of {tc.steps}")
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save
         kept = f"the checkpoint of step {ckpt.last} is kept" if ckpt.last else "no checkpoint was written yet"
         raise UserError(
-            f"training interrupted at step {step}; {kept}. Continue with `zsrl train --resume {run_dir}`"
+            f"training interrupted at step {step}; {kept}. Continue with `{resume_command(run_dir)}`"
+        ) from None
+    except RuntimeError as exc:
+        if not distributed.is_peer_failure(exc):
+            raise
+        kept = f"the checkpoint of step {ckpt.last} is kept" if ckpt.last else "no checkpoint was written yet"
+        raise UserError(
+            f"another process of this run stopped at step {step} (its own error, if it had one, is printed "
+            f"beside this; this process saw: {str(exc).splitlines()[0][:200]}); {kept}. When the cause is fixed, "
+            f"continue with `{resume_command(run_dir)}`"
         ) from None
     finally:
         bar.close()
