@@ -19,6 +19,15 @@ per goal on its dense task ``dense_<goal>`` (reward ``−distance``) and its rol
 scored by the same success rule as the agents' goal prompts. ``--jobs N`` trains N runs at once (they share the
 GPU; on a CPU they split its cores).
 
+**On a cluster** ``--submitit slurm`` submits every job to Slurm through submitit
+(``pip install 'zsrl[slurm]'``) and collects the results into the same tables;
+``--procs-per-job N`` makes each job a data-parallel run of N processes (one per GPU, on one
+node; :mod:`zsrl.distributed`), and ``--slurm KEY=VALUE`` passes submitit's parameters
+(``slurm_partition=gpu``, ``timeout_min=600``, ``slurm_account=…``). ``--submitit local``
+runs the same jobs as local processes (submitit's local executor: a test of the setup, or a
+machine without Slurm). Submitted jobs cache and resume exactly as local ones, so a
+preempted or timed-out job is resumed by running the command again.
+
 **Rerunning the same command continues an interrupted one**: a job's result is cached in its
 run directory (``benchmark_result.json``) and reused, a run with a checkpoint resumes from it
 (training stops with a checkpoint on SIGTERM or Ctrl-C), a trained one is only evaluated. So
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -48,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from zsrl import plots
+from zsrl import distributed, plots
 from zsrl.checkpoint import find_final_model
 from zsrl.collection import CollectorConfig, collect_to_disk
 from zsrl.config import load_run_config
@@ -144,6 +154,8 @@ def run_job(job: Job) -> Job:
     elif find_final_model(run_dir) is None:
         print(f"resuming {run_dir}", flush=True)
         resume_run(run_dir)
+    if not distributed.is_main():  # a data-parallel job's other ranks: rank 0 evaluates
+        return job
     with (run_dir / "metrics.csv").open() as f:
         metrics = list(csv.DictReader(f))
     ups = [float(r["updates_per_s"]) for r in metrics]
@@ -177,6 +189,43 @@ def run_jobs(jobs: list[Job], workers: int) -> list[Job]:
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_share_cores, initargs=(threads,)) as pool:
         return list(pool.map(run_job, jobs))
+
+
+def run_submitted_job(job: Job) -> Job:
+    """One task of a submitit job: joins the job's other tasks as ranks of one data-parallel
+    run (the environment ``torchrun`` would set, from submitit's), then :func:`run_job`."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        port = 20_000 + int(hashlib.sha256(str(env.job_id).encode()).hexdigest(), 16) % 20_000
+        os.environ.update(MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(port), WORLD_SIZE=str(env.num_tasks),
+                          RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank))
+    try:
+        return run_job(job)
+    finally:
+        distributed.shutdown()
+
+
+def submit_jobs(jobs: list[Job], cluster: str, folder: Path, procs: int, gpu: bool, params: list[str]) -> list[Job]:
+    """Run ``jobs`` through submitit (``cluster``: ``slurm`` or ``local``), ``procs`` tasks each;
+    returns them with their results."""
+    try:
+        import submitit
+    except ImportError:
+        raise SystemExit("--submitit needs submitit: pip install 'zsrl[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor.update_parameters(nodes=1, tasks_per_node=procs, timeout_min=24 * 60, name="zsrl-benchmark",
+                               **({"gpus_per_node": procs} if gpu else {}))
+    extra = {}
+    for item in params:
+        key, _, value = item.partition("=")
+        extra[key] = int(value) if value.isdigit() else value
+    executor.update_parameters(**extra)
+    with executor.batch():
+        futures = [executor.submit(run_submitted_job, job) for job in jobs]
+    print(f"submitted {len(futures)} jobs ({cluster}; logs in {folder})", flush=True)
+    return [f.results()[0] for f in futures]  # rank 0's: the task that evaluated
 
 
 def make_job(args: argparse.Namespace, data: Path, run_dir: Path, preset: str, seed: int,
@@ -251,6 +300,10 @@ def main() -> None:
     p.add_argument("--oracle", action="store_true", help="train a TD3 oracle per task and seed for '%% of oracle'")
     p.add_argument("--gpu", action="store_true", help=f"published-size presets on CUDA (default budget {GPU_STEPS} updates)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
+    p.add_argument("--submitit", choices=["slurm", "local"], help="submit the jobs through submitit instead")
+    p.add_argument("--procs-per-job", type=int, default=1, help="with --submitit: data-parallel processes per run")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit parameter, e.g. slurm_partition=gpu or timeout_min=600 (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="AGENT:KEY=VALUE",
                    help="a config override for one agent, e.g. fre:agent.encoder_steps=2000 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("bench"))
@@ -279,7 +332,8 @@ def main() -> None:
         if args.oracle:
             jobs += [make_job(args, data, runs / f"td3_{t}_s{s}", f"td3/{domain_name}{size}", s, [f"task={t}"], False)
                      for t in [*tasks, *domain.goal_tasks] for s in seeds]
-        done = run_jobs(jobs, args.jobs)
+        done = (submit_jobs(jobs, args.submitit, args.out / "submitit", args.procs_per_job, args.gpu, args.slurm)
+                if args.submitit else run_jobs(jobs, args.jobs))
 
         entry: dict = {"protocol": protocol, "dataset": str(data), "tasks": tasks, "agents": {}}
         oracle: dict[str, float] = {}

@@ -89,3 +89,26 @@ def test_bench_updates_compares_variants_in_interleaved_blocks(capsys):
     assert rows[1]["ratio_min"] <= rows[1]["ratio"] <= rows[1]["ratio_max"]
     print_comparison(rows)
     assert "interleaved blocks" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_jobs_submitted_through_submitit_train_data_parallel_and_fill_the_same_tables(tmp_path):
+    """``--submitit local --procs-per-job 2``: every (agent, seed) job is a submitit job of two
+    tasks that train one 2-process run; rank 0's results make the usual report."""
+    pytest.importorskip("submitit")
+    import os
+    import subprocess
+
+    tiny = [x for o in TINY + ["train.steps=20"] for x in ("--set", f"fb:{o}")]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--agents", "fb", "--domains", "point_mass_maze", "--seeds", "0,1",
+         "--transitions", "2000", "--episodes", "1", "--reward-samples", "200", "--submitit", "local",
+         "--procs-per-job", "2", "--out", str(tmp_path), "--quiet", *tiny],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())["domains"]["point_mass_maze"]
+    assert report["agents"]["fb"]["seeds"] == [0, 1]
+    for seed in (0, 1):
+        run = tmp_path / "runs" / "point_mass_maze" / f"fb_s{seed}"
+        assert json.loads((run / "run.json").read_text())["world_size"] == 2
+        assert (run / "benchmark_result.json").is_file() and (run / "model" / "manifest.json").is_file()

@@ -255,6 +255,8 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     domain = make_domain(args.domain)
     ds = collect_to_disk(domain, _collector_config(args), args.num_transitions, args.out, seed=args.seed,
                          overwrite=args.overwrite, progress=not args.no_progress, domain_spec=args.domain)
+    if ds is None:  # a torchrun rank > 0: rank 0 wrote the dataset
+        return
     print(
         f"wrote {len(ds):,} transitions ({ds.meta['transitions_per_second']:,.0f} transitions/s) "
         f"to {args.out}"
@@ -464,6 +466,19 @@ def _print_error(command: str, message: str) -> None:
                         break_on_hyphens=False), file=sys.stderr)
 
 
+#: the commands that spread over the processes of a torchrun launch
+DISTRIBUTED_COMMANDS = ("train", "collect")
+
+
+def _check_launch(command: str) -> None:
+    from zsrl.distributed import launched_world_size
+
+    if launched_world_size() > 1 and command not in DISTRIBUTED_COMMANDS:
+        raise UserError(f"zsrl {command} runs in one process; of the commands, only "
+                        f"{' and '.join(DISTRIBUTED_COMMANDS)} spread over the processes of a torchrun launch. "
+                        f"Run `zsrl {command} …` without torchrun.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from zsrl.interrupt import TerminateAsInterrupt
@@ -473,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zsrl.registry import trusted_plugins
 
         with term, trusted_plugins() if getattr(args, "trust_plugins", False) else contextlib.nullcontext():
+            _check_launch(args.command)
             COMMANDS[args.command](args)
     except UserError as exc:
         from zsrl.distributed import PeerError

@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
+from zsrl import distributed
 from zsrl.data import OfflineDataset, env_dims, from_numpy
 from zsrl.errors import UserError
 from zsrl.explore import RandomExplorer, RNDConfig, RNDExplorer, SB3Explorer
@@ -205,6 +206,34 @@ def collect(
     see the module docstring). Returns an in-memory :class:`OfflineDataset` whose metadata
     records the domain, collector, seed, episode length, throughput and package versions.
     """
+    arrays, elapsed = collect_arrays(domain, explorer, num_transitions, num_envs=num_envs, seed=seed,
+                                     asynchronous=asynchronous, progress=progress, episode_length=episode_length)
+    meta = collection_meta(domain, explorer, seed, num_envs, episode_length, domain_spec, num_transitions, elapsed)
+    return from_numpy(arrays, meta)
+
+
+def collection_meta(domain: Any, explorer: Any, seed: int, num_envs: int, episode_length: int | None,
+                    domain_spec: str | None, num_transitions: int, elapsed: float) -> dict[str, Any]:
+    """What a collected dataset's ``meta.json`` records."""
+    return {
+        "domain": domain.name,
+        "domain_spec": domain_spec or domain.name,
+        "collector": getattr(explorer, "name", type(explorer).__name__),
+        "seed": seed,
+        "num_envs": num_envs,
+        "episode_length": collection_episode_length(domain, episode_length),
+        "collection_seconds": round(elapsed, 3),
+        "transitions_per_second": round(num_transitions / elapsed, 1),
+        "created": now_iso(),
+        "versions": versions(),
+    }
+
+
+def collect_arrays(
+    domain: Any, explorer: Any, num_transitions: int, *, num_envs: int = 4, seed: int = 0,
+    asynchronous: bool = False, progress: bool = True, episode_length: int | None = None,
+) -> tuple[dict[str, np.ndarray], float]:
+    """:func:`collect`'s transitions as flat arrays (episode ids from 0), and its seconds."""
     _check_counts(transitions=num_transitions, num_envs=num_envs)
     if episode_length is not None:
         _check_counts(episode_length=episode_length)
@@ -264,19 +293,16 @@ def collect(
     if store_physics:
         arrays["physics"] = np.concatenate([np.stack(e.physics) for e in episodes])
         arrays["next_physics"] = np.concatenate([np.stack(e.next_physics) for e in episodes])
-    meta = {
-        "domain": domain.name,
-        "domain_spec": domain_spec or domain.name,
-        "collector": getattr(explorer, "name", type(explorer).__name__),
-        "seed": seed,
-        "num_envs": num_envs,
-        "episode_length": length,
-        "collection_seconds": round(elapsed, 3),
-        "transitions_per_second": round(num_transitions / elapsed, 1),
-        "created": now_iso(),
-        "versions": versions(),
-    }
-    return from_numpy(arrays, meta)
+    return arrays, elapsed
+
+
+def merge_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The ranks' collections as one, in rank order, episode ids made unique (each part's
+    follow the previous part's)."""
+    offsets = np.cumsum([0] + [int(p["episode"].max()) + 1 for p in parts[:-1]])
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "episode"}
+    merged["episode"] = np.concatenate([p["episode"] + off for p, off in zip(parts, offsets, strict=True)])
+    return merged
 
 
 def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
@@ -319,19 +345,40 @@ def collect_to_disk(
 
     Everything that can be checked is checked before collecting, ``out`` once, under its
     writer lock; ``overwrite`` replaces only a dataset directory.
+
+    Launched by ``torchrun`` (N processes), rank ``r`` collects its share of the transitions
+    with its own explorer and environments seeded ``seed + r · num_envs + i``, and rank 0
+    writes the ranks' parts as one dataset (in rank order, episode ids unique) and returns
+    it; the other ranks return ``None``. The result is reproducible for a seed and N.
     """
     out = Path(out)
     cfg.check(domain)
     _check_counts(transitions=num_transitions)
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    distributed.init()
+    rank, world = distributed.rank(), distributed.world_size()
+    if num_transitions < world:
+        raise UserError(f"--transitions {num_transitions} is fewer than the {world} processes collecting them")
+    share = num_transitions // world + (rank < num_transitions % world)
+    # rank r steps environments seeded seed + r·num_envs + i: every rank's differ
+    rank_seed = seed + rank * cfg.num_envs
     obs_dim, action_dim = env_dims(domain, seed)
-    explorer = make_explorer(cfg, cfg.collector_for(domain), obs_dim, action_dim, num_transitions, seed)
-    with new_directory(out, "dataset", overwrite) as tmp:
-        dataset = collect(
-            domain, explorer, num_transitions, num_envs=cfg.num_envs, seed=seed, asynchronous=cfg.asynchronous,
-            progress=progress, domain_spec=domain_spec, episode_length=cfg.episode_length,
+    explorer = make_explorer(cfg, cfg.collector_for(domain), obs_dim, action_dim, share, rank_seed)
+    with contextlib.ExitStack() as stack:
+        tmp = distributed.on_main(lambda: stack.enter_context(new_directory(out, "dataset", overwrite)))
+        arrays, elapsed = collect_arrays(
+            domain, explorer, share, num_envs=cfg.num_envs, seed=rank_seed, asynchronous=cfg.asynchronous,
+            progress=progress and rank == 0, episode_length=cfg.episode_length,
         )
+        parts = distributed.gather_objects((arrays, elapsed))
+        if parts is None:  # rank > 0: rank 0 writes the dataset
+            return None  # type: ignore[return-value]
+        meta = collection_meta(domain, explorer, seed, cfg.num_envs, cfg.episode_length, domain_spec,
+                               num_transitions, max(t for _, t in parts))
+        if world > 1:
+            meta["world_size"] = world  # rank r's environments: seed + r·num_envs + i
+        dataset = from_numpy(merge_parts([a for a, _ in parts]), meta)
         fault_point("collect:collected")
         png = coverage_png(domain, dataset)
         dataset.write_into(tmp, extra_files={"coverage.png": png} if png else None)
