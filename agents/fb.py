@@ -61,9 +61,12 @@ Differences from metamotivo (weights copied in, same batch, z and noise: losses,
 and Adam steps agree to float32 rounding):
 
 * the noisy actions of the actor loss and of the target are clamped to ``[−1, 1]`` (TD3);
-  metamotivo's clamp passes the gradient straight through to the unclamped action;
+  metamotivo clamps to ``±(1 − 10⁻⁶)`` and passes the gradient straight through to the
+  unclamped action, so a saturated action still learns;
 * F's ensemble layers (and every other layer) are initialised orthogonally with gain 1;
-  metamotivo initialises the ensemble layers with gain √2 (``calculate_gain("relu")``);
+  metamotivo initialises the ensemble layers with gain √2 (``calculate_gain("relu")``), F
+  2.6× larger at init. Measured on the maze and walker CPU presets, 3 seeds: neither alone
+  did better; together, higher walker returns but fewer goals (docs/results.md §25);
 * the actor's ``min`` over heads is metamotivo's ``mean − ½ · uncertainty`` only for two
   heads; for more, metamotivo's uncertainty is the mean pairwise ``|Q_i − Q_j|``;
 * the z mix draws goals from the batch's next states (metamotivo: its ``goal`` key, the same
