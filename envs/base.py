@@ -68,7 +68,8 @@ class Domain(ABC):
     #: within a goal: ``goal_distance(obs, goal) <= goal_threshold``
     goal_threshold: ClassVar[float] = 0.1
     #: goal success: 0 — the episode's final state is within the goal; ``k > 0`` — at least
-    #: ``k`` of its states are (FRE's ExORL rule: 101 of 500 decisions, 20% of an episode)
+    #: ``k`` of its states are. kvfrans/fre's ExORL evaluation asks for 101 of 1000 steps
+    #: (``clip_margin=100`` in experiment/run_fre.py, action repeat 1); zsrl's DMC domains 200
     goal_dwell_steps: ClassVar[int] = 0
     #: a goal file (:mod:`zsrl.envs.goals`): its goals and σ define ``goals`` and ``goal_distance``
     goals_file: ClassVar[Path | None] = None

@@ -241,3 +241,23 @@ def test_a_prompt_scores_the_same_whatever_is_evaluated_beside_it(run):
     assert alone.goals["reach_top_right"] == beside.goals["reach_top_right"]
     bases = [prompt_seed("task:reach_top_left", s, 1) for s in range(3)]
     assert min(abs(a - b) for a in bases for b in bases if a != b) > 10_000
+
+
+def test_goal_metrics_score_the_domains_rule_ever_reached_and_steps_within():
+    """Three episodes of 4 steps against a goal at 0 (threshold 1, success = 2 steps within):
+    within 3, 1 and 0 steps → success 1/3, ever reached 2/3, steps within [3, 1, 0]."""
+    from types import SimpleNamespace
+
+    from zsrl.envs.base import Domain
+    from zsrl.evaluation import episode_goal_stats, goal_metrics
+
+    domain = SimpleNamespace(goal_threshold=1.0, goal_dwell_steps=2)
+    domain.goal_distance = lambda obs, goal: np.abs(obs[..., 0] - goal[0])
+    domain.goal_success = lambda dist, alive: Domain.goal_success(domain, dist, alive)
+    x = np.array([[0.5, 2.0, 3.0], [0.2, 0.9, 3.0], [0.0, 5.0, 3.0], [4.0, 5.0, 3.0]])  # (T, E)
+    traj = SimpleNamespace(alive=np.ones((4, 3), dtype=bool), next_observation=x[..., None])
+    metrics = goal_metrics(domain, [episode_goal_stats(domain, traj, np.zeros(1))])
+    assert metrics["success"] == pytest.approx(1 / 3)
+    assert metrics["reached"] == pytest.approx(2 / 3)
+    assert metrics["steps_within"] == [3, 1, 0]
+    assert metrics["time_within"] == pytest.approx(4 / 12)

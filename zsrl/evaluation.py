@@ -116,7 +116,8 @@ class ScoredModel:
 class GoalResult:
     """Success rate and distances of rollouts towards one goal, averaged over seeds."""
 
-    success: float
+    success: float  # the domain's rule (``Domain.goal_success``)
+    reached: float  # fraction of episodes with at least one state within the threshold
     final_distance: float
     min_distance: float
     time_within: float  # fraction of the episodes' steps within the threshold
@@ -357,16 +358,20 @@ def episode_goal_stats(domain: Domain, traj: Rollout, goal: np.ndarray) -> dict[
             "min": np.where(alive, dist, np.inf).min(0), "within": within.sum(0), "steps": alive.sum(0)}
 
 
-def goal_metrics(domain: Domain, stats: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Success rate, mean final / closest distance and time within the goal over the episodes
-    of one or more rollouts (:func:`episode_goal_stats`)."""
+def goal_metrics(domain: Domain, stats: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Success rate (the domain's rule), the fraction of episodes that ever came within the
+    goal, mean final / closest distance and time within the goal over the episodes of one or
+    more rollouts (:func:`episode_goal_stats`); ``steps_within`` per episode lets any other
+    dwell rule be scored from results.json."""
     s = {k: np.concatenate([part[k] for part in stats]) for k in stats[0]}
     return {
         "success": float(s["success"].mean()),
+        "reached": float((s["within"] > 0).mean()),
         "final_distance": float(s["final"].mean()),
         "min_distance": float(s["min"].mean()),
         "time_within": float(s["within"].sum() / max(int(s["steps"].sum()), 1)),
         "threshold": float(domain.goal_threshold),
+        "steps_within": [int(n) for n in s["within"]],
     }
 
 

@@ -250,9 +250,9 @@ def format_table(evaluation: Evaluation) -> str:
     reached = {f"{name} (goal prompt)": g for name, g in goals.items()}
     reached |= {f"{name} (reward prompt)": r.goal for name, r in tasks.items() if r.goal is not None}
     if reached:
-        lines += ["", "| goal | success | final distance | min distance | time within | threshold |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| goal | success | ever reached | final distance | min distance | time within | threshold |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, g in reached.items():
-            lines.append(f"| {name} | {g.success:.0%} | {g.final_distance:.3f} | {g.min_distance:.3f} | "
-                         f"{g.time_within:.0%} | {g.threshold:g} |")
+            lines.append(f"| {name} | {g.success:.0%} | {g.reached:.0%} | {g.final_distance:.3f} | "
+                         f"{g.min_distance:.3f} | {g.time_within:.0%} | {g.threshold:g} |")
     return "\n".join(lines)
