@@ -71,6 +71,9 @@ class Domain(ABC):
     #: ``k`` of its states are. kvfrans/fre's ExORL evaluation asks for 101 of 1000 steps
     #: (``clip_margin=100`` in experiment/run_fre.py, action repeat 1); zsrl's DMC domains 200
     goal_dwell_steps: ClassVar[int] = 0
+    #: the dwell rule of the protocol a domain's goals come from, reported beside
+    #: :attr:`goal_dwell_steps` (kvfrans/fre's ExORL evaluation: 101); None: none reported
+    reference_goal_dwell_steps: ClassVar[int | None] = None
     #: a goal file (:mod:`zsrl.envs.goals`): its goals and σ define ``goals`` and ``goal_distance``
     goals_file: ClassVar[Path | None] = None
     #: the observation coordinates a goal file's distance compares (None: all)

@@ -73,6 +73,7 @@ class Cheetah(DMCDomain):
     goals_file: ClassVar[Path | None] = GOALS_DIR / "cheetah.json"
     goal_threshold: ClassVar[float] = 0.35
     goal_dwell_steps: ClassVar[int] = 200
+    reference_goal_dwell_steps: ClassVar[int | None] = 101  # kvfrans/fre: more than 100 steps
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

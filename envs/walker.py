@@ -71,6 +71,7 @@ class Walker(DMCDomain):
     goals_file: ClassVar[Path | None] = GOALS_DIR / "walker.json"
     goal_threshold: ClassVar[float] = 1.10
     goal_dwell_steps: ClassVar[int] = 200
+    reference_goal_dwell_steps: ClassVar[int | None] = 101  # kvfrans/fre: more than 100 steps
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

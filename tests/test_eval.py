@@ -261,3 +261,22 @@ def test_goal_metrics_score_the_domains_rule_ever_reached_and_steps_within():
     assert metrics["reached"] == pytest.approx(2 / 3)
     assert metrics["steps_within"] == [3, 1, 0]
     assert metrics["time_within"] == pytest.approx(4 / 12)
+    assert metrics["reference_success"] is None  # the domain names no reference rule
+    domain.reference_goal_dwell_steps = 3
+    assert goal_metrics(domain, [episode_goal_stats(domain, traj, np.zeros(1))])["reference_success"] == 1 / 3
+
+
+def test_the_goal_table_shows_the_reference_rule_where_a_domain_has_one():
+    """A reference-rule column appears when some goal result has one (a dash where another
+    has none); without any, the table has no such column."""
+    from types import SimpleNamespace
+
+    from zsrl.evaluation import GoalResult
+    from zsrl.report import format_table
+
+    plain = GoalResult(success=0.5, reached=1.0, final_distance=0.2, min_distance=0.1, time_within=0.3, threshold=1.1)
+    with_ref = GoalResult(**{**plain.__dict__, "reference_success": 0.9})
+    table = format_table(SimpleNamespace(tasks={}, goals={"goal_1": with_ref, "goal_2": plain}))
+    assert "| goal | success | reference rule | ever reached |" in table
+    assert "| goal_1 (goal prompt) | 50% | 90% | 100% |" in table and "| goal_2 (goal prompt) | 50% | – | 100% |" in table
+    assert "reference rule" not in format_table(SimpleNamespace(tasks={}, goals={"goal_2": plain}))

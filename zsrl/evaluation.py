@@ -122,6 +122,8 @@ class GoalResult:
     min_distance: float
     time_within: float  # fraction of the episodes' steps within the threshold
     threshold: float
+    #: success under ``Domain.reference_goal_dwell_steps`` (None where the domain has none)
+    reference_success: float | None = None
 
 
 @dataclass
@@ -361,11 +363,14 @@ def episode_goal_stats(domain: Domain, traj: Rollout, goal: np.ndarray) -> dict[
 def goal_metrics(domain: Domain, stats: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Success rate (the domain's rule), the fraction of episodes that ever came within the
     goal, mean final / closest distance and time within the goal over the episodes of one or
-    more rollouts (:func:`episode_goal_stats`); ``steps_within`` per episode lets any other
-    dwell rule be scored from results.json."""
+    more rollouts (:func:`episode_goal_stats`), and success under the domain's reference dwell
+    rule where it has one; ``steps_within`` per episode lets any other dwell rule be scored
+    from results.json."""
     s = {k: np.concatenate([part[k] for part in stats]) for k in stats[0]}
+    reference = getattr(domain, "reference_goal_dwell_steps", None)
     return {
         "success": float(s["success"].mean()),
+        "reference_success": None if reference is None else float((s["within"] >= reference).mean()),
         "reached": float((s["within"] > 0).mean()),
         "final_distance": float(s["final"].mean()),
         "min_distance": float(s["min"].mean()),
@@ -559,8 +564,9 @@ def _goal_over_seeds(name: str, per_seed: list[dict[str, Any]]) -> GoalResult:
     return _mean_goal([s["goals"][name] for s in per_seed])
 
 
-def _mean_goal(runs: list[dict[str, float]]) -> GoalResult:
-    return GoalResult(**{f.name: float(np.mean([run[f.name] for run in runs])) for f in fields(GoalResult)})
+def _mean_goal(runs: list[dict[str, Any]]) -> GoalResult:
+    values = {f.name: [run.get(f.name) for run in runs] for f in fields(GoalResult)}
+    return GoalResult(**{name: None if None in v else float(np.mean(v)) for name, v in values.items()})
 
 
 def _aggregate(per_seed: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any] | None:

@@ -250,9 +250,12 @@ def format_table(evaluation: Evaluation) -> str:
     reached = {f"{name} (goal prompt)": g for name, g in goals.items()}
     reached |= {f"{name} (reward prompt)": r.goal for name, r in tasks.items() if r.goal is not None}
     if reached:
-        lines += ["", "| goal | success | ever reached | final distance | min distance | time within | threshold |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        reference = any(g.reference_success is not None for g in reached.values())
+        lines += ["", "| goal | success |" + (" reference rule |" if reference else "")
+                  + " ever reached | final distance | min distance | time within | threshold |",
+                  "|---|---:|" + ("---:|" if reference else "") + "---:|---:|---:|---:|---:|"]
         for name, g in reached.items():
-            lines.append(f"| {name} | {g.success:.0%} | {g.reached:.0%} | {g.final_distance:.3f} | "
+            ref = "" if not reference else " – |" if g.reference_success is None else f" {g.reference_success:.0%} |"
+            lines.append(f"| {name} | {g.success:.0%} |{ref} {g.reached:.0%} | {g.final_distance:.3f} | "
                          f"{g.min_distance:.3f} | {g.time_within:.0%} | {g.threshold:g} |")
     return "\n".join(lines)
