@@ -94,7 +94,6 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from zsrl import distributed
 from zsrl.agents.base import Agent, Model
 from zsrl.agents.goals import goal_position_probs, sample_categorical
 from zsrl.config import AgentConfig, param
@@ -108,6 +107,7 @@ from zsrl.nn import (
     gaussian_log_prob,
     kl_standard_normal,
     mlp,
+    q_scale,
     soft_update,
 )
 
@@ -678,7 +678,7 @@ class FREAgent(Agent):
         if cfg.actor_loss == "ddpg":
             pi, _ = model.actor(actor_in)
             q_pi = call_frozen(model.critic, torch.cat([obs_n, pi, w], -1)).squeeze(-1).min(0).values
-            actor_loss = -q_pi.mean() / distributed.global_mean(q_pi.abs().mean().detach()).clamp_min(1e-6)
+            actor_loss = -q_pi.mean() / q_scale(q_pi)
             actor_loss = actor_loss + cfg.bc_weight * (pi - action).pow(2).sum(-1).mean()
         else:
             actor_loss = -(weight * model.actor.log_prob(actor_in, action)).mean()

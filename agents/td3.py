@@ -28,12 +28,11 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
-from zsrl import distributed
 from zsrl.agents.base import Agent, Model
 from zsrl.config import AgentConfig, param
 from zsrl.data import as_transitions
 from zsrl.engine import Metrics
-from zsrl.nn import call_frozen, clipped_noise_action, mlp, soft_update
+from zsrl.nn import call_frozen, clipped_noise_action, mlp, q_scale, soft_update
 
 
 @dataclass
@@ -129,7 +128,7 @@ class TD3Agent(Agent):
         pi = torch.tanh(actor(obs))
         # the critic is frozen here: its weight gradients are not computed
         q_pi = call_frozen(self.critic, torch.cat([obs, pi], -1))[0].squeeze(-1)
-        lam = 1.0 / distributed.global_mean(q_pi.abs().mean().detach()).clamp_min(1e-6) if cfg.bc_weight > 0 else 1.0
+        lam = 1.0 / q_scale(q_pi) if cfg.bc_weight > 0 else 1.0
         bc = (pi - action).pow(2).sum(-1).mean()
         actor_loss = -lam * q_pi.mean() + cfg.bc_weight * bc
         self.step_optimizers(actor_loss, self.actor_opt)

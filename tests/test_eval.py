@@ -251,7 +251,7 @@ def test_goal_metrics_score_the_domains_rule_ever_reached_and_steps_within():
     from zsrl.envs.base import Domain
     from zsrl.evaluation import episode_goal_stats, goal_metrics
 
-    domain = SimpleNamespace(goal_threshold=1.0, goal_dwell_steps=2)
+    domain = SimpleNamespace(goal_threshold=1.0, goal_dwell_steps=2, reference_goal_dwell_steps=None)
     domain.goal_distance = lambda obs, goal: np.abs(obs[..., 0] - goal[0])
     domain.goal_success = lambda dist, alive: Domain.goal_success(domain, dist, alive)
     x = np.array([[0.5, 2.0, 3.0], [0.2, 0.9, 3.0], [0.0, 5.0, 3.0], [4.0, 5.0, 3.0]])  # (T, E)

@@ -367,7 +367,7 @@ def goal_metrics(domain: Domain, stats: list[dict[str, np.ndarray]]) -> dict[str
     rule where it has one; ``steps_within`` per episode lets any other dwell rule be scored
     from results.json."""
     s = {k: np.concatenate([part[k] for part in stats]) for k in stats[0]}
-    reference = getattr(domain, "reference_goal_dwell_steps", None)
+    reference = domain.reference_goal_dwell_steps
     return {
         "success": float(s["success"].mean()),
         "reference_success": None if reference is None else float((s["within"] >= reference).mean()),

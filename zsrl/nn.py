@@ -216,6 +216,12 @@ def optimizer_step(loss: torch.Tensor, *opts: torch.optim.Optimizer, clip_grad_n
         opt.step()
 
 
+def q_scale(q: torch.Tensor) -> torch.Tensor:
+    """TD3+BC's normaliser of the actor's objective (Fujimoto & Gu, 2021): ``mean |Q|`` over the
+    batch — the global batch under data parallelism — detached and floored at 1e-6."""
+    return distributed.global_mean(q.abs().mean().detach()).clamp_min(1e-6)
+
+
 def make_adam(
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], device: torch.device, **kwargs: Any
 ) -> torch.optim.Adam:
