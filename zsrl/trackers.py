@@ -22,8 +22,8 @@ from zsrl.callbacks import Callback
 from zsrl.errors import UserError
 from zsrl.storage import read_json_object
 
+#: the trackers, each also the name of the extra that installs its package
 TRACKERS = ("tensorboard", "wandb")
-_EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def check_trackers(names: list[str]) -> None:
@@ -34,7 +34,7 @@ def check_trackers(names: list[str]) -> None:
         try:
             __import__("torch.utils.tensorboard" if name == "tensorboard" else "wandb")
         except ImportError:
-            raise UserError(f"train.loggers=[{name}] needs its package: pip install \"zsrl[{_EXTRA[name]}]\"") from None
+            raise UserError(f"train.loggers=[{name}] needs its package: pip install \"zsrl[{name}]\"") from None
 
 
 class Tracker(Callback):
