@@ -305,6 +305,13 @@ def merge_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return merged
 
 
+def coverage_files(domain: Any, dataset: OfflineDataset) -> dict[str, bytes] | None:
+    """The extra files of a new dataset folder: ``coverage.png`` where the domain draws a
+    floor plan (:func:`coverage_png`), else none."""
+    png = coverage_png(domain, dataset)
+    return {"coverage.png": png} if png else None
+
+
 def coverage_png(domain: Any, dataset: OfflineDataset) -> bytes | None:
     """A picture of visited positions over the domain layout (domains with ``draw_layout``)."""
     if not domain.has_layout:
@@ -380,7 +387,6 @@ def collect_to_disk(
             meta["world_size"] = world  # rank r's environments: seed + r·num_envs + i
         dataset = from_numpy(merge_parts([a for a, _ in parts]), meta)
         fault_point("collect:collected")
-        png = coverage_png(domain, dataset)
-        dataset.write_into(tmp, extra_files={"coverage.png": png} if png else None)
+        dataset.write_into(tmp, coverage_files(domain, dataset))
     dataset.path = out
     return dataset

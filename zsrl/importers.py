@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from zsrl.collection import coverage_png
+from zsrl.collection import coverage_files
 from zsrl.data import OfflineDataset, env_dims, from_numpy
 from zsrl.errors import DatasetError, UserError
-from zsrl.storage import new_directory
 from zsrl.utils import now_iso, versions
 
 EXORL_KEYS = ("observation", "action", "discount", "physics")
@@ -59,7 +58,7 @@ def import_exorl(
 ) -> OfflineDataset:
     """Import the ExORL episodes under ``folder`` (its ``.npz`` files, sorted by name; the
     first ``episodes`` of them) as a zsrl dataset of ``domain`` at ``out``."""
-    folder, out = Path(folder), Path(out)
+    folder = Path(folder)
     files = sorted(folder.rglob("*.npz"))[:episodes]
     if not files:
         raise UserError(f"{folder} holds no .npz episode files; point at an ExORL dataset folder (its buffer/)")
@@ -88,10 +87,7 @@ def import_exorl(
             "source": str(folder.resolve()), "episodes_imported": len(files), "created": now_iso(),
             "versions": versions()}
     dataset = from_numpy(arrays, meta)
-    with new_directory(out, "dataset", overwrite) as tmp:
-        png = coverage_png(domain, dataset)
-        dataset.write_into(tmp, extra_files={"coverage.png": png} if png else None)
-    dataset.path = out
+    dataset.save(out, overwrite, coverage_files(domain, dataset))
     return dataset
 
 
@@ -140,9 +136,7 @@ def import_minari(
     meta = {"domain": domain.name, "domain_spec": domain_spec or domain.name, "collector": f"minari:{dataset_id}",
             "episodes_imported": len(parts), "created": now_iso(), "versions": versions()}
     dataset = from_numpy(arrays, meta)
-    with new_directory(out, "dataset", overwrite) as tmp:
-        dataset.write_into(tmp)
-    dataset.path = out
+    dataset.save(out, overwrite, coverage_files(domain, dataset))
     return dataset
 
 
