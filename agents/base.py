@@ -40,7 +40,7 @@ from zsrl.agents.policy import Policy
 from zsrl.config import AgentConfig
 from zsrl.data import ArrayRewardFn, reward_from_arrays
 from zsrl.engine import Metrics, ParameterAverage
-from zsrl.errors import CheckpointError
+from zsrl.errors import CheckpointError, UserError
 from zsrl.nn import Standardize, fit_standardizers, make_adam, optimizer_step, restore_fast_adam
 
 __all__ = ["MODEL_WEIGHTS", "Agent", "Model", "Policy", "check_finite"]
@@ -139,10 +139,20 @@ class Model(nn.Module):
             rewards = dataset.labelled_sample(reward_from_arrays(reward_fn), n, seed)
         parts = [as_tensor(x) for x in rewards]
         if len(parts) == 2:
-            return Policy(self, z=self.infer_z_from_rewards(*parts))
+            return Policy(self, z=self.finite_prompt(self.infer_z_from_rewards(*parts), parts[-1]))
         if len(parts) == 3:
-            return Policy(self, z=self.infer_z_from_transitions(*parts))
+            return Policy(self, z=self.finite_prompt(self.infer_z_from_transitions(*parts), parts[-1]))
         raise ValueError(f"rewards= takes (states, rewards) or (obs, next_obs, rewards), got {len(parts)} arrays")
+
+    @staticmethod
+    def finite_prompt(z: torch.Tensor, rewards: torch.Tensor, what: str = "the prompt") -> torch.Tensor:
+        """``z`` inferred from ``rewards``, refused when it is not finite: finite rewards too
+        large for float32 once the model sums them (1e38) would give NaN actions."""
+        if not bool(torch.isfinite(z).all()):
+            peak = float(rewards.abs().max())
+            raise UserError(f"{what} is not finite: its {len(rewards):,} rewards (up to {peak:.3g} in size) overflow "
+                            "float32 when the model sums them; scale the reward down")
+        return z
 
     def _check_prompt(self, obs: torch.Tensor, rewards: torch.Tensor | None = None) -> None:
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:

@@ -86,6 +86,9 @@ def test_reward_prompts_from_a_function_or_from_samples(trained):
         model.prompt(goal=[0, 0, 0, 0], reward_fn=left)
     with pytest.raises(ValueError, match="pass the dataset"):
         model.prompt(reward_fn=left)
+    huge = np.full(500, 1e38, dtype=np.float32)  # finite, but their sum into z overflows float32
+    with pytest.raises(zsrl.errors.UserError, match="is not finite.*up to 1e\\+38 in size"):
+        model.prompt(rewards=(states.numpy(), huge))
 
 
 def test_evaluate_and_errors_are_the_clis(trained):

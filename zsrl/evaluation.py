@@ -321,11 +321,8 @@ def evaluate_tasks(
     for name, fn in fns.items():
         obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, prompt_seed(f"task:{name}", seed))
         dev = model.device
-        z = model.infer_z_from_transitions(obs.to(dev), next_obs.to(dev), rewards.to(dev))
-        if not torch.isfinite(z).all():
-            peak = float(rewards.abs().max())
-            raise UserError(f"the prompt of {name!r} is not finite: its {len(rewards):,} rewards (up to {peak:.3g} in "
-                            "size) overflow float32 when the model sums them; scale the reward down")
+        z = model.finite_prompt(model.infer_z_from_transitions(obs.to(dev), next_obs.to(dev), rewards.to(dev)),
+                                rewards, f"the prompt of {name!r}")
         goal = domain.goal_of_task(name) if isinstance(name, str) else None
         returns, goal_stats = [], []
         for traj in rollout_chunks(model, domain, z, episodes, prompt_seed(f"task:{name}", seed, 1),
