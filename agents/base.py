@@ -115,6 +115,12 @@ class Model(nn.Module):
         """Environment steps each action is held for (``agent.action_repeat``)."""
         return int(getattr(self.cfg, "action_repeat", 1))
 
+    @property
+    def inference_samples(self) -> int:
+        """How many reward-labelled dataset transitions a reward prompt reads by default (the
+        config's ``inference_samples``; 10,000 for a method without one)."""
+        return getattr(self.cfg, "inference_samples", 10_000)
+
     def prompt(
         self, *, rewards: tuple[Any, ...] | None = None, reward_fn: ArrayRewardFn | None = None, goal: Any = None,
         dataset: Any = None, samples: int | None = None, seed: int = 0,
@@ -135,7 +141,7 @@ class Model(nn.Module):
         if reward_fn is not None:
             if dataset is None:
                 raise ValueError("reward_fn= labels dataset states: pass the dataset (zsrl.load_dataset(DIR))")
-            n = samples or getattr(self.cfg, "inference_samples", 10_000)
+            n = samples or self.inference_samples
             rewards = dataset.labelled_sample(reward_from_arrays(reward_fn), n, seed)
         parts = [as_tensor(x) for x in rewards]
         if len(parts) == 2:

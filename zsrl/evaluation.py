@@ -316,7 +316,7 @@ def evaluate_tasks(
     ``rollouts``, if given, receives each task's rollout as ``"task:NAME"`` (for pictures).
     """
     fns = tasks if isinstance(tasks, Mapping) else {t: task_reward_fn(domain, t) for t in tasks}
-    n = reward_samples or getattr(model.cfg, "inference_samples", 10_000)
+    n = reward_samples or model.inference_samples
     results = {}
     for name, fn in fns.items():
         obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, prompt_seed(f"task:{name}", seed))
