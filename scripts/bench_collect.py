@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from zsrl.collection import CollectorConfig, collect, make_explorer
+from zsrl.data import env_dims
 from zsrl.envs import make_domain
 from zsrl.utils import versions
 
@@ -56,9 +57,7 @@ class TimedExplorer:
 
 def in_process(domain_name: str, collector: str, n: int, num_envs: int) -> dict[str, Any]:
     domain = make_domain(domain_name)
-    env = domain.make_env(seed=0)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
+    obs_dim, act_dim = env_dims(domain)
     explorer = TimedExplorer(make_explorer(CollectorConfig(), collector, obs_dim, act_dim, n, seed=0))
     t0 = time.perf_counter()
     collect(domain, explorer, n, num_envs=num_envs, progress=False)

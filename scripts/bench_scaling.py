@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from zsrl.config import load_run_config
+from zsrl.data import env_dims
 from zsrl.envs import make_domain
 from zsrl.training import build_agent
 from zsrl.utils import versions
@@ -71,9 +72,7 @@ def train_rate(preset: str, dataset: str, nprocs: int, threads: int, steps: int,
 
 def comm_model(preset: str, overrides: list[str], t1_ms: float) -> dict[str, Any]:
     cfg = load_run_config(preset, overrides)
-    env = make_domain(cfg.domain).make_env(seed=0)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
+    obs_dim, act_dim = env_dims(make_domain(cfg.domain))
     agent = build_agent(cfg, obs_dim, act_dim, torch.device("cpu"))
     params = sum(p.numel() for o in agent.optimizers().values() for g in o.param_groups for p in g["params"])
     contrastive = hasattr(agent, "fb_loss")

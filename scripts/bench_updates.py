@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from zsrl.config import RunConfig, load_run_config
-from zsrl.data import OfflineDataset, from_numpy
+from zsrl.data import OfflineDataset, env_dims, from_numpy
 from zsrl.engine import Engine
 from zsrl.envs import make_domain
 from zsrl.registry import agent_class
@@ -66,10 +66,8 @@ def random_dataset(obs_dim: int, action_dim: int, n: int, device: torch.device) 
 
 
 def domain_dims(domain_name: str) -> tuple[int, int]:
-    env = make_domain(domain_name).make_env(seed=0)
-    dims = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
-    return dims
+    """``(obs_dim, action_dim)`` of a domain by name (:func:`zsrl.data.env_dims`)."""
+    return env_dims(make_domain(domain_name))
 
 
 def prepare_engine(cfg: RunConfig, data: OfflineDataset, device: torch.device, precision: str | None = None) -> Engine:
