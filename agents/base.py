@@ -109,6 +109,15 @@ class Model(nn.Module):
 
     #: whether the goal embedding depends on the current observation (re-infer every step)
     goal_z_depends_on_obs: ClassVar[bool] = False
+    #: frames of history the networks read (:mod:`zsrl.agents.memory`): ``act``, and reward
+    #: prompts, take histories ``(N, L, obs_dim + action_dim)`` of one frame ``(o, a_prev)`` per
+    #: decision, which a :class:`Policy` keeps; 0: the current observation only
+    history_length: int = 0
+
+    @property
+    def prompt_history(self) -> tuple[int, int] | None:
+        """``(L, stride)`` of the histories a reward prompt reads (None: states)."""
+        return (self.history_length, self.action_repeat) if self.history_length else None
 
     @property
     def action_repeat(self) -> int:
@@ -142,7 +151,7 @@ class Model(nn.Module):
             if dataset is None:
                 raise ValueError("reward_fn= labels dataset states: pass the dataset (zsrl.load_dataset(DIR))")
             n = samples or self.inference_samples
-            rewards = dataset.labelled_sample(reward_from_arrays(reward_fn), n, seed)
+            rewards = dataset.labelled_sample(reward_from_arrays(reward_fn), n, seed, self.prompt_history)
         parts = [as_tensor(x) for x in rewards]
         if len(parts) == 2:
             return Policy(self, z=self.finite_prompt(self.infer_z_from_rewards(*parts), parts[-1]))

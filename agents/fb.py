@@ -164,10 +164,16 @@ class FBModel(Model):
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: FBConfig):
         super().__init__(obs_dim, action_dim, cfg)
-        self.forward_map = ForwardMap(obs_dim, action_dim, cfg)
-        self.backward_map = BackwardMap(obs_dim, cfg)
-        self.actor = Actor(obs_dim, action_dim, cfg)
+        self.forward_map = self.reading_observations("forward", lambda d, c: ForwardMap(d, action_dim, c))
+        self.backward_map = self.reading_observations("backward", BackwardMap)
+        self.actor = self.reading_observations("actor", lambda d, c: Actor(d, action_dim, c))
         self.radius = math.sqrt(cfg.z_dim)
+
+    def reading_observations(self, role: str, build: Callable[[int, FBConfig], nn.Module]) -> nn.Module:
+        """The network ``build(obs_dim, cfg)`` that reads observations in ``role`` (``forward``,
+        ``backward`` or ``actor``): the seam where FB with memory (:mod:`zsrl.agents.memory`)
+        puts a history encoder in front of each network."""
+        return build(self.obs_dim, self.cfg)
 
     def project_z(self, z: torch.Tensor) -> torch.Tensor:
         return project_to_sphere(z, self.radius)
@@ -221,9 +227,10 @@ class FBAgent(Agent):
         self.actor_opt = self.add_optimizer("actor_opt", m.actor.parameters(), lr=cfg.lr_actor)
         #: the optimisers stepped on :meth:`fb_objective`'s loss (disjoint parameters)
         self.fb_optimizers: list[torch.optim.Optimizer] = [self.fb_opt]
-        self.next_b: OneStepB | None = None
+        self.next_b: nn.Module | None = None
         if cfg.myopic_coef > 0:
-            self.next_b = self.add_module("next_b", OneStepB(obs_dim, action_dim, cfg))
+            self.next_b = self.add_module(
+                "next_b", m.reading_observations("forward", lambda d, c: OneStepB(d, action_dim, c)))
             self.fb_optimizers.append(self.add_optimizer("next_b_opt", self.next_b.parameters(), lr=cfg.lr_f))
 
     def batch_bytes(self, batch_size: int) -> int:
@@ -265,7 +272,7 @@ class FBAgent(Agent):
         z = self.model.sample_z(n, next_obs.device)
         if goal is None:
             perm = torch.randperm(n, device=next_obs.device)
-            goal = next_obs.gather(0, perm[:, None].expand_as(next_obs))
+            goal = next_obs.gather(0, perm.view(-1, *[1] * (next_obs.dim() - 1)).expand_as(next_obs))
         with torch.no_grad():
             goal_z = self.model.backward_map(goal)
         use_goal = torch.rand(n, 1, device=next_obs.device) < self.cfg.mix_ratio

@@ -32,6 +32,7 @@ from zsrl.registry import domain_factory
 
 from .base import Domain
 from .gym_domain import GymDomain
+from .pomdp import partially_observed, split_variant
 
 if TYPE_CHECKING:
     from .dmc import DMCDomain, DMCEnv
@@ -53,7 +54,11 @@ __all__ = [
 def make_domain(name: str, source: str | None = None) -> Domain:
     """Build the domain called ``name`` (see :mod:`zsrl.registry` for the lookup order and
     for ``source``, the artifact a name was read from); ``gym:ENV_ID`` is any registered
-    gymnasium env as a :class:`GymDomain` without tasks (prompt it with reward functions)."""
+    gymnasium env as a :class:`GymDomain` without tasks (prompt it with reward functions);
+    ``NAME+SETTING…`` is a partially observed variant (:mod:`zsrl.envs.pomdp`)."""
+    base, settings = split_variant(name)
+    if settings:
+        return partially_observed(make_domain(base, source), settings, name)
     if name.startswith("gym:"):
         return GymDomain(name.removeprefix("gym:"), name=name)
     factory = domain_factory(name, source)

@@ -87,6 +87,15 @@ class Domain(ABC):
     collection_episode_length: ClassVar[int | None] = None
     #: the collector ``zsrl collect`` and ``zsrl pipeline`` use unless told otherwise
     default_collector: ClassVar[str] = "rnd"
+    #: the observation coordinates that are positions: what the ``+occluded`` variant keeps
+    #: (:mod:`zsrl.envs.pomdp`; None: the domain has no occluded variant)
+    position_dims: ClassVar[tuple[int, ...] | None] = None
+    #: the variant's name (``walker+flickering``; "" for the domain itself), what its agents see
+    #: of an observation (an :class:`~zsrl.envs.pomdp.Observer`; None: the true state) and its
+    #: dynamics multiplier, all set by :func:`~zsrl.envs.pomdp.partially_observed`
+    variant: str = ""
+    observer: Any = None
+    dynamics: float = 1.0
 
     @abstractmethod
     def make_env(self, seed: int | None = None, render_mode: str | None = None) -> gym.Env:

@@ -74,6 +74,8 @@ class Cheetah(DMCDomain):
     goal_threshold: ClassVar[float] = 0.35
     goal_dwell_steps: ClassVar[int] = 200
     reference_goal_dwell_steps: ClassVar[int | None] = 101  # kvfrans/fre: more than 100 steps
+    #: +occluded keeps the joint positions (the reference's cheetah occlusion)
+    position_dims: ClassVar[tuple[int, ...] | None] = tuple(range(8))
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

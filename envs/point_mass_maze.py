@@ -171,6 +171,8 @@ class PointMassMaze(DMCDomain):
     #: each target).
     collection_episode_length: ClassVar[int | None] = 50_000
     default_collector: ClassVar[str] = "sticky"
+    #: +occluded keeps the ball's position (x, y) and drops its velocity
+    position_dims: ClassVar[tuple[int, ...] | None] = (0, 1)
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {name: Reach(target) for name, target in TARGETS.items()}

@@ -108,6 +108,9 @@ class Quadruped(DMCDomain):
     #: accelerometer (observation[48:51]) and the toe force/torque sensors (observation[54:]),
     #: acceleration-stage readings that depend on the applied control and jump at contacts
     goal_dims: ClassVar[tuple[int, ...] | None] = (*range(48), 51, 52, 53)
+    #: +occluded keeps the egocentric state, uprightness and toe force/torque sensors and drops
+    #: the torso velocity and the IMU (the reference's quadruped occlusion)
+    position_dims: ClassVar[tuple[int, ...] | None] = (*range(44), 47, *range(54, 78))
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

@@ -72,6 +72,8 @@ class Walker(DMCDomain):
     goal_threshold: ClassVar[float] = 1.10
     goal_dwell_steps: ClassVar[int] = 200
     reference_goal_dwell_steps: ClassVar[int | None] = 101  # kvfrans/fre: more than 100 steps
+    #: +occluded keeps the orientations and the height (the reference's walker occlusion)
+    position_dims: ClassVar[tuple[int, ...] | None] = tuple(range(15))
 
     def dmc_tasks(self) -> dict[str, suite_base.Task]:
         return {

@@ -148,7 +148,10 @@ def test_benchmark_bars(tmp_path):
 
 # ---- video -------------------------------------------------------------------------------
 class ZeroPolicy:
+    """A model that always acts 0 (what a Policy reads of a model)."""
+
     device = torch.device("cpu")
+    obs_dim, action_dim, action_repeat, history_length, goal_z_depends_on_obs = 4, 2, 1, 0, False
 
     def act(self, obs, z, mean=True):
         assert obs.shape == (1, 4) and z.shape == (1, 3) and mean

@@ -265,6 +265,8 @@ def check_model_fits_domain(model: Model, domain: Any, run_dir: str | Path) -> M
     env = domain.make_env(seed=0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
+    if domain.observer is not None:
+        obs_dim = domain.observer.seen_dim(obs_dim)
     if (model.obs_dim, model.action_dim) != (obs_dim, act_dim):
         raise CheckpointError(
             f"the model in {run_dir} expects obs/action dims {(model.obs_dim, model.action_dim)} "

@@ -94,12 +94,17 @@ class OfflineDataset:
         meta: metadata (``domain``, ``collector``, ``seed``, ``versions`` …).
     """
 
-    def __init__(self, data: TensorDict, meta: Mapping[str, Any], path: Path | None = None):
+    def __init__(self, data: TensorDict, meta: Mapping[str, Any], path: Path | None = None,
+                 source: OfflineDataset | None = None):
         self.data = data
         self.meta = dict(meta)
         #: the directory it was loaded from or saved to (None: in memory only)
         self.path = path
+        #: the step-by-step dataset whose rows ``data["row"]`` these transitions start at
+        #: (:func:`held_action_transitions`); None: the rows are this dataset's own
+        self.source = source
         self._episode_end: torch.Tensor | None = None
+        self._episode_start: torch.Tensor | None = None
 
     # ---- basic properties --------------------------------------------------------------
     def __len__(self) -> int:
@@ -129,7 +134,8 @@ class OfflineDataset:
         """The same dataset on ``device`` (itself where it is there already)."""
         if torch.device(device) == self.device:
             return self
-        return OfflineDataset(self.data.to(device), self.meta, self.path)
+        source = None if self.source is None else self.source.to(device)
+        return OfflineDataset(self.data.to(device), self.meta, self.path, source)
 
     # ---- sampling ----------------------------------------------------------------------
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -141,11 +147,12 @@ class OfflineDataset:
         return self.data[self.sample_indices(batch_size, generator)]
 
     def labelled_sample(
-        self, reward_fn: Callable[[Transitions], Any], n: int, seed: int
+        self, reward_fn: Callable[[Transitions], Any], n: int, seed: int, history: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(obs, next_obs, rewards)`` of ``n`` distinct random transitions (all if fewer),
         drawn with ``seed`` and labelled by ``reward_fn`` on the host, returned on the
-        dataset's device: what a reward prompt reads. Rewards must be finite real numbers."""
+        dataset's device: what a reward prompt reads. Rewards must be finite real numbers.
+        ``history=(L, stride)``: the states are the histories that end at them (:meth:`histories`)."""
         g = torch.Generator().manual_seed(seed)
         n = min(n, len(self))
         idx = torch.randperm(len(self), generator=g)[:n].to(self.device)
@@ -153,7 +160,9 @@ class OfflineDataset:
         rewards = checked_rewards(reward_fn(as_transitions(batch)), n, f"the reward function {reward_fn!r}")
         if not np.isfinite(rewards).all():
             raise ValueError("the reward function returned NaN or inf rewards; fix it before prompting with it")
-        return batch["observation"], batch["next", "observation"], torch.as_tensor(rewards, device=self.device)
+        obs, next_obs = (batch["observation"], batch["next", "observation"]) if history is None else self.histories(
+            idx, *history)
+        return obs, next_obs, torch.as_tensor(rewards, device=self.device)
 
     @property
     def episode_end(self) -> torch.Tensor:
@@ -167,6 +176,64 @@ class OfflineDataset:
             which = torch.searchsorted(ends, torch.arange(n, device=ep.device))
             self._episode_end = ends[which]
         return self._episode_end
+
+    @property
+    def episode_start(self) -> torch.Tensor:
+        """For each transition, the index of the first transition of its episode."""
+        if self._episode_start is None:
+            ep = self.data["episode"]
+            n = ep.shape[0]
+            boundary = torch.ones(n, dtype=torch.bool, device=ep.device)
+            boundary[1:] = ep[1:] != ep[:-1]
+            starts = torch.nonzero(boundary).squeeze(-1)
+            which = torch.searchsorted(starts, torch.arange(n, device=ep.device), right=True) - 1
+            self._episode_start = starts[which]
+        return self._episode_start
+
+    def histories(self, idx: torch.Tensor, length: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(H, H')``, each ``(N, L, obs_dim + action_dim)``: the last ``L = length`` frames
+        ``(o, a_prev)`` of a policy deciding every ``stride`` steps, up to ``observation[idx]``
+        and up to ``next/observation[idx]``.
+
+        Frame ``k`` of ``H`` is the observation ``(L − 1 − k)·stride`` steps before ``idx`` with
+        the action taken just before it; before its episode starts, the episode's first
+        observation with a zero action (the window a policy starts an episode with). The last
+        frame of ``H'`` is ``(next/observation[idx], action[idx])``. Rows of a dataset of
+        held-action transitions (:func:`held_action_transitions`) are read in the
+        step-by-step dataset they were made from (:attr:`source`). Drawn on the dataset's
+        device, no host synchronisation once ``episode_start`` exists.
+        """
+        raw = self.source or self
+        rows = idx if self.source is None else self.data["row"][idx]
+        start = raw.episode_start[rows].unsqueeze(1)  # (N, 1)
+        reached = rows + (stride if self.source is not None else 1)  # the raw row of next/observation
+
+        def frames(end: torch.Tensor, count: int) -> torch.Tensor:  # (N, count, D + A), ending at row `end`
+            at = end.unsqueeze(1) - stride * torch.arange(count - 1, -1, -1, device=idx.device)
+            at = torch.maximum(at, start)
+            prev_action = raw.data["action"][(at - 1).clamp_min(0)] * (at > start).unsqueeze(-1)
+            return torch.cat([raw.data["observation"][at], prev_action], -1)
+
+        last = torch.cat([self.data["next", "observation"][idx], self.data["action"][idx]], -1).unsqueeze(1)
+        return frames(rows, length), torch.cat([frames(reached - stride, length - 1), last], 1)
+
+    def seen_through(self, observer: Callable[..., torch.Tensor], seed: int) -> OfflineDataset:
+        """The dataset as an agent of a partially observed domain variant sees it
+        (:mod:`zsrl.envs.pomdp`): ``observation`` and ``next/observation`` through
+        ``observer``, drawn once from ``seed`` (frozen for the run). A transition's
+        ``next/observation`` is the next row's seen ``observation`` where that row continues
+        its episode, so consecutive frames agree. The true ones stay as ``true_observation``
+        and ``next/true_observation``: rewards are computed from them."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        data = self.data.clone(recurse=False)
+        obs, next_obs = data["observation"], data["next", "observation"]
+        seen, seen_next = observer(obs, g), observer(next_obs, g)
+        continues = torch.zeros(len(self), dtype=torch.bool, device=self.device)
+        continues[:-1] = (data["episode"][1:] == data["episode"][:-1]) & (data["step"][1:] == data["step"][:-1] + 1)
+        seen_next[:-1] = torch.where(continues[:-1, None], seen[1:], seen_next[:-1])
+        data["true_observation"], data["next", "true_observation"] = obs, next_obs
+        data["observation"], data["next", "observation"] = seen, seen_next
+        return OfflineDataset(data, {**self.meta, "seen_through": str(observer)}, self.path)
 
     def sample_future(
         self, idx: torch.Tensor, discount: float, generator: torch.Generator | None = None
@@ -578,10 +645,11 @@ def as_transitions(data: TensorDict) -> Transitions:
     def np_(key: Any) -> np.ndarray | None:
         return data[key].detach().cpu().numpy() if key in data.keys(include_nested=True) else None
 
+    true = "true_observation" in data.keys(include_nested=False)  # a partially observed view: rewards from the truth
     return Transitions(
-        observation=np_("observation"),
+        observation=np_("true_observation" if true else "observation"),
         action=np_("action"),
-        next_observation=np_(("next", "observation")),
+        next_observation=np_(("next", "true_observation") if true else ("next", "observation")),
         physics=np_("physics"),
         next_physics=np_(("next", "physics")),
     )
@@ -626,4 +694,5 @@ def held_action_transitions(dataset: OfflineDataset, repeat: int) -> OfflineData
     last = first + repeat - 1
     out = data.exclude("next")[first]  # tensor indexing copies: one copy of each key
     out["next"] = data["next"][last]
-    return OfflineDataset(out, {**dataset.meta, "action_repeat": repeat})
+    out["row"] = first
+    return OfflineDataset(out, {**dataset.meta, "action_repeat": repeat}, source=dataset)

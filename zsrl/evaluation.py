@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from zsrl.agents.base import Model
+from zsrl.agents.base import Model, Policy
 from zsrl.checkpoint import (
     CHECKPOINT,
     FINAL_MODEL,
@@ -198,13 +198,14 @@ def reward_errors(reward_fn: RewardFn) -> Iterator[None]:
         raise UserError(f"the reward function {reward_fn!r} raised {type(exc).__name__}: {exc}") from exc
 
 def label_samples(
-    dataset: OfflineDataset, reward_fn: RewardFn, n: int, seed: int
+    dataset: OfflineDataset, reward_fn: RewardFn, n: int, seed: int, history: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """``n`` random dataset transitions labelled by ``reward_fn``
-    (:meth:`~zsrl.data.OfflineDataset.labelled_sample`) and the seconds the labelling took."""
+    (:meth:`~zsrl.data.OfflineDataset.labelled_sample`; ``history``: as histories) and the
+    seconds the labelling took."""
     t0 = time.perf_counter()
     with reward_errors(reward_fn):
-        obs, next_obs, rewards = dataset.labelled_sample(reward_fn, n, seed)
+        obs, next_obs, rewards = dataset.labelled_sample(reward_fn, n, seed, history)
     return obs, next_obs, rewards, time.perf_counter() - t0
 
 
@@ -218,10 +219,13 @@ def rollout(
     goal: np.ndarray | None = None,
     max_steps: int | None = None,
 ) -> Rollout:
-    """Run ``episodes`` parallel episodes of ``π_z`` (the first episode of each env only).
+    """Run ``episodes`` parallel episodes of ``π_z`` (the first episode of each env only),
+    acting through a :class:`~zsrl.agents.policy.Policy` (held actions, histories).
 
     With ``goal`` and a model whose goal embedding depends on the state, ``z`` is
-    re-inferred from the goal and the current observation at every step.
+    re-inferred from the goal and the current observation at every step. In a partially
+    observed variant (:mod:`zsrl.envs.pomdp`) the policy sees each observation through the
+    domain's observer, drawn afresh every step from ``seed``; the rollout keeps the true ones.
     """
     with env_errors(domain, "while it was made"):
         envs = make_vector_env(domain, episodes, seed)
@@ -233,16 +237,13 @@ def rollout(
     alive = np.ones(episodes, dtype=bool)
     keys = ("observation", "action", "next_observation", "physics", "next_physics", "alive")
     out: dict[str, list] = {k: [] for k in keys}
-    repeat = getattr(model, "action_repeat", 1)  # the policy decides every `repeat` steps
+    observer, noise = domain.observer, torch.Generator(device=device).manual_seed(seed)
+    seen_goal = goal_t if goal_t is None or observer is None else observer.goal(goal_t)
+    policy = Policy(model, z=z, goal=seen_goal if model.goal_z_depends_on_obs else None)
     try:
         for t in range(max_steps or domain.episode_length):
-            if t % repeat == 0:
-                obs_t = torch.as_tensor(obs, device=device)
-                if goal_t is not None and model.goal_z_depends_on_obs:
-                    zz = model.infer_z_from_goal(goal_t.expand(episodes, -1), obs_t)
-                else:
-                    zz = z.expand(episodes, -1)
-                action = model.act(obs_t, zz, mean=True).cpu().numpy()
+            obs_t = torch.as_tensor(obs, device=device)
+            action = policy.act(obs_t if observer is None else observer(obs_t, noise)).cpu().numpy()
             with env_errors(domain, f"at step {t} of an evaluation episode"):
                 next_obs, _, term, trunc, info = envs.step(action)
             if not np.isfinite(next_obs).all():
@@ -319,7 +320,8 @@ def evaluate_tasks(
     n = reward_samples or model.inference_samples
     results = {}
     for name, fn in fns.items():
-        obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, prompt_seed(f"task:{name}", seed))
+        obs, next_obs, rewards, label_time = label_samples(dataset, fn, n, prompt_seed(f"task:{name}", seed),
+                                                           model.prompt_history)
         dev = model.device
         z = model.finite_prompt(model.infer_z_from_transitions(obs.to(dev), next_obs.to(dev), rewards.to(dev)),
                                 rewards, f"the prompt of {name!r}")
@@ -390,7 +392,8 @@ def evaluate_goals(
     results = {}
     for name in goals:
         goal = domain.goal(name)
-        z = model.infer_z_from_goal(torch.as_tensor(goal, device=model.device))
+        seen = torch.as_tensor(goal, device=model.device)
+        z = model.infer_z_from_goal(seen if domain.observer is None else domain.observer.goal(seen))
         stats = []
         for traj in rollout_chunks(model, domain, z, episodes, prompt_seed(f"goal:{name}", seed, 1), goal,
                                    what=f"goal {name}"):
@@ -470,11 +473,13 @@ def evaluate_run(
     seeds: Sequence[int] = (0,),
     device: str = "auto",
     dataset: OfflineDataset | str | Path | None = None,
+    domain: str | None = None,
 ) -> Evaluation:
     """Evaluate a run directory on domain tasks, user reward functions and goals.
 
     The prompts label states of the run's dataset (``dataset``: that dataset, already loaded,
-    or its folder where it moved).
+    or its folder where it moved). ``domain``: another variant of the run's domain to
+    evaluate in (:mod:`zsrl.envs.pomdp`, e.g. ``walker+dynamics=2``); the run's by default.
 
     ``tasks=None`` means every task of the domain, unless only user reward functions are
     asked for; goals (``["all"]`` for every goal of the domain) are evaluated as well as the
@@ -489,7 +494,11 @@ def evaluate_run(
     config = read_json(run_dir / "config.json", f"run {run_dir}")
     cfg = run_config_from_dict(config, source=f"run {run_dir}")
     run = read_json(run_dir / "run.json", f"run {run_dir}")
-    domain = make_domain(cfg.domain, source=f"run {run_dir}")
+    spec = domain or cfg.domain
+    domain = make_domain(spec, source=None if spec != cfg.domain else f"run {run_dir}")
+    if domain.name != make_domain(cfg.domain, source=f"run {run_dir}").name:
+        raise UserError(f"--domain {spec!r} is not a variant of the run's domain {cfg.domain!r}; a run is evaluated "
+                        f"on its own domain, e.g. --domain {cfg.domain.split('+')[0]}+dynamics=1.5")
     dev = resolve_device(device)
     oracle = agent_class(cfg.agent.name, source=f"run {run_dir}").needs_task
     if oracle:  # a supervised oracle knows one task only
@@ -516,6 +525,8 @@ def evaluate_run(
     else:
         path = run_dataset(run_dir, run, dataset, f"evaluate with `zsrl eval {run_dir} --dataset NEW_PLACE`")
         dataset = OfflineDataset.load(path, device=dev, domain=domain.name)
+    if domain.observer is not None:  # prompts read the dataset as the agent saw it in training
+        dataset = dataset.seen_through(domain.observer, cfg.train.seed)
 
     per_seed: list[dict[str, Any]] = []
     rollouts: dict[str, Rollout] = {}
@@ -534,7 +545,7 @@ def evaluate_run(
             "this evaluation would mix the two runs and is not written. Evaluate it again."
         )
     return Evaluation(
-        run_dir=str(run_dir), agent=cfg.agent.name, domain=domain.name, domain_spec=cfg.domain,
+        run_dir=str(run_dir), agent=cfg.agent.name, domain=domain.name, domain_spec=spec,
         task=cfg.task if oracle else None, scored=scored, dataset=run["dataset"], episodes=episodes, seeds=list(seeds),
         tasks={name: _task_over_seeds(name, per_seed) for name in fns},
         goals={name: _goal_over_seeds(name, per_seed) for name in goals},

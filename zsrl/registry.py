@@ -33,6 +33,8 @@ from zsrl.errors import RegistryError
 
 _BUILTIN_AGENTS = {
     "fb": "zsrl.agents.fb:FBAgent",
+    "fbm": "zsrl.agents.memory:FBMAgent",
+    "fbstack": "zsrl.agents.memory:FBStackAgent",
     "fre": "zsrl.agents.fre:FREAgent",
     "hilp": "zsrl.agents.hilp:HILPAgent",
     "mcfb": "zsrl.agents.cfb:MCFBAgent",

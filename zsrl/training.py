@@ -209,6 +209,8 @@ def prepare(cfg: RunConfig, dataset: Path | OfflineDataset, source: str | None =
     else:
         data = OfflineDataset.load(dataset, device=device, domain=domain.name)
     check_fits_domain(data, domain, str(data.path))
+    if domain.observer is not None:  # a partially observed variant: what the agent sees (zsrl.envs.pomdp)
+        data = data.seen_through(domain.observer, cfg.train.seed)
     seed_everything(cfg.train.seed)
     train_data = held_action_transitions(data, cfg.agent.action_repeat)
     batch = cfg.train.batch_size
