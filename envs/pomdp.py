@@ -148,8 +148,8 @@ def partially_observed(domain: Domain, settings: list[str], spec: str) -> Domain
 class VariantDomain(Domain):
     """The mixin of :func:`partially_observed`: environments with scaled dynamics."""
 
-    def make_env(self, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
-        return scale_dynamics(super().make_env(seed=seed, render_mode=render_mode), self.dynamics)
+    def make_env(self, seed: int | None = None, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+        return scale_dynamics(super().make_env(seed=seed, render_mode=render_mode, **kwargs), self.dynamics)
 
     def make_task_env(self, task: str | None = None, seed: int | None = None,
                       render_mode: str | None = None) -> gym.Env:

@@ -11,6 +11,7 @@ margin of 6–12% on the random-policy criterion, too thin to assert across plat
 import numpy as np
 import pytest
 import torch
+from fakes import FakeModel
 
 from zsrl.checkpoint import load_run_model
 from zsrl.collection import collect
@@ -21,14 +22,6 @@ from zsrl.explore import RandomExplorer
 from zsrl.training import start_run
 
 GOALS = {"corner": np.array([-0.27, 0.27, 0, 0], np.float32), "room_centre": np.array([-0.15, 0.15, 0, 0], np.float32)}
-
-
-class RandomPolicy:
-    device = torch.device("cpu")
-    goal_z_depends_on_obs = False
-
-    def act(self, obs, z, mean=True):
-        return torch.rand(obs.shape[0], 2) * 2 - 1
 
 
 def _final_distance(model, domain, z, goal):
@@ -58,6 +51,6 @@ def test_goal_prompts_reach_their_goals(tmp_path, agent):
         other = next(n for n in GOALS if n != name)
         prompted = _final_distance(model, domain, z[name], goal)
         misprompted = _final_distance(model, domain, z[other], goal)
-        random = _final_distance(RandomPolicy(), domain, z[name], goal)
+        random = _final_distance(FakeModel(), domain, z[name], goal)
         assert prompted < 0.7 * random, (name, prompted, random)
         assert prompted < misprompted, (name, prompted, misprompted)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_arrays
+from fakes import FakeModel
 
 from zsrl.agents.base import Model
 from zsrl.agents.fre import (
@@ -393,17 +394,11 @@ def test_fre_learns_to_reach_prompted_goals(tmp_path):
         run_dir = start_run(run, tmp_path / "data", tmp_path / "run")
         model = Model.load(run_dir / "model")
 
-        class RandomPolicy:
-            device, goal_z_depends_on_obs = CPU, False
-
-            def act(self, obs, z, mean=True):
-                return torch.rand(obs.shape[0], 2) * 2 - 1
-
         def final_positions(policy, z):
             traj = rollout(policy, domain, z, episodes=8, seed=123, max_steps=40)
             return traj.next_observation[-1]
 
-        random_final = final_positions(RandomPolicy(), torch.zeros(1, 1))
+        random_final = final_positions(FakeModel(), torch.zeros(1, 1))
         for name, goal in GOALS.items():
             other = GOALS["b" if name == "a" else "a"]
             final = final_positions(model, model.infer_z_from_goal(torch.as_tensor(goal)))

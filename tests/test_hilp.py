@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_arrays
+from fakes import FakeModel
 from torch import nn
 
 from zsrl.agents.base import Model
@@ -301,15 +302,6 @@ def test_presets_mirror_fbs_and_carry_the_published_settings():
 
 
 # ---- learning ------------------------------------------------------------------------------------
-class _RandomPolicy:
-    device = torch.device("cpu")
-    goal_z_depends_on_obs = False
-    action_repeat = 1
-
-    def act(self, obs, z, mean=True):
-        return torch.rand(obs.shape[0], 2) * 2 - 1
-
-
 #: the start room's target, and the targets of the two rooms next to it
 LEARN_GOALS = {"room_centre": (-0.15, 0.15), "top_right": (0.15, 0.15), "bottom_left": (-0.15, -0.15)}
 
@@ -351,7 +343,7 @@ def test_goal_prompts_reach_maze_goals_a_random_policy_does_not(tmp_path):
         return rollout(policy, domain, z, episodes=8, seed=1, goal=g, max_steps=500).next_observation[-1, :, :2]
 
     ends = {name: final_xy(model, None, goal) for name, goal in LEARN_GOALS.items()}  # z from each state
-    random_end = final_xy(_RandomPolicy(), torch.zeros(1, 1))
+    random_end = final_xy(FakeModel(), torch.zeros(1, 1))
     for name, goal in LEARN_GOALS.items():
         dist = {n: np.linalg.norm(xy - np.array(goal), axis=-1) for n, xy in ends.items()}
         random = np.linalg.norm(random_end - np.array(goal), axis=-1)

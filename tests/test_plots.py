@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fakes import FakeModel
 from matplotlib.image import imread
 
 from zsrl import plots
@@ -147,17 +148,6 @@ def test_benchmark_bars(tmp_path):
 
 
 # ---- video -------------------------------------------------------------------------------
-class ZeroPolicy:
-    """A model that always acts 0 (what a Policy reads of a model)."""
-
-    device = torch.device("cpu")
-    obs_dim, action_dim, action_repeat, history_length, goal_z_depends_on_obs = 4, 2, 1, 0, False
-
-    def act(self, obs, z, mean=True):
-        assert obs.shape == (1, 4) and z.shape == (1, 3) and mean
-        return torch.zeros(obs.shape[0], 2)
-
-
 def mp4_frames(path):
     import imageio.v2 as imageio
 
@@ -169,7 +159,7 @@ def mp4_frames(path):
 
 
 def record(maze, path, **kwargs):
-    episode = rollout(ZeroPolicy(), maze, torch.zeros(3), episodes=1, seed=0, max_steps=10)
+    episode = rollout(FakeModel(zero=True), maze, torch.zeros(3), episodes=1, seed=0, max_steps=10)
     try:
         return plots.policy_video(maze, episode, path, **kwargs)
     except RuntimeError as exc:

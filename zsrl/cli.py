@@ -173,6 +173,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="directory for results.json, report.md and plots")
     p.add_argument("--device", default="auto")
     p.add_argument("--dataset", help="the run's dataset, where it moved (it must be the same data)")
+    p.add_argument("--domain", help="evaluate in another variant of the run's domain, e.g. walker+dynamics=2 "
+                   "(see `zsrl domains`; default: the run's)")
     p.add_argument("--oracle", action="append", default=[], metavar="ORACLE_RUN_DIR",
                    help="a supervised run (configs/td3/...) on the same dataset; adds '%% of oracle' (repeatable)")
     p.add_argument("--video", action="store_true",
@@ -330,6 +332,7 @@ def _cmd_presets(_: argparse.Namespace) -> None:
 
 def _cmd_domains(_: argparse.Namespace) -> None:
     from zsrl.envs import make_domain
+    from zsrl.envs.pomdp import settings_help
     from zsrl.registry import known_domains
 
     for name in known_domains():
@@ -337,7 +340,9 @@ def _cmd_domains(_: argparse.Namespace) -> None:
         goals = f"; goals: {', '.join(d.goals)} (dense tasks: dense_<goal>)" if d.goals else ""
         length = d.collection_episode_length
         collects = f" in {length:,}-step episodes" if length and length != d.episode_length else ""
-        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}; collected {d.default_collector}{collects}")
+        occluded = f"; +occluded keeps {len(d.position_dims)} coordinates" if d.position_dims else ""
+        print(f"{name:<18} tasks: {', '.join(d.tasks)}{goals}; collected {d.default_collector}{collects}{occluded}")
+    print(f"\npartially observed variants (NAME+SETTING…, zsrl.envs.pomdp): {settings_help()}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -425,7 +430,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         evaluation = evaluate_run(
             args.run_dir, tasks=None if args.tasks is None else _names(args.tasks), user_tasks=args.task,
             goals=_names(args.goals), episodes=args.episodes, reward_samples=args.reward_samples,
-            seeds=seeds, device=args.device, dataset=args.dataset,
+            seeds=seeds, device=args.device, dataset=args.dataset, domain=args.domain,
         )
         if args.oracle:
             compare_with_oracle(evaluation, args.oracle, device=args.device)

@@ -127,6 +127,10 @@ class Engine:
             cudagraphs = False
         if compile:  # inductor's own use of a deprecated torch helper, on every compile
             warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
+            # trace recurrent modules (FB-M's GRUs) into the graph instead of breaking it there: the
+            # GRU over a window is then decomposed into the window's steps at compile time (no
+            # Python loop when the step runs); eager steps keep the one fused _VF.gru call
+            torch._dynamo.config.allow_rnn = True
         self.agent, self.compile, self.cudagraphs, self.precision = agent, compile, cudagraphs, precision
         by_region = compile and agent.device.type == "cpu" and bool(region_names(type(agent)))
         self.compile_whole_step = compile and not by_region
