@@ -17,8 +17,8 @@ from zsrl.cli import main
 from zsrl.data import OfflineDataset, from_numpy, held_action_transitions
 from zsrl.engine import Engine
 
-TINY = dict(z_dim=8, hidden_dim=32, embedding_dim=16, backward_hidden_dim=32, memory_dim=16, history=4,
-            backward_history=2)
+TINY = {"z_dim": 8, "hidden_dim": 32, "embedding_dim": 16, "backward_hidden_dim": 32, "memory_dim": 16,
+        "history": 4, "backward_history": 2}
 
 
 def counting_dataset(episode_lengths=(5, 4)):
@@ -150,7 +150,8 @@ def test_prompts_read_histories():
     # a reward function with a dataset: histories that end at the labelled states
     policy = model.prompt(reward_fn=lambda o, a, n: n[:, 0], dataset=data, samples=50)
     obs, next_obs, r = data.labelled_sample(lambda t: t.next_observation[:, 0], 50, 0, model.prompt_history)
-    assert next_obs.shape == (50, 4, 6)
+    assert obs.shape == next_obs.shape == (50, 4, 6)
+    torch.testing.assert_close(obs[:, 1:], next_obs[:, :-1])  # H' is H moved on by one frame
     torch.testing.assert_close(policy.z, model.infer_z_from_rewards(next_obs, r))
 
 

@@ -66,7 +66,7 @@ def test_a_dataset_is_seen_frozen_with_consistent_frames_and_true_rewards():
     def reward(batch):  # rewards read the true observations, whatever the agent sees
         return batch.next_observation[:, 0]
 
-    o, s, r = seen.labelled_sample(reward, 32, seed=3)
+    _, s, r = seen.labelled_sample(reward, 32, seed=3)
     _, s_true, r_true = data.labelled_sample(reward, 32, seed=3)
     assert torch.equal(r, r_true) and not torch.equal(s, s_true)
 
