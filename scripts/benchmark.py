@@ -19,6 +19,16 @@ per goal on its dense task ``dense_<goal>`` (reward ``−distance``) and its rol
 scored by the same success rule as the agents' goal prompts. ``--jobs N`` trains N runs at once (they share the
 GPU; on a CPU they split its cores).
 
+**Partial observability** (:mod:`zsrl.envs.pomdp`): a domain may be a variant,
+``point_mass_maze+flickering`` or ``walker+noisy``; its data is collected on the domain itself
+(with the variant's dynamics, if it changes them: datasets keep the true observations), and
+each agent trains its domain preset with ``domain=VARIANT``. ``--markov`` adds FB trained on
+the true state on the same data ("fb (true state)") and each agent's mean return as a
+percentage of it ("% true FB", the paper's measure)::
+
+    python scripts/benchmark.py --agents fb fbstack fbm --markov --seeds 0,1,2 --out bench_pomdp \
+        --domains point_mass_maze+flickering point_mass_maze+occluded walker+noisy walker+flickering
+
 **On a cluster** ``--submitit slurm`` submits every job to Slurm through submitit
 (``pip install 'zsrl[slurm]'``) and collects the results into the same tables;
 ``--procs-per-job N`` makes each job a data-parallel run of N processes (one per GPU, on one
@@ -65,6 +75,7 @@ from zsrl.config import load_run_config
 from zsrl.data import OfflineDataset
 from zsrl.envs import make_domain
 from zsrl.envs.base import DENSE_PREFIX
+from zsrl.envs.pomdp import SEPARATOR, split_variant
 from zsrl.evaluation import evaluate_run, pct_of_oracle
 from zsrl.stats import aggregate, bootstrap_ci
 from zsrl.storage import atomic_write_json
@@ -237,6 +248,14 @@ def make_job(args: argparse.Namespace, data: Path, run_dir: Path, preset: str, s
                not args.quiet)
 
 
+def true_state(spec: str) -> str:
+    """A variant's domain with its dynamics but without its observation settings: where its
+    data is collected and where FB on the true state trains (``walker+noisy+dynamics=2`` →
+    ``walker+dynamics=2``)."""
+    base, settings = split_variant(spec)
+    return SEPARATOR.join([base, *[s for s in settings if s.startswith("dynamics=")]])
+
+
 def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     domain = make_domain(domain_name)
     cfg = CollectorConfig(collector=args.collector, device=args.device)  # the defaults of `zsrl collect`
@@ -248,6 +267,11 @@ def dataset_for(domain_name: str, args: argparse.Namespace) -> Path:
     else:
         OfflineDataset.load(path, domain=domain_name)  # validate the cache
     return path
+
+
+def labelled(jobs: list[Job], label: str) -> list[Job]:
+    """The jobs whose run directory is ``LABEL_s<seed>`` (an agent's, or FB's on the true state)."""
+    return [j for j in jobs if Path(j.run_dir).name.rsplit("_s", 1)[0] == label]
 
 
 def over_seeds(values: list[float], key: str = "mean") -> dict[str, Any]:
@@ -306,6 +330,8 @@ def main() -> None:
                    help="a submitit parameter, e.g. slurm_partition=gpu or timeout_min=600 (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="AGENT:KEY=VALUE",
                    help="a config override for one agent, e.g. fre:agent.encoder_steps=2000 (repeatable)")
+    p.add_argument("--markov", action="store_true",
+                   help="for partially observed variants: also FB on the true state, and '%% true FB'")
     p.add_argument("--out", type=Path, default=Path("bench"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
@@ -321,14 +347,23 @@ def main() -> None:
     protocol = vars(args) | {"out": str(args.out), "seeds": seeds}
     report: dict = {"domains": _earlier_domains(args.out / "benchmark.json"), "versions": versions()}
     for domain_name in args.domains:
-        data = dataset_for(domain_name, args)
+        collected_on = true_state(domain_name)
+        data = dataset_for(collected_on, args)
         domain = make_domain(domain_name)
         tasks = list(domain.tasks)
         runs = args.out / "runs" / domain_name
+        variant = [f"domain={domain_name}"] if domain.variant else []
 
-        jobs = [make_job(args, data, runs / f"{a}_s{s}", f"{a}/{domain_name}{size}", s,
-                         [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == a], bool(domain.goals))
+        def settings(agent: str) -> list[str]:
+            return [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == agent]
+
+        jobs = [make_job(args, data, runs / f"{a}_s{s}", f"{a}/{domain.name}{size}", s, [*variant, *settings(a)],
+                         bool(domain.goals))
                 for a in args.agents for s in seeds]
+        markov = args.markov and domain.observer is not None
+        if markov:
+            jobs += [make_job(args, data, runs / f"fb_true_state_s{s}", f"fb/{domain.name}{size}", s,
+                              [f"domain={collected_on}", *settings("fb")], bool(domain.goals)) for s in seeds]
         if args.oracle:
             jobs += [make_job(args, data, runs / f"td3_{t}_s{s}", f"td3/{domain_name}{size}", s, [f"task={t}"], False)
                      for t in [*tasks, *domain.goal_tasks] for s in seeds]
@@ -341,12 +376,17 @@ def main() -> None:
             oracle = {t: float(np.mean([j.results["tasks"][t] for j in done if j.preset.startswith("td3/")
                                         and f"task={t}" in j.overrides])) for t in tasks}
             entry["oracle"] = {"agent": "td3", "returns": oracle}
+        true_fb = summarise(labelled(done, "fb_true_state"), tasks) if markov else None
         for a in args.agents:
-            summary = summarise([j for j in done if j.preset.split("/")[0] == a], tasks)
+            summary = summarise(labelled(done, a), tasks)
             pct = [q for t in tasks if t in oracle
                    and (q := pct_of_oracle(summary["tasks"][t]["mean"], oracle[t])) is not None]
             summary["pct_of_oracle"] = float(np.mean(pct)) if pct else None
+            if true_fb is not None:
+                summary["pct_of_true_fb"] = 100 * _task_mean(summary) / _task_mean(true_fb)
             entry["agents"][a] = summary
+        if true_fb is not None:
+            entry["agents"]["fb (true state)"] = true_fb
         if oracle:
             goal_runs = {g: [j.results["goals"][g] for j in done if f"task={DENSE_PREFIX}{g}" in j.overrides]
                          for g in domain.goals}
@@ -362,6 +402,10 @@ def main() -> None:
     print(f"\nwrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
 
 
+def _task_mean(summary: dict[str, Any]) -> float:
+    return float(np.mean([v["mean"] for v in summary["tasks"].values()]))
+
+
 def _cell(v: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
     mean = f"{scale * v['mean' if 'mean' in v else 'success']:.{digits}f}"
     if not v.get("ci"):
@@ -373,7 +417,8 @@ def _cell(v: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
 def print_table(domain: str, entry: dict) -> None:
     """Markdown tables: returns per task (mean over seeds [95% CI]) and goal success (%)."""
     tasks = entry["tasks"]
-    head = ["agent", *tasks, "mean", "IQM [95% CI]", "% oracle", "upd/s", "train s"]
+    markov = any("pct_of_true_fb" in r for r in entry["agents"].values())
+    head = ["agent", *tasks, "mean", "IQM [95% CI]", "% oracle", *(["% true FB"] if markov else []), "upd/s", "train s"]
     rows = []
     for agent, r in entry["agents"].items():
         agg = r.get("aggregate")
@@ -382,6 +427,7 @@ def print_table(domain: str, entry: dict) -> None:
             f"{np.mean([r['tasks'][t]['mean'] for t in tasks]):.1f}",
             "-" if agg is None else f"{agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}]",
             "-" if r.get("pct_of_oracle") is None else f"{r['pct_of_oracle']:.0f}%",
+            *([f"{r['pct_of_true_fb']:.0f}%" if "pct_of_true_fb" in r else "-"] if markov else []),
             "-" if "updates_per_s" not in r else f"{r['updates_per_s']:.0f}",
             "-" if "train_seconds" not in r else f"{r['train_seconds']:.0f}",
         ])

@@ -92,6 +92,33 @@ def test_bench_updates_compares_variants_in_interleaved_blocks(capsys):
 
 
 @pytest.mark.slow
+def test_the_partial_observability_protocol_trains_on_one_dataset_beside_fb_on_the_true_state(tmp_path):
+    """A variant domain: its data collected on the domain itself, each agent trained with
+    domain=VARIANT, ``--markov`` adds FB on the true state and '% true FB'."""
+    import os
+    import subprocess
+
+    tiny = [x for o in [*TINY, "train.steps=10"] for a in ("fb", "fbm") for x in ("--set", f"{a}:{o}")]
+    tiny += ["--set", "fbm:agent.memory_dim=8"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--agents", "fb", "fbm", "--markov", "--domains", "point_mass_maze+flickering",
+         "--transitions", "2000", "--episodes", "1", "--reward-samples", "200", "--out", str(tmp_path), "--quiet",
+         *tiny],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())["domains"]["point_mass_maze+flickering"]
+    assert Path(report["dataset"]).name.startswith("point_mass_maze_sticky")  # collected on the domain itself
+    assert set(report["agents"]) == {"fb", "fbm", "fb (true state)"}
+    truth = sum(v["mean"] for v in report["agents"]["fb (true state)"]["tasks"].values())
+    fbm = sum(v["mean"] for v in report["agents"]["fbm"]["tasks"].values())
+    assert report["agents"]["fbm"]["pct_of_true_fb"] == pytest.approx(100 * fbm / truth)
+    runs = tmp_path / "runs" / "point_mass_maze+flickering"
+    assert json.loads((runs / "fbm_s0" / "config.json").read_text())["domain"] == "point_mass_maze+flickering"
+    assert json.loads((runs / "fb_true_state_s0" / "config.json").read_text())["domain"] == "point_mass_maze"
+    assert "% true FB" in done.stdout
+
+
+@pytest.mark.slow
 def test_jobs_submitted_through_submitit_train_data_parallel_and_fill_the_same_tables(tmp_path):
     """``--submitit local --procs-per-job 2``: every (agent, seed) job is a submitit job of two
     tasks that train one 2-process run; rank 0's results make the usual report."""
