@@ -199,3 +199,9 @@ def test_a_velocity_free_outside_plugin_trains_with_fbm(tmp_path, monkeypatch):
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert np.isfinite(results["tasks"]["outside_pendulum:hang_down"]["mean_return"])
     assert results["domain_spec"] == "outside_pendulum:Pendulum+occluded"
+    # evaluated in another variant of its domain; not in another domain
+    assert main(["eval", "run", "--tasks", "upright", "--episodes", "1", "--reward-samples", "200", "--trust-plugins",
+                 "--domain", "outside_pendulum:Pendulum+occluded+noisy=0.1", "--out", "noisy"]) == 0
+    assert json.loads((tmp_path / "noisy" / "results.json").read_text())["domain_spec"].endswith("+noisy=0.1")
+    assert main(["eval", "run", "--tasks", "upright", "--domain", "point_mass_maze", "--out", "maze"]) == 2
+    assert not (tmp_path / "maze").exists()

@@ -155,11 +155,12 @@ def load(path: str | Path, device: str = "cpu") -> Model:
 def evaluate(
     run: Run | str | Path, *, tasks: Sequence[str] | None = None, reward_fns: Sequence[str] = (),
     goals: Sequence[str] = (), episodes: int = 10, seeds: Sequence[int] = (0,), reward_samples: int | None = None,
-    device: str = "auto", dataset: OfflineDataset | str | Path | None = None,
+    device: str = "auto", dataset: OfflineDataset | str | Path | None = None, domain: str | None = None,
 ) -> Evaluation:
     """Prompt a run's model with the domain's tasks (``tasks``; None: all), reward functions
     named ``module:function`` (``reward_fns``) and goals (``["all"]``: every goal), as ``zsrl
-    eval`` does; :func:`zsrl.report.write_report` writes the report."""
+    eval`` does, in the run's domain or another variant of it (``domain="walker+dynamics=2"``);
+    :func:`zsrl.report.write_report` writes the report."""
     path = run.path if isinstance(run, Run) else Path(run)
     return evaluate_run(path, tasks=tasks, user_tasks=reward_fns, goals=goals, episodes=episodes, seeds=seeds,
-                        reward_samples=reward_samples, device=device, dataset=dataset)
+                        reward_samples=reward_samples, device=device, dataset=dataset, domain=domain)
