@@ -205,3 +205,21 @@ def test_a_velocity_free_outside_plugin_trains_with_fbm(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "noisy" / "results.json").read_text())["domain_spec"].endswith("+noisy=0.1")
     assert main(["eval", "run", "--tasks", "upright", "--domain", "point_mass_maze", "--out", "maze"]) == 2
     assert not (tmp_path / "maze").exists()
+
+
+@pytest.mark.parametrize("compile", ["false", pytest.param("true", marks=pytest.mark.slow)])
+def test_fbm_on_a_flickering_maze_resumes_exactly(maze_data, tmp_path, compile):
+    """The maze preset's FB-M (held actions: one frame per decision) on a flickering variant:
+    interrupted and resumed, it reaches the uninterrupted run's parameters bit for bit."""
+    from zsrl.checkpoint import load_run_model
+    from zsrl.training import resume_run, start_run
+
+    opts = ["agent.z_dim=8", "agent.hidden_dim=32", "agent.embedding_dim=16", "agent.backward_hidden_dim=32",
+            "agent.memory_dim=8", "train.batch_size=32", "train.log_every=5", "train.checkpoint_every=10",
+            "train.progress=false", f"train.compile={compile}", "domain=point_mass_maze+flickering"]
+    full = start_run("fbm/point_mass_maze_cpu", maze_data, tmp_path / "full", [*opts, "train.steps=20"])
+    part = start_run("fbm/point_mass_maze_cpu", maze_data, tmp_path / "part", [*opts, "train.steps=10"])
+    resume_run(part, steps=20)
+    a, b = load_run_model(full).state_dict(), load_run_model(part).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((full / "config.json").read_text())["domain"] == "point_mass_maze+flickering"
