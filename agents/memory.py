@@ -192,7 +192,7 @@ class FBMAgent(FBAgent):
         return TensorDict(batch, batch_size=[batch_size], device=history.device)
 
     def setup(self, dataset: Any, domain: Any, task: str | None = None) -> None:
-        raw = dataset.source or dataset
+        raw = dataset if dataset.source is None else dataset.source
         _ = raw.episode_start  # computed once here, outside any compiled or graphed step
         super().setup(dataset, domain, task)
 

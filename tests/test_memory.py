@@ -223,3 +223,5 @@ def test_fbm_on_a_flickering_maze_resumes_exactly(maze_data, tmp_path, compile):
     a, b = load_run_model(full).state_dict(), load_run_model(part).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((full / "config.json").read_text())["domain"] == "point_mass_maze+flickering"
+    assert json.loads((full / "run.json").read_text())["variant"] == {
+        "variant": "point_mass_maze+flickering", "observation": "flickering=0.2", "dynamics": 1.0}

@@ -203,7 +203,7 @@ class OfflineDataset:
         step-by-step dataset they were made from (:attr:`source`). Drawn on the dataset's
         device, no host synchronisation once ``episode_start`` exists.
         """
-        raw = self.source or self
+        raw = self if self.source is None else self.source
         rows = idx if self.source is None else self.data["row"][idx]
         start = raw.episode_start[rows].unsqueeze(1)  # (N, 1)
         reached = rows + (stride if self.source is not None else 1)  # the raw row of next/observation

@@ -213,7 +213,7 @@ def render_markdown(evaluation: Evaluation, pictures: list[Path]) -> str:
     e = evaluation
     setup = (f"Run `{e.run_dir}`: scored {e.scored}; {e.episodes} episodes × seeds {e.seeds}; "
              f"dataset `{e.dataset}`.")
-    md = [f"# zsrl eval — {e.agent} on {e.domain}", "", setup, ""]
+    md = [f"# zsrl eval — {e.agent} on {e.domain_spec or e.domain}", "", setup, ""]
     md += [f"> note: {n}" for n in e.notes] + ([""] if e.notes else [])
     md += [format_table(e), ""]
     md += [f"![{p.stem}]({p.name})" if p.suffix == ".png" else f"[{p.name}]({p.name})" for p in pictures]

@@ -313,6 +313,9 @@ def start_run(
             "dataset": str(data_path.resolve()),
             "dataset_fingerprint": fingerprint(data_path),
             "dataset_meta": {k: data.meta.get(k) for k in ("domain", "collector", "seed", "num_transitions", "created")},
+            # a partially observed variant (zsrl.envs.pomdp): what the agent saw of the data
+            **({"variant": {k: domain.describe()[k] for k in ("variant", "observation", "dynamics")}}
+               if domain.variant else {}),
             "seed": cfg.train.seed,
             "device": str(agent.device),
             # CPU float reductions split by thread: the same seed on another thread count trains
