@@ -3,6 +3,7 @@
     python scripts/bench_updates.py --presets fb/walker fre/walker td3/walker --device cuda
     python scripts/bench_updates.py --presets fb/walker --device cuda --scaling --inference
     python scripts/bench_updates.py --presets fb/point_mass_maze_cpu --compare 'train.compile=false'
+    python scripts/bench_updates.py --presets fb/point_mass_maze_cpu fbm/point_mass_maze_cpu fbstack/point_mass_maze_cpu
     OMP_NUM_THREADS=1 python scripts/bench_updates.py --presets fb/walker_cpu --device cpu \
         --threads 1 agent.hidden_dim=256 agent.embedding_dim=128 train.batch_size=512
 
@@ -46,6 +47,8 @@ from zsrl.utils import resolve_device, seed_everything, versions
 #: config keys that set a hidden width, per agent (scaled by --widths)
 WIDTH_KEYS = {
     "fb": ("hidden_dim", "embedding_dim", "backward_hidden_dim"),
+    "fbm": ("hidden_dim", "embedding_dim", "backward_hidden_dim", "memory_dim"),
+    "fbstack": ("hidden_dim", "embedding_dim", "backward_hidden_dim"),
     "fre": ("hidden_dim",),
     "hilp": ("hidden_dim", "embedding_dim", "phi_hidden_dim"),
     "td3": ("hidden_dim",),
