@@ -23,6 +23,11 @@ actions) applies unchanged. Prompting: rewards ``z ∝ Σ r_i B(h'_i)`` over his
 at the rewarded states; a goal ``g`` is the history of ``g`` alone. At test time a rolling window
 (:class:`~zsrl.agents.policy.Policy`) starts from copies of the first observation.
 
+Windows are gathered from the dataset inside the update's step (no host synchronisation),
+one frame per decision (``action_repeat`` steps apart), never across an episode start. A GRU
+reads a window in one fused call (``_VF.gru``, cuDNN on a GPU); under ``train.compile`` it is
+traced into the compiled step and unrolled over the window's frames at compile time.
+
 Differences from the reference: the GRU reads the frame itself (the reference first embeds
 it with Linear–LayerNorm–tanh–Linear–ReLU) and its output is concatenated with ``o_t``
 before FB's usual input blocks (the reference: with an embedding of ``(o_t, z)``); F's
