@@ -78,7 +78,22 @@ norm by the state width: its walker 0.2 and cheetah 0.08 are RMS 1.10 and 0.35 h
 uses ``σ = exp(log σ)`` consistently (the reference mixes log-variance and log-std); the
 policy mean is squashed by tanh (the reference clips an unsquashed mean); the ExORL runs of
 the reference append auxiliary physics coordinates to the encoder's states, which no
-training reward uses — zsrl encodes observations only.
+training reward uses — zsrl encodes observations only. Also (kvfrans/fre read, not measured):
+
+* goal sources: the reference divides the trajectory mass by its 8 trajectory states (the
+  current one among them) and renormalises, so its goals are current / trajectory / random
+  w.p. 0.213 / 0.467 / 0.320; zsrl's are 0.2 / 0.5 / 0.3;
+* the reference's contexts are observations ``s``, the TD reward ``η(s)`` and the goal mask
+  ``−η(s)`` (dataset terminals ignored); zsrl's are reached states ``s′``, ``η(s′)``, and a
+  terminal ends the episode;
+* the reference's linear prior forces one kept weight at an index drawn from ``[2, D)``;
+  zsrl's can force any feature;
+* the reference's actor has LayerNorm after its first two hidden layers only, Glorot-uniform
+  weights and a mean head scaled by 0.01; zsrl's MLPs (actor, critics, value, decoder) have
+  LayerNorm + mish after every hidden layer and orthogonal weights (gain 1);
+* the reference trains every network with one Adam across both phases; zsrl uses
+  ``encoder_opt`` (encoder, decoder) and ``policy_opt`` (value, critics, actor), fresh at the
+  switch.
 """
 
 from __future__ import annotations
