@@ -225,3 +225,18 @@ def test_fbm_on_a_flickering_maze_resumes_exactly(maze_data, tmp_path, compile):
     assert json.loads((full / "config.json").read_text())["domain"] == "point_mass_maze+flickering"
     assert json.loads((full / "run.json").read_text())["variant"] == {
         "variant": "point_mass_maze+flickering", "observation": "flickering=0.2", "dynamics": 1.0}
+
+
+def test_the_pipeline_runs_fbm_on_a_variant(tmp_path):
+    """`zsrl pipeline --domain point_mass_maze+flickering --agent fbm`: collected on the maze
+    itself (true observations), trained and prompted on the variant."""
+    out = tmp_path / "qs"
+    assert main(["pipeline", "--out", str(out), "--domain", "point_mass_maze+flickering", "--agent", "fbm",
+                 "--transitions", "3000", "--episodes", "1", "--no-progress", "agent.z_dim=8", "agent.hidden_dim=32",
+                 "agent.embedding_dim=16", "agent.backward_hidden_dim=32", "agent.memory_dim=8",
+                 "train.batch_size=32", "train.steps=10", "train.log_every=5", "train.compile=false"]) == 0
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["domain_spec"] == "point_mass_maze+flickering" and results["config"]["agent"]["name"] == "fbm"
+    assert len(results["goals"]) == 4
+    data = OfflineDataset.load(out / "data")
+    assert not (data.data["observation"] == 0).all(1).any()  # the dataset holds the true observations

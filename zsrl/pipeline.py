@@ -22,6 +22,7 @@ from zsrl.collection import CollectorConfig, collect_to_disk, make_explorer
 from zsrl.config import config_differences, load_run_config
 from zsrl.data import OfflineDataset, env_dims
 from zsrl.envs import Domain, make_domain
+from zsrl.envs.pomdp import split_variant
 from zsrl.errors import UserError
 from zsrl.evaluation import Evaluation, evaluate_run
 from zsrl.report import format_table, write_report
@@ -50,8 +51,10 @@ def run_pipeline(
     out = Path(out)
     dom = make_domain(domain)
     collector = collector or CollectorConfig()
-    preset = f"{agent}/{domain}_cpu"
-    overrides = [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])]
+    base, settings = split_variant(domain)
+    preset = f"{agent}/{base}_cpu"
+    variant = [f"domain={domain}"] if settings else []  # a partially observed variant of the preset's domain
+    overrides = [*variant, f"train.seed={seed}", f"train.progress={str(progress).lower()}", *(overrides or [])]
     cfg = load_run_config(preset, overrides)  # a bad override fails before any work
     path, run = out / "data", out / "run"
     if path.exists():
