@@ -34,7 +34,7 @@ scale is far from 1, such as the maze's metres):
 * goal reaching: ``η(s) = −1 + 1[RMS((s̄ − ḡ)_{goal_dims}) < goal_threshold]`` with the goal
   ``g`` one of the row's context states (the current state w.p. 0.2, a future state of the
   same trajectory w.p. 0.5, a random dataset state w.p. 0.3). Reaching it is terminal:
-  the IQL mask is ``−η`` (``goal_terminal: false``: mask 1, the policy learns to stay);
+  the IQL mask is ``−η`` (a mask of 1, "stay at the goal", did no better: docs/experiments.md);
 * linear: ``η(s) = clip(uᵀ f̄(s))`` with ``u ~ U(−1, 1)``, each coordinate kept w.p. 0.1
   (at least one kept), clipped to ``[0, 1]`` or ``[−1, 1]`` (50/50);
 * random MLP: ``η(s) = clip(W₂ᵀ tanh(W₁ᵀ f̄(s) + b₁), −1, 1)``, one of ``num_random_nets``
@@ -172,9 +172,6 @@ class FREConfig(AgentConfig):
     #: where goals come from: the reached state / its trajectory / (rest) random states
     goal_from_current: float = param(0.2, ge=0, le=1)
     goal_from_trajectory: float = param(0.5, ge=0, le=1)
-    #: reaching a goal ends the episode in the policy's TD target (the reference); off: the
-    #: episode goes on, so the policy learns to stay at the goal (reward 0 there, −1 elsewhere)
-    goal_terminal: bool = True
     #: seed of the random-MLP bank
     prior_seed: int = param(0, ge=0)
     #: what the linear and random-MLP rewards read: the features as they are (``raw``, the
@@ -632,8 +629,7 @@ class FREAgent(Agent):
             td = data.data
             r = rewards[:, 0]  # the reward of the reached state s'
             mask = torch.ones(b, device=dev)
-            if cfg.goal_terminal:
-                mask[:n_goal] = -r[:n_goal]  # reaching the goal is terminal
+            mask[:n_goal] = -r[:n_goal]  # reaching the goal is terminal
             mask = mask * (~td["next", "terminated"][idx]).to(mask.dtype)
             out.update(
                 observation=td["observation"][idx],

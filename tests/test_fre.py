@@ -111,10 +111,6 @@ def test_prior_batches_have_the_right_shapes_and_ranges():
     torch.testing.assert_close(batch["mask"][:n_goal], -batch["reward"][:n_goal])
     assert (batch["mask"][:n_goal] == 0).any()  # some goal reached: terminal there
     assert (batch["mask"][n_goal:] == 1).all()
-    # goal_terminal off: reaching a goal does not end the episode
-    agent.cfg.goal_terminal = False
-    batch = agent.sample_batch(data, b)
-    assert (batch["reward"][:n_goal] == 0).any() and (batch["mask"] == 1).all()
 
 
 def test_linear_and_random_mlp_rewards():
