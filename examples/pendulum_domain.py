@@ -46,6 +46,8 @@ class PendulumDomain(GymDomain):
     name: ClassVar[str] = "pendulum"
     env_id: ClassVar[str | None] = "Pendulum-v1"
     goal_threshold: ClassVar[float] = 0.2
+    #: cos θ, sin θ: what the ``+occluded`` variant keeps (θ̇ is dropped)
+    position_dims: ClassVar[tuple[int, ...] | None] = (0, 1)
 
     def reward_functions(self) -> Mapping[str, ArrayRewardFn]:
         return {"swingup": self.swingup, "hang_down": self.hang_down}
