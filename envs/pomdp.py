@@ -41,13 +41,12 @@ from .base import Domain
 
 #: default strength of each corruption: σ for ``noisy``, p for ``flickering`` and ``sensors``
 DEFAULTS = {"noisy": 0.2, "flickering": 0.2, "sensors": 0.2}
-KINDS = (*DEFAULTS, "occluded")
 SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
 class Corruption:
-    """One observation setting (``kind`` one of :data:`KINDS`) with its strength ``value``
+    """One observation setting (``kind``: ``occluded`` or one of :data:`DEFAULTS`) with its strength ``value``
     and, for ``occluded``, the coordinates ``keep`` that stay visible."""
 
     kind: str
@@ -123,6 +122,8 @@ def partially_observed(domain: Domain, settings: list[str], spec: str) -> Domain
                 raise UserError(f"{spec!r}: dynamics=m needs a positive multiplier m, e.g. {domain.name}+dynamics=1.5")
             dynamics *= value
         elif kind == "occluded" and not has_value:
+            if any(c.kind == "occluded" for c in corruptions):
+                raise UserError(f"{spec!r}: +occluded appears twice; name it once")
             if domain.position_dims is None:
                 raise UserError(
                     f"{spec!r}: domain {domain.name!r} does not say which observation coordinates are positions; "

@@ -26,6 +26,7 @@ def test_variant_names_parse_and_bad_ones_are_refused():
         ("walker+flickering=1.5", "is a probability"),
         ("walker+noisy=x", "unknown setting"),
         ("gym:Pendulum-v1+occluded", "position_dims"),
+        ("walker+occluded+occluded", "appears twice"),
     ]:
         with pytest.raises(UserError, match=words):
             make_domain(spec)
