@@ -68,7 +68,8 @@ class FBMConfig(FBConfig):
     backward_history: int = param(8, ge=1)
     #: width of each GRU
     memory_dim: int = param(512, ge=1)
-    #: which networks read histories (the others read the current observation only)
+    #: which networks read histories, the others the current observation only: ``all``;
+    #: ``forward``: F and the actor (and the myopic term's P); ``backward``: B only
     memory_in: Literal["all", "forward", "backward"] = "all"
 
 
