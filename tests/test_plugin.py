@@ -43,7 +43,7 @@ def test_train_with_agent_errors(pendulum_run, tmp_path, capsys):
     assert "give --config PRESET or --agent AGENT, not both" in error(
         "--agent", "fb", "--config", "fb/walker_cpu", "--dataset", "d")
     assert "meta.json does not exist" in error("--agent", "fb", "--dataset", str(tmp_path))
-    assert "agent 'nope' has no generic preset; agents with one: fb, fre, hilp, mcfb, td3, vcfb" in error(
+    assert "agent 'nope' has no generic preset; agents with one: fb, fbm, fbstack, fre, hilp, mcfb, td3, vcfb" in error(
         "--agent", "nope", "--dataset", str(pendulum_run.parent / "data"))
 
 
