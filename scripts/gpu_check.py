@@ -74,6 +74,8 @@ AGENTS = {
     "fb:ema": ("fb", ["agent.ema_decay=0.99"]),
     "vcfb": ("vcfb", []),
     "mcfb": ("mcfb", []),
+    "fbm": ("fbm", []),  # GRUs over histories gathered inside the step
+    "fbstack": ("fbstack", []),
 }
 TINY = {
     "fb": ["agent.z_dim=16", "agent.hidden_dim=64", "agent.embedding_dim=32", "agent.backward_hidden_dim=64"],
@@ -84,6 +86,7 @@ TINY = {
     "td3": ["agent.hidden_dim=64"],
 }
 TINY["vcfb"] = TINY["mcfb"] = TINY["fb"]
+TINY["fbm"] = TINY["fbstack"] = [*TINY["fb"], "agent.memory_dim=32", "agent.history=8", "agent.backward_history=4"]
 
 
 class _GaveUp(logging.Handler):
