@@ -2,7 +2,7 @@
 # The GPU measurements of the GPU issue, in parts that each fit a 10-minute device command.
 #
 #   bash scripts/gpu_session.sh check  OUT [--agents fb td3]  # gpu_check.py, published sizes, every mode
-#   bash scripts/gpu_session.sh bench  OUT   # bench_updates: fb/fre/td3 walker in the four modes
+#   bash scripts/gpu_session.sh bench  OUT   # bench_updates: fb/fre/td3/fbm walker in the four modes
 #   bash scripts/gpu_session.sh bench2 OUT   # bf16, reward inference, scaling table, metamotivo
 #   bash scripts/gpu_session.sh train  OUT   # zsrl collect + zsrl train (metrics.csv updates/s)
 #   bash scripts/gpu_session.sh profile OUT  # torch.profiler of the compiled FB step (kernels)
@@ -36,7 +36,7 @@ case "$part" in
   bench)
     for mode in "false false" "true false" "false true" "true true"; do
       set -- $mode
-      "$py" "$here/bench_updates.py" --presets fb/walker fre/walker td3/walker --device cuda \
+      "$py" "$here/bench_updates.py" --presets fb/walker fre/walker td3/walker fbm/walker --device cuda \
         --compile "$1" --cudagraphs "$2" --steps 500 --warmup 10 \
         --json "$out/bench_compile-$1_graphs-$2.json" 2>&1 | tee -a "$out/bench.log"
     done
