@@ -394,7 +394,7 @@ def test_fre_learns_to_reach_prompted_goals(tmp_path):
             traj = rollout(policy, domain, z, episodes=8, seed=123, max_steps=40)
             return traj.next_observation[-1]
 
-        random_final = final_positions(FakeModel(), torch.zeros(1, 1))
+        random_final = final_positions(FakeModel(obs_dim=2), torch.zeros(1, 1))
         for name, goal in GOALS.items():
             other = GOALS["b" if name == "a" else "a"]
             final = final_positions(model, model.infer_z_from_goal(torch.as_tensor(goal)))
