@@ -34,6 +34,7 @@ import torch
 from zsrl import distributed
 from zsrl.agents.base import Model
 from zsrl.agents.model_files import first_line
+from zsrl.data import env_dims
 from zsrl.errors import CheckpointError
 from zsrl.storage import (
     atomic_write_bytes,
@@ -262,9 +263,7 @@ def check_model_fits_domain(model: Model, domain: Any, run_dir: str | Path) -> M
             f"the model in {run_dir} was trained on domain {trained_on!r}, not {domain.name!r}; "
             "evaluate it on its own domain"
         )
-    env = domain.make_env(seed=0)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
+    obs_dim, act_dim = env_dims(domain)
     if domain.observer is not None:
         obs_dim = domain.observer.seen_dim(obs_dim)
     if (model.obs_dim, model.action_dim) != (obs_dim, act_dim):

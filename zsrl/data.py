@@ -103,8 +103,7 @@ class OfflineDataset:
         #: the step-by-step dataset whose rows ``data["row"]`` these transitions start at
         #: (:func:`held_action_transitions`); None: the rows are this dataset's own
         self.source = source
-        self._episode_end: torch.Tensor | None = None
-        self._episode_start: torch.Tensor | None = None
+        self._episode_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---- basic properties --------------------------------------------------------------
     def __len__(self) -> int:
@@ -165,30 +164,26 @@ class OfflineDataset:
         return obs, next_obs, torch.as_tensor(rewards, device=self.device)
 
     @property
-    def episode_end(self) -> torch.Tensor:
-        """For each transition, the index of the last transition of its episode."""
-        if self._episode_end is None:
-            ep = self.data["episode"]
-            n = ep.shape[0]
-            boundary = torch.ones(n, dtype=torch.bool, device=ep.device)
-            boundary[:-1] = ep[1:] != ep[:-1]
-            ends = torch.nonzero(boundary).squeeze(-1)
-            which = torch.searchsorted(ends, torch.arange(n, device=ep.device))
-            self._episode_end = ends[which]
-        return self._episode_end
-
-    @property
     def episode_start(self) -> torch.Tensor:
         """For each transition, the index of the first transition of its episode."""
-        if self._episode_start is None:
+        return self._bounds()[0]
+
+    @property
+    def episode_end(self) -> torch.Tensor:
+        """For each transition, the index of the last transition of its episode."""
+        return self._bounds()[1]
+
+    def _bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(episode_start, episode_end)``, computed once (episodes are stored contiguously)."""
+        if self._episode_bounds is None:
             ep = self.data["episode"]
-            n = ep.shape[0]
-            boundary = torch.ones(n, dtype=torch.bool, device=ep.device)
-            boundary[1:] = ep[1:] != ep[:-1]
-            starts = torch.nonzero(boundary).squeeze(-1)
-            which = torch.searchsorted(starts, torch.arange(n, device=ep.device), right=True) - 1
-            self._episode_start = starts[which]
-        return self._episode_start
+            first = torch.ones_like(ep, dtype=torch.bool)
+            first[1:] = ep[1:] != ep[:-1]
+            starts = torch.nonzero(first).squeeze(-1)
+            ends = torch.cat([starts[1:] - 1, starts.new_tensor([ep.shape[0] - 1])])
+            which = torch.cumsum(first, 0) - 1  # each row's episode, counted in storage order
+            self._episode_bounds = starts[which], ends[which]
+        return self._episode_bounds
 
     def histories(self, idx: torch.Tensor, length: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H, H')``, each ``(N, L, obs_dim + action_dim)``: the last ``L = length`` frames

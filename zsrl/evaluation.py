@@ -56,6 +56,7 @@ from zsrl.collection import env_errors, make_vector_env, reached_states
 from zsrl.config import run_config_from_dict
 from zsrl.data import OfflineDataset, Transitions, run_dataset
 from zsrl.envs import Domain, RewardFn, make_domain, reward_from_arrays
+from zsrl.envs.pomdp import split_variant
 from zsrl.errors import CheckpointError, UserError
 from zsrl.registry import agent_class, import_object
 from zsrl.stats import aggregate
@@ -494,11 +495,11 @@ def evaluate_run(
     config = read_json(run_dir / "config.json", f"run {run_dir}")
     cfg = run_config_from_dict(config, source=f"run {run_dir}")
     run = read_json(run_dir / "run.json", f"run {run_dir}")
-    spec = domain or cfg.domain
-    domain = make_domain(spec, source=None if spec != cfg.domain else f"run {run_dir}")
-    if domain.name != make_domain(cfg.domain, source=f"run {run_dir}").name:
+    spec, base = domain or cfg.domain, split_variant(cfg.domain)[0]
+    if split_variant(spec)[0] != base:
         raise UserError(f"--domain {spec!r} is not a variant of the run's domain {cfg.domain!r}; a run is evaluated "
-                        f"on its own domain, e.g. --domain {cfg.domain.split('+')[0]}+dynamics=1.5")
+                        f"on its own domain, e.g. --domain {base}+dynamics=1.5")
+    domain = make_domain(spec, source=None if spec != cfg.domain else f"run {run_dir}")
     dev = resolve_device(device)
     oracle = agent_class(cfg.agent.name, source=f"run {run_dir}").needs_task
     if oracle:  # a supervised oracle knows one task only
