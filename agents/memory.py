@@ -71,12 +71,6 @@ class FBMConfig(FBConfig):
     #: which networks read histories, the others the current observation only: ``all``;
     #: ``forward``: F and the actor (and the myopic term's P); ``backward``: B only
     memory_in: Literal["all", "forward", "backward"] = "all"
-    #: whether F's and the actor's frames carry the action taken before each observation
-    memory_actions: bool = True
-    #: fraction of training windows cut as if their episode began at one of their frames
-    #: (:meth:`~zsrl.data.OfflineDataset.histories` ``starts``): a policy's first windows
-    #: in an episode, rare in datasets of few long episodes (the maze's)
-    start_windows: float = param(0.0, ge=0, le=1)
 
 
 @dataclass
@@ -144,7 +138,7 @@ class FBMModel(FBModel):
         backward = role == "backward"
         has_memory = cfg.memory_in == "all" or (cfg.memory_in == "backward") == backward
         length = (cfg.backward_history if backward else cfg.history) if has_memory else 0
-        encoder = HistoryEncoder(self.obs_dim, self.action_dim, length, cfg, actions=cfg.memory_actions and not backward,
+        encoder = HistoryEncoder(self.obs_dim, self.action_dim, length, cfg, actions=not backward,
                                  goal_dims=cfg.goal_dims if backward else None)
         inner = copy.copy(cfg)
         inner.normalize_obs, inner.goal_dims = False, None  # done by the encoder
@@ -192,7 +186,7 @@ class FBMAgent(FBAgent):
         that ends at a later state of the same trajectory."""
         cfg, length = self.cfg, self.model.history_length
         idx = dataset.sample_indices(batch_size)
-        history, next_history = dataset.histories(idx, length, cfg.action_repeat, cfg.start_windows)
+        history, next_history = dataset.histories(idx, length, cfg.action_repeat)
         batch = {
             "observation": history,
             "action": dataset.data["action"][idx],

@@ -185,8 +185,7 @@ class OfflineDataset:
             self._episode_bounds = starts[which], ends[which]
         return self._episode_bounds
 
-    def histories(self, idx: torch.Tensor, length: int, stride: int = 1,
-                  starts: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def histories(self, idx: torch.Tensor, length: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H, H')``, each ``(N, L, obs_dim + action_dim)``: the last ``L = length`` frames
         ``(o, a_prev)`` of a policy deciding every ``stride`` steps, up to ``observation[idx]``
         and up to ``next/observation[idx]``.
@@ -198,19 +197,10 @@ class OfflineDataset:
         held-action transitions (:func:`held_action_transitions`) are read in the
         step-by-step dataset they were made from (:attr:`source`). Drawn on the dataset's
         device, no host synchronisation once ``episode_start`` exists.
-
-        ``starts``: the fraction of windows cut as if their episode had begun at one of their
-        frames, drawn uniformly (both ``H`` and ``H'`` cut there): the windows a policy acts
-        on in an episode's first decisions, which a dataset of few long episodes barely holds.
         """
         raw = self if self.source is None else self.source
         rows = idx if self.source is None else self.data["row"][idx]
-        start = raw.episode_start[rows]
-        if starts > 0:
-            back = torch.randint(length, rows.shape, device=rows.device) * stride
-            cut = torch.rand(rows.shape, device=rows.device) < starts
-            start = torch.where(cut, torch.maximum(start, rows - back), start)
-        start = start.unsqueeze(1)  # (N, 1)
+        start = raw.episode_start[rows].unsqueeze(1)  # (N, 1)
         reached = rows + (stride if self.source is not None else 1)  # the raw row of next/observation
 
         def frames(end: torch.Tensor, count: int) -> torch.Tensor:  # (N, count, D + A), ending at row `end`
