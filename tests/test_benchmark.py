@@ -77,6 +77,27 @@ def test_earlier_domains_are_kept_and_a_broken_report_is_replaced(bench, tmp_pat
     assert bench._earlier_domains(path) == {}
 
 
+def test_goal_tables_score_both_rules_where_the_domain_has_a_reference_rule(bench, capsys):
+    from zsrl.envs import make_domain
+
+    assert set(bench.goal_rules(make_domain("point_mass_maze"))) == {"goals"}
+    rules = bench.goal_rules(make_domain("walker"))
+    assert "200 steps" in rules["goals"] and "101 steps" in rules["reference_goals"]
+    jobs = [dataclasses.replace(bench.Job("fre/walker_cpu", "d", f"r{s}", s, [], 1, 10, True, False),
+                                results={"tasks": {"stand": 1.0}, "goals": {"g": lo}, "reference_goals": {"g": hi},
+                                         "reward_samples": 10, "train_seconds": 1.0, "updates_per_s": 1.0})
+            for s, (lo, hi) in enumerate([(0.2, 0.6), (0.4, 0.8)])]
+    summary = bench.summarise(jobs, ["stand"])
+    assert summary["goals"]["g"]["success"] == pytest.approx(0.3)
+    assert summary["reference_goals"]["g"]["success"] == pytest.approx(0.7)
+    old = dataclasses.replace(jobs[1], results={k: v for k, v in jobs[1].results.items() if k != "reference_goals"})
+    assert bench.summarise([jobs[0], old], ["stand"])["reference_goals"] == {}  # a result cached before the rule
+    bench.print_table("walker", {"dataset": "d", "tasks": ["stand"], "agents": {"fre": summary}, "goal_rules": rules})
+    out = capsys.readouterr().out
+    assert "zsrl's rule" in out and "the reference's rule" in out
+    assert "| fre | 30 [20, 40] |" in out and "| fre | 70 [60, 80] |" in out
+
+
 def test_bench_updates_compares_variants_in_interleaved_blocks(capsys):
     """``bench_updates.py --compare``: the preset and each variant timed in turn, ratios to the
     preset block by block (the preset's own ratio is exactly 1)."""
