@@ -175,7 +175,7 @@ def run_job(job: Job) -> Job:
     wall = _training_seconds(metrics)
     ev = evaluate_run(job.run_dir, episodes=job.episodes, seeds=[job.seed], reward_samples=job.reward_samples,
                       goals=["all"] if job.goals else [])
-    reached = {g: r for g, r in ev.goals.items()}
+    reached = dict(ev.goals)
     reached |= {t.removeprefix(DENSE_PREFIX): r.goal for t, r in ev.tasks.items() if r.goal is not None}
     job.results = {
         "tasks": {t: r.mean_return for t, r in ev.tasks.items()},
@@ -395,15 +395,13 @@ def main() -> None:
         if true_fb is not None:
             entry["agents"]["fb (true state)"] = true_fb
         if oracle:
-            goal_runs = {g: [j.results["goals"][g] for j in done if f"task={DENSE_PREFIX}{g}" in j.overrides]
-                         for g in domain.goals}
-            reference_runs = {g: [j.results.get("reference_goals", {}).get(g) for j in done
-                                  if f"task={DENSE_PREFIX}{g}" in j.overrides] for g in domain.goals}
+            dense = {g: [j.results for j in done if f"task={DENSE_PREFIX}{g}" in j.overrides] for g in domain.goals}
             entry["agents"]["td3 (oracle)"] = {
                 "tasks": {t: {"mean": oracle[t], "ci": None} for t in tasks},
-                "goals": {g: over_seeds(v, "success") for g, v in goal_runs.items() if v},
-                "reference_goals": {g: over_seeds(v, "success") for g, v in reference_runs.items()
-                                    if v and None not in v},
+                "goals": {g: over_seeds([r["goals"][g] for r in rs], "success") for g, rs in dense.items() if rs},
+                "reference_goals": {g: over_seeds([r["reference_goals"][g] for r in rs], "success")
+                                    for g, rs in dense.items()
+                                    if rs and all(g in r.get("reference_goals", {}) for r in rs)},
                 "aggregate": None}
         report["domains"][domain_name] = entry
         print_table(domain_name, entry)
@@ -418,7 +416,7 @@ def goal_rules(domain: Any) -> dict[str, str]:
     """The goal tables a domain gets, each with its success rule in words: zsrl's
     (:meth:`~zsrl.envs.Domain.goal_success`) and, where the domain states one, its reference's
     (``reference_goal_dwell_steps``, e.g. kvfrans/fre on walker: more than 100 steps within)."""
-    dwell = getattr(domain, "goal_dwell_steps", None)
+    dwell = domain.goal_dwell_steps
     rules = {"goals": f"zsrl's rule (at least {dwell} steps within the goal)" if dwell
              else "zsrl's rule (the final state within the goal)"}
     if domain.reference_goal_dwell_steps is not None:
