@@ -316,6 +316,15 @@ def _earlier_domains(path: Path) -> dict[str, Any]:
     return {d: e for d, e in earlier.items() if isinstance(e, dict) and "protocol" in e}
 
 
+def write_report(path: Path, domains: dict[str, Any]) -> dict[str, Any]:
+    """Write ``OUT/benchmark.json``: this invocation's ``domains`` over those the file holds
+    *now* (read again at each write), so invocations running at once into one OUT keep each
+    other's domains."""
+    report = {"domains": {**_earlier_domains(path), **domains}, "versions": versions()}
+    atomic_write_json(path, report)
+    return report
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", nargs="+", default=["fb"])
@@ -351,7 +360,8 @@ def main() -> None:
     size = "" if args.gpu else "_cpu"
 
     protocol = vars(args) | {"out": str(args.out), "seeds": seeds}
-    report: dict = {"domains": _earlier_domains(args.out / "benchmark.json"), "versions": versions()}
+    report: dict = {"domains": _earlier_domains(args.out / "benchmark.json")}
+    measured: dict[str, Any] = {}  # this invocation's domains
     for domain_name in args.domains:
         collected_on = true_state(domain_name)
         data = dataset_for(collected_on, args)
@@ -403,9 +413,9 @@ def main() -> None:
                                     for g, rs in dense.items()
                                     if rs and all(g in r.get("reference_goals", {}) for r in rs)},
                 "aggregate": None}
-        report["domains"][domain_name] = entry
+        measured[domain_name] = entry
         print_table(domain_name, entry)
-        atomic_write_json(args.out / "benchmark.json", report)
+        report = write_report(args.out / "benchmark.json", measured)
     table = {d: {a: {t: v["mean"] for t, v in r["tasks"].items()} for a, r in e["agents"].items()}
              for d, e in report["domains"].items()}
     plots.benchmark_bars(table, args.out / "benchmark.png")

@@ -77,6 +77,17 @@ def test_earlier_domains_are_kept_and_a_broken_report_is_replaced(bench, tmp_pat
     assert bench._earlier_domains(path) == {}
 
 
+def test_two_invocations_into_one_out_keep_each_others_domains(bench, tmp_path):
+    path = tmp_path / "benchmark.json"
+    walker, cheetah = ({"protocol": {"seeds": [s]}, "agents": {}} for s in (0, 1))
+    bench.write_report(path, {"walker": walker})
+    bench.write_report(path, {"cheetah": cheetah})  # another invocation, started before walker's write
+    walker_again = {"protocol": {"seeds": [0, 1]}, "agents": {}}
+    report = bench.write_report(path, {"walker": walker_again})
+    assert json.loads(path.read_text()) == report
+    assert report["domains"] == {"walker": walker_again, "cheetah": cheetah}
+
+
 def test_goal_tables_score_both_rules_where_the_domain_has_a_reference_rule(bench, capsys):
     from zsrl.envs import make_domain
 
