@@ -73,11 +73,12 @@ import numpy as np
 from zsrl import distributed, plots
 from zsrl.checkpoint import find_final_model
 from zsrl.collection import CollectorConfig, collect_to_disk
-from zsrl.config import load_run_config
+from zsrl.config import RunConfig, load_run_config, run_config_from_dict
 from zsrl.data import OfflineDataset
 from zsrl.envs import make_domain
 from zsrl.envs.base import DENSE_PREFIX
 from zsrl.envs.pomdp import SEPARATOR, split_variant
+from zsrl.errors import UserError
 from zsrl.evaluation import evaluate_run, pct_of_oracle
 from zsrl.stats import aggregate, bootstrap_ci
 from zsrl.storage import atomic_write_json
@@ -112,22 +113,26 @@ def job_spec(job: Job) -> dict[str, Any]:
     return {k: getattr(job, k) for k in keys}
 
 
+def _as_stored(cfg: RunConfig) -> dict[str, Any]:
+    """A run config as ``config.json`` stores it, progress bars aside."""
+    stored = json.loads(json.dumps(asdict(cfg), default=str))
+    stored["train"].pop("progress", None)
+    return stored
+
+
 def _resolved_config(job: Job) -> dict[str, Any]:
-    """The job's run config as ``config.json`` stores it (progress bars aside)."""
-    cfg = json.loads(json.dumps(asdict(load_run_config(job.preset, [f"train.seed={job.seed}", *job.overrides])),
-                                default=str))
-    cfg["train"].pop("progress", None)
-    return cfg
+    return _as_stored(load_run_config(job.preset, [f"train.seed={job.seed}", *job.overrides]))
 
 
 def _same_run(job: Job, run_dir: Path) -> bool:
-    """Whether ``run_dir`` is this job's run, started on its dataset with its resolved config."""
+    """Whether ``run_dir`` is this job's run, started on its dataset with its resolved config.
+    The stored config is read as training reads it, so a run from before a field was added
+    (which then trained as its default) is still the same run."""
     try:
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = _as_stored(run_config_from_dict(json.loads((run_dir / "config.json").read_text())))
         run = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):
         return False
-    cfg.get("train", {}).pop("progress", None)
     return cfg == _resolved_config(job) and run.get("dataset") == str(Path(job.data).resolve())
 
 

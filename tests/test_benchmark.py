@@ -62,6 +62,23 @@ def test_rerun_reuses_finished_jobs_resumes_interrupted_runs_and_restarts_change
     assert (run / "metrics.csv").read_text().splitlines()[-1].startswith("30,")
 
 
+def test_a_run_from_before_a_field_was_added_is_the_same_run(bench, tmp_path):
+    job = bench.Job("fb/point_mass_maze_cpu", str(tmp_path / "data"), str(tmp_path / "run"), 0, TINY,
+                    episodes=1, reward_samples=None, goals=False, progress=False)
+    run = Path(job.run_dir)
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"dataset": str((tmp_path / "data").resolve())}))
+    stored = bench._resolved_config(job)
+    del stored["agent"]["clip_grad_norm"]  # as written by a version without the field (it trained as the default)
+    (run / "config.json").write_text(json.dumps(stored))
+    assert bench._same_run(job, run)
+    stored["agent"]["z_dim"] = 9  # another value is another run
+    (run / "config.json").write_text(json.dumps(stored))
+    assert not bench._same_run(job, run)
+    (run / "config.json").write_text(json.dumps({"agent": {"name": "fb", "no_such_field": 1}}))
+    assert not bench._same_run(job, run)
+
+
 def test_training_seconds_add_up_resumed_segments(bench):
     rows = [{"time": t} for t in ("1.0", "2.5", "0.5", "1.5", "3.0")]
     assert bench._training_seconds(rows) == pytest.approx(5.5)
