@@ -16,7 +16,11 @@ starts, its first observation with a zero action):
 with ``m`` a GRU over the frames (its last hidden state, one fused call over the window)
 for ``fbm``, or the flattened frames for ``fbstack``. F and π read ``history`` frames (L_F,
 32 in the reference), B the last ``backward_history`` observations without actions (L_B, 8);
-F, π and B have a memory each (``memory_in`` gives it to F and π only, or to B only). The
+F, π and B have a memory each (``memory_in`` gives it to F and π only, or to B only);
+``memory_actions=false`` drops the previous actions from F's and π's frames. On sticky-action
+data (the maze's) the previous action *is* the current one in 98% of the training windows
+(a linear read-out of the frames predicts the current action with R² 0.96, against 0.66 on
+walker's RND data), so F and π would learn that the action continues. The
 losses are FB's, on histories: ``s`` becomes ``h_t``, ``s'`` becomes ``h_{t+1}`` (the window moved
 on by one decision), so every FB option (goal space, hindsight goals, the myopic term, held
 actions) applies unchanged. Prompting: rewards ``z ∝ Σ r_i B(h'_i)`` over histories that end
@@ -71,6 +75,9 @@ class FBMConfig(FBConfig):
     #: which networks read histories, the others the current observation only: ``all``;
     #: ``forward``: F and the actor (and the myopic term's P); ``backward``: B only
     memory_in: Literal["all", "forward", "backward"] = "all"
+    #: whether F's and the actor's frames carry the action taken before each observation
+    #: (false on sticky-action data, where it is the current action in most windows)
+    memory_actions: bool = True
 
 
 @dataclass
@@ -138,7 +145,7 @@ class FBMModel(FBModel):
         backward = role == "backward"
         has_memory = cfg.memory_in == "all" or (cfg.memory_in == "backward") == backward
         length = (cfg.backward_history if backward else cfg.history) if has_memory else 0
-        encoder = HistoryEncoder(self.obs_dim, self.action_dim, length, cfg, actions=not backward,
+        encoder = HistoryEncoder(self.obs_dim, self.action_dim, length, cfg, actions=cfg.memory_actions and not backward,
                                  goal_dims=cfg.goal_dims if backward else None)
         inner = copy.copy(cfg)
         inner.normalize_obs, inner.goal_dims = False, None  # done by the encoder

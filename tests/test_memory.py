@@ -166,6 +166,19 @@ def test_memory_in_chooses_the_networks_with_memory():
     assert model.backward_map.encoder.gru is None and model.actor.encoder.gru is not None
 
 
+@pytest.mark.parametrize("memory_actions", [True, False])
+def test_memory_actions_chooses_whether_f_and_the_actor_read_previous_actions(memory_actions):
+    model = tiny_agent(memory_actions=memory_actions)[0].model
+    history = torch.randn(3, 4, 6)  # (N, L, obs 4 + action 2)
+    other_actions = history.clone()
+    other_actions[..., 4:] = torch.randn(3, 4, 2)
+    z, action = model.sample_z(3), torch.rand(3, 2)
+    with torch.no_grad():
+        for net, rest in ((model.forward_map, (z, action)), (model.actor, (z,))):
+            assert torch.equal(net(history, *rest), net(other_actions, *rest)) != memory_actions
+        assert torch.equal(model.backward_map(history), model.backward_map(other_actions))  # B never reads actions
+
+
 PLUGIN = '''
 """Pendulum without its angular velocity: written outside zsrl, seen through +occluded."""
 import numpy as np
