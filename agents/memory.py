@@ -17,10 +17,9 @@ with ``m`` a GRU over the frames (its last hidden state, one fused call over the
 for ``fbm``, or the flattened frames for ``fbstack``. F and π read ``history`` frames (L_F,
 32 in the reference), B the last ``backward_history`` observations without actions (L_B, 8);
 F, π and B have a memory each (``memory_in`` gives it to F and π only, or to B only);
-``memory_actions=false`` drops the previous actions from F's and π's frames. On sticky-action
-data (the maze's) the previous action *is* the current one in 98% of the training windows
-(a linear read-out of the frames predicts the current action with R² 0.96, against 0.66 on
-walker's RND data), so F and π would learn that the action continues. The
+``memory_actions=false`` drops the previous actions from F's and π's frames: on sticky-action
+data (the maze's) the previous action is almost always the current one, so F and π would
+learn that the action continues (docs/results.md §27). The
 losses are FB's, on histories: ``s`` becomes ``h_t``, ``s'`` becomes ``h_{t+1}`` (the window moved
 on by one decision), so every FB option (goal space, hindsight goals, the myopic term, held
 actions) applies unchanged. Prompting: rewards ``z ∝ Σ r_i B(h'_i)`` over histories that end

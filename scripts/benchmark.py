@@ -365,8 +365,8 @@ def main() -> None:
     size = "" if args.gpu else "_cpu"
 
     protocol = vars(args) | {"out": str(args.out), "seeds": seeds}
-    report: dict = {"domains": _earlier_domains(args.out / "benchmark.json")}
-    measured: dict[str, Any] = {}  # this invocation's domains
+    measured: dict[str, Any] = {}  # this invocation's domains; the report adds earlier ones at each write
+    report: dict[str, Any] = {}
     for domain_name in args.domains:
         collected_on = true_state(domain_name)
         data = dataset_for(collected_on, args)
