@@ -63,6 +63,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,10 +79,10 @@ from zsrl.data import OfflineDataset
 from zsrl.envs import make_domain
 from zsrl.envs.base import DENSE_PREFIX
 from zsrl.envs.pomdp import SEPARATOR, split_variant
-from zsrl.errors import UserError
+from zsrl.errors import LockedError, UserError
 from zsrl.evaluation import evaluate_run, pct_of_oracle
 from zsrl.stats import aggregate, bootstrap_ci
-from zsrl.storage import atomic_write_json
+from zsrl.storage import atomic_write_json, writer_lock
 from zsrl.training import resume_run, start_run
 from zsrl.utils import versions
 
@@ -324,10 +325,19 @@ def _earlier_domains(path: Path) -> dict[str, Any]:
 def write_report(path: Path, domains: dict[str, Any]) -> dict[str, Any]:
     """Write ``OUT/benchmark.json``: this invocation's ``domains`` over those the file holds
     *now* (read again at each write), so invocations running at once into one OUT keep each
-    other's domains."""
-    report = {"domains": {**_earlier_domains(path), **domains}, "versions": versions()}
-    atomic_write_json(path, report)
-    return report
+    other's domains; they take turns through the file's writer lock, so none writes between
+    another's read and its write."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with writer_lock(path, "the benchmark report"):
+                report = {"domains": {**_earlier_domains(path), **domains}, "versions": versions()}
+                atomic_write_json(path, report)
+                return report
+        except LockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def main() -> None:

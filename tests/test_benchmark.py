@@ -5,7 +5,9 @@ import dataclasses
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,28 @@ def test_two_invocations_into_one_out_keep_each_others_domains(bench, tmp_path):
     report = bench.write_report(path, {"walker": walker_again})
     assert json.loads(path.read_text()) == report
     assert report["domains"] == {"walker": walker_again, "cheetah": cheetah}
+
+
+def test_invocations_writing_the_report_at_once_take_turns(bench, tmp_path):
+    """Another invocation is between its read of benchmark.json and its write (it holds the
+    file's writer lock): this one waits for it, then keeps its domains."""
+    path, ready = tmp_path / "benchmark.json", tmp_path / "ready"
+    other = subprocess.Popen([sys.executable, "-c", f"""
+import json, pathlib, time
+from zsrl.storage import atomic_write_json, writer_lock
+with writer_lock({str(path)!r}, "report"):
+    pathlib.Path({str(ready)!r}).touch()
+    time.sleep(1.0)
+    atomic_write_json(pathlib.Path({str(path)!r}), {{"domains": {{"cheetah": {{"protocol": {{}}}}}}}})
+"""])
+    try:
+        while not ready.exists():
+            assert other.poll() is None, "the other invocation died"
+            time.sleep(0.01)
+        report = bench.write_report(path, {"walker": {"protocol": {}}})
+    finally:
+        assert other.wait(timeout=30) == 0
+    assert set(report["domains"]) == {"walker", "cheetah"} == set(json.loads(path.read_text())["domains"])
 
 
 def test_goal_tables_score_both_rules_where_the_domain_has_a_reference_rule(bench, capsys):
